@@ -1,0 +1,67 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+DATA_DIR ?= var
+PROTOS := $(wildcard proto/vault/v1/*.proto)
+
+.PHONY: run test lint typecheck buf-lint pytest proto bench bench-smoke clean venv dev
+
+# Runtime venv (no dev tools): enough for `make run`.
+$(BIN)/vaultctl: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# Dev extras on top.
+$(VENV)/.dev: pyproject.toml $(BIN)/vaultctl
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/vaultctl
+dev: $(VENV)/.dev
+
+$(BUF):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error @bufbuild/buf@$(BUF_VERSION)
+
+run: venv
+	@echo "Starting the vault in dev mode: gRPC on 127.0.0.1:50051, metrics on 127.0.0.1:9464, data in ./$(DATA_DIR)"
+	@echo "Call it with the key in ./$(DATA_DIR)/dev-api-key, e.g.:"
+	@echo "  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer \$$(cat $(DATA_DIR)/dev-api-key)\" \\"
+	@echo "    -d '{\"kind\":\"DATA_KIND_PAN\",\"text\":\"4242424242424242\"}' http://127.0.0.1:50051/vault.v1.TokenService/Tokenize"
+	$(BIN)/vaultctl serve --dev --data-dir $(DATA_DIR) --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464
+
+lint: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: dev
+	$(BIN)/mypy
+
+buf-lint: $(BUF)
+	cd proto && ../$(BUF) lint
+
+pytest: dev $(BUF)
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q
+
+test: lint typecheck buf-lint pytest
+
+# Regenerate the committed code in src/vault/v1 (the tests check it matches).
+proto: dev
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src --pyi_out=src --grpc_python_out=src $(PROTOS)
+
+bench: dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run.py --full
+
+bench-smoke: dev
+	$(BIN)/python bench/run.py --smoke
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

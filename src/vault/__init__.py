@@ -1,0 +1,5 @@
+"""Payment-data tokenization vault."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""API keys: ``vk_<key id>_<secret>``. The key id finds the caller; only a SHA-256 of the
+secret is stored. The secret has 256 random bits, so a fast hash is enough (no password
+stretching is needed for keys nobody chose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from vault.auth.policy import Caller
+from vault.clock import Clock
+from vault.errors import UnauthenticatedError
+from vault.storage.base import CallerRow, Store
+
+__all__ = ["ApiKey", "Authenticator", "hash_secret", "mint_api_key", "parse_api_key"]
+
+_KEY_RE = re.compile(r"vk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+# Longest header value looked at; anything longer is refused before any parsing.
+_MAX_KEY_CHARS = 128
+# How long a looked-up caller is trusted before the store is asked again: a new or
+# revoked caller takes effect within this many seconds.
+CACHE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return f"ApiKey(key_id={self.key_id!r}, secret=<redacted>)"
+
+    @property
+    def text(self) -> str:
+        """The full key, shown once to whoever created it."""
+        return f"vk_{self.key_id}_{self.secret}"
+
+
+def mint_api_key() -> ApiKey:
+    return ApiKey(secrets.token_hex(8), secrets.token_urlsafe(32))
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(b"vault api key\x00" + secret.encode()).digest()
+
+
+def parse_api_key(text: str) -> ApiKey | None:
+    if len(text) > _MAX_KEY_CHARS:
+        return None
+    match = _KEY_RE.fullmatch(text)
+    return ApiKey(match.group(1), match.group(2)) if match else None
+
+
+class Authenticator:
+    """Turns an ``authorization`` header into a Caller, or refuses it."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        # key id -> (row or None, monotonic time it was read)
+        self._cache: dict[str, tuple[CallerRow | None, float]] = {}
+
+    def __repr__(self) -> str:
+        return "Authenticator()"
+
+    async def _lookup(self, key_id: str) -> CallerRow | None:
+        mono = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is not None and mono - hit[1] < CACHE_SECONDS:
+            return hit[0]
+        row = await self._store.caller_by_key_id(key_id)
+        if len(self._cache) > 10_000:
+            # Garbage key ids must not grow memory without bound.
+            self._cache.clear()
+        self._cache[key_id] = (row, mono)
+        return row
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        if not authorization:
+            raise UnauthenticatedError("a credential is required", reason="NO_CREDENTIAL")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
+        key = parse_api_key(token.strip())
+        if key is None:
+            raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
+        row = await self._lookup(key.key_id)
+        if row is None or row.key_hash is None or not hmac.compare_digest(
+            row.key_hash, hash_secret(key.secret)
+        ):
+            raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
+        now = self._clock.now()
+        if row.revoked_at is not None and row.revoked_at <= now:
+            raise UnauthenticatedError("the credential is not valid", reason="REVOKED_CREDENTIAL")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise UnauthenticatedError("the credential is not valid", reason="EXPIRED_CREDENTIAL")
+        return Caller(row.name, row.tenant, frozenset(row.scopes))

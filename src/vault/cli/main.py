@@ -1,0 +1,283 @@
+"""vaultctl: the one command. Every failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vault import __version__
+from vault.auth.apikeys import hash_secret, mint_api_key
+from vault.auth.policy import parse_scopes
+from vault.clock import SystemClock
+from vault.config import Config, load_config
+from vault.errors import VaultError
+from vault.logs import setup_logging
+from vault.server import VaultServer, init_data_dir, open_store
+from vault.storage.base import CallerRow
+
+__all__ = ["main"]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A one-line reason for the user; the command exits non-zero."""
+
+
+def _run(coro: Awaitable[int]) -> int:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> Config:
+    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="the vault's data directory (default ./var)")
+    p.add_argument("--config", type=Path, help="TOML config file")
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    cfg = _config(
+        args,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        dev=True if args.dev else None,
+        log_format=args.log_format,
+    )
+    setup_logging(cfg.log_format, cfg.log_level)
+    server = VaultServer(cfg)
+    await server.start()
+    if server.dev_key is not None:
+        # Printed once; the same key is in DATA_DIR/dev-api-key (0600).
+        print(f"dev API key (shown once, also in {cfg.dev_key_path}): {server.dev_key}")
+    print(f"vault listening on {cfg.listen.rpartition(':')[0]}:{server.port}", flush=True)
+    if server.metrics_port:
+        print(f"metrics on http://{cfg.metrics_listen.rpartition(':')[0]}:{server.metrics_port}/metrics", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+async def _keys_init(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        created = await init_data_dir(cfg, store, SystemClock())
+    finally:
+        await store.close()
+    print("master key and data key created" if created else "keys already initialised")
+    return 0
+
+
+async def _keys_status(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        rows = await store.key_versions()
+    finally:
+        await store.close()
+    data = [
+        {
+            "version": r.version,
+            "state": r.state,
+            "created": datetime.fromtimestamp(r.created_at, UTC).isoformat(),
+            "encryptions": r.encryptions,
+            "kek": r.kek_id,
+        }
+        for r in rows
+    ]
+    if args.json:
+        print(json.dumps({"versions": data}, indent=2))
+    else:
+        for d in data:
+            print(f"v{d['version']}\t{d['state']}\t{d['created']}\t{d['encryptions']} encryptions")
+    return 0
+
+
+# -- callers ----------------------------------------------------------------------------
+
+
+def _parse_expiry(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError("--expires must be an ISO 8601 date or time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+async def _callers_add(args: argparse.Namespace) -> int:
+    try:
+        scopes = parse_scopes(args.scopes)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    expires = _parse_expiry(args.expires)
+    cfg = _config(args)
+    store = open_store(cfg)
+    await store.open()
+    key = mint_api_key()
+    try:
+        await store.add_caller(
+            CallerRow(
+                name=args.name,
+                tenant=args.tenant,
+                scopes=scopes,
+                key_id=key.key_id,
+                key_hash=hash_secret(key.secret),
+                created_at=SystemClock().now(),
+                expires_at=expires,
+                revoked_at=None,
+            )
+        )
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps({"name": args.name, "tenant": args.tenant, "api_key": key.text}))
+    else:
+        print(f"API key for {args.name} (shown once, store it now): {key.text}")
+    return 0
+
+
+async def _callers_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        rows = await store.callers()
+    finally:
+        await store.close()
+
+    def ts(v: float | None) -> str | None:
+        return datetime.fromtimestamp(v, UTC).isoformat() if v is not None else None
+
+    data = [
+        {
+            "name": r.name,
+            "tenant": r.tenant,
+            "scopes": list(r.scopes),
+            "created": ts(r.created_at),
+            "expires": ts(r.expires_at),
+            "revoked": ts(r.revoked_at),
+        }
+        for r in rows
+    ]
+    if args.json:
+        print(json.dumps({"callers": data}, indent=2))
+    else:
+        for d in data:
+            state = "revoked" if d["revoked"] else "active"
+            print(f"{d['name']}\t{d['tenant']}\t{','.join(d['scopes'])}\t{state}")
+    return 0
+
+
+async def _callers_revoke(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        done = await store.revoke_caller(args.name, SystemClock().now())
+    finally:
+        await store.close()
+    if not done:
+        raise CommandError("no active caller with that name")
+    print(f"revoked {args.name}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaultctl", description="Payment-data tokenization vault."
+    )
+    parser.add_argument("--version", action="version", version=f"vaultctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    _add_store_args(serve)
+    serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:50051)")
+    serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus metrics")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="on an empty data dir, create a master key and a dev API key with every scope",
+    )
+    serve.add_argument("--log-format", choices=["plain", "json"])
+    serve.set_defaults(handler=_serve)
+
+    keys = sub.add_parser("keys", help="master key and data-key versions")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    k_init = keys_sub.add_parser("init", help="create the master key file and data key v1")
+    _add_store_args(k_init)
+    k_init.set_defaults(handler=_keys_init)
+    k_status = keys_sub.add_parser("status", help="data-key versions and their use")
+    _add_store_args(k_status)
+    k_status.add_argument("--json", action="store_true")
+    k_status.set_defaults(handler=_keys_status)
+
+    callers = sub.add_parser("callers", help="API-key callers")
+    c_sub = callers.add_subparsers(dest="callers_command", required=True)
+    c_add = c_sub.add_parser("add", help="add a caller and print its API key once")
+    _add_store_args(c_add)
+    c_add.add_argument("name")
+    c_add.add_argument("--tenant", required=True)
+    c_add.add_argument("--scopes", required=True, help="comma-separated scopes")
+    c_add.add_argument("--expires", help="ISO 8601 expiry of the key")
+    c_add.add_argument("--json", action="store_true")
+    c_add.set_defaults(handler=_callers_add)
+    c_list = c_sub.add_parser("list", help="callers (no secrets)")
+    _add_store_args(c_list)
+    c_list.add_argument("--json", action="store_true")
+    c_list.set_defaults(handler=_callers_list)
+    c_revoke = c_sub.add_parser("revoke", help="revoke a caller's key")
+    _add_store_args(c_revoke)
+    c_revoke.add_argument("name")
+    c_revoke.set_defaults(handler=_callers_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], Awaitable[int]] = args.handler
+    try:
+        return _run(handler(args))
+    except (VaultError, CommandError) as exc:
+        print(f"vaultctl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Server configuration: defaults < config file (TOML) < VAULT_* environment < flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from vault.errors import FailedPreconditionError
+
+__all__ = ["ENV_PREFIX", "Config", "load_config"]
+
+ENV_PREFIX = "VAULT_"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: Path = Path("var")
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"  # empty string turns the metrics port off
+    dev: bool = False
+    log_format: str = "plain"  # plain | json
+    log_level: str = "INFO"
+    purge_interval: float = 30.0  # seconds between expired-token purges
+    key_refresh_interval: float = 5.0  # seconds between keyring reloads from the store
+    shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight calls
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 1000
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.data_dir / "master.key"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "vault.db"
+
+    @property
+    def dev_key_path(self) -> Path:
+        return self.data_dir / "dev-api-key"
+
+
+def _coerce(name: str, raw: Any, like: Any) -> Any:
+    try:
+        if isinstance(like, bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(like, Path):
+            return Path(raw)
+        return type(like)(raw)
+    except (TypeError, ValueError):
+        raise FailedPreconditionError(
+            f"configuration {name} has the wrong type", reason="BAD_CONFIG"
+        ) from None
+
+
+def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
+    """Merge the layers; ``overrides`` are flags given on the command line (None = unset)."""
+    cfg = Config()
+    known = {f.name: getattr(cfg, f.name) for f in fields(Config)}
+    layers: list[dict[str, Any]] = []
+    if file is not None:
+        try:
+            layers.append(tomllib.loads(file.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError):
+            raise FailedPreconditionError(
+                "the config file cannot be read as TOML", reason="BAD_CONFIG"
+            ) from None
+    layers.append(
+        {
+            name: os.environ[ENV_PREFIX + name.upper()]
+            for name in known
+            if ENV_PREFIX + name.upper() in os.environ
+        }
+    )
+    layers.append({k: v for k, v in overrides.items() if v is not None})
+    for layer in layers:
+        for name, raw in layer.items():
+            key = name.replace("-", "_")
+            if key not in known:
+                raise FailedPreconditionError(
+                    f"unknown configuration setting {key}", reason="BAD_CONFIG"
+                )
+            cfg = replace(cfg, **{key: _coerce(key, raw, known[key])})
+    if cfg.log_format not in {"plain", "json"}:
+        raise FailedPreconditionError("log_format must be plain or json", reason="BAD_CONFIG")
+    return cfg

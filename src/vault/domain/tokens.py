@@ -1,0 +1,498 @@
+"""The token use cases: tokenize, detokenize, describe, delete, purge.
+
+Each takes an authenticated Caller and checks its scope before looking anything up, so
+a caller without permission learns nothing about what exists. A token of another tenant
+is answered exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from vault import metrics
+from vault.auth.policy import SCOPE_DETOKENIZE, SCOPE_REVEAL_MASKED, SCOPE_TOKENIZE, Caller
+from vault.auth.policy import require as require_scope
+from vault.auth.policy import require_any as require_any_scope
+from vault.clock import Clock
+from vault.crypto.aead import record_aad
+from vault.crypto.keyring import Fingerprinter
+from vault.domain import kinds
+from vault.domain.keys import KeyMaterial
+from vault.domain.model import ADDRESS_KINDS, DataKind, TokenFormat, Value
+from vault.errors import (
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from vault.storage.base import InsertStatus, Store, TokenRecord
+
+__all__ = [
+    "Limits",
+    "Revealed",
+    "TokenInfo",
+    "TokenVault",
+    "TokenizeItem",
+    "Tokenized",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits; each is documented in the README's Limits table."""
+
+    max_batch: int = 1000
+    max_metadata_entries: int = 32
+    max_metadata_key_chars: int = 64
+    max_metadata_value_chars: int = 512
+    max_subject_chars: int = 256
+    max_request_id_chars: int = 128
+    max_purpose_chars: int = 256
+    max_ttl_seconds: float = 100 * 366 * 86400.0
+    # Attempts at drawing an unused PAN token before giving up (the space for a short
+    # PAN with BIN and last four kept can be a few dozen tokens).
+    max_token_attempts: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeItem:
+    kind: int
+    value: Value | None
+    token_format: int = TokenFormat.UNSPECIFIED
+    deterministic: bool = False
+    subject: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    ttl_seconds: float | None = None
+    request_id: str = ""
+
+    def __repr__(self) -> str:
+        return f"TokenizeItem(kind={self.kind})"
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenized:
+    token: str
+    fingerprint: str
+    masked: str
+    created: bool
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Revealed:
+    token: str
+    kind: DataKind
+    value: Value
+    metadata: dict[str, str]
+    subject: str
+
+    def __repr__(self) -> str:
+        return f"Revealed(kind={self.kind.name})"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token: str
+    kind: DataKind
+    token_format: TokenFormat
+    masked: str
+    fingerprint: str
+    subject: str
+    metadata: dict[str, str]
+    deterministic: bool
+    created_at: float
+    expires_at: float | None
+    key_version: int
+
+
+_METADATA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]+")
+_PAYLOAD_VERSION = 1
+_LEN = struct.Struct(">I")
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch)[0] == "C" for ch in text)
+
+
+def _encode_payload(value: bytes, subject: str, metadata: Mapping[str, str]) -> bytes:
+    """What is encrypted: version, value, subject, metadata (JSON, only when present)."""
+    subject_b = subject.encode()
+    meta_b = json.dumps(dict(metadata), separators=(",", ":")).encode() if metadata else b""
+    return b"".join(
+        (bytes((_PAYLOAD_VERSION,)), _LEN.pack(len(value)), value, _LEN.pack(len(subject_b)),
+         subject_b, meta_b)
+    )
+
+
+def _decode_payload(data: bytes) -> tuple[bytes, str, dict[str, str]]:
+    try:
+        if data[0] != _PAYLOAD_VERSION:
+            raise ValueError
+        (vlen,) = _LEN.unpack_from(data, 1)
+        value = data[5 : 5 + vlen]
+        pos = 5 + vlen
+        (slen,) = _LEN.unpack_from(data, pos)
+        subject = data[pos + 4 : pos + 4 + slen].decode()
+        rest = data[pos + 4 + slen :]
+        metadata = json.loads(rest) if rest else {}
+    except (IndexError, ValueError, struct.error, UnicodeDecodeError):
+        raise InternalError("stored value is malformed") from None
+    return value, subject, metadata
+
+
+class TokenVault:
+    """The token use cases over a store, the keys and a clock."""
+
+    def __init__(
+        self, store: Store, keys: KeyMaterial, clock: Clock, limits: Limits | None = None
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._clock = clock
+        self.limits = limits or Limits()
+
+    def __repr__(self) -> str:
+        return "TokenVault()"
+
+    # -- validation --------------------------------------------------------------
+
+    def _check_item(self, item: TokenizeItem) -> tuple[DataKind, TokenFormat, Value]:
+        """Validated kind, resolved format and normalised value; all violations at once."""
+        violations: list[FieldViolation] = []
+        kind: DataKind | None = None
+        fmt = TokenFormat.UNSPECIFIED
+        value: Value | None = None
+        if item.kind not in DataKind._value2member_map_ or item.kind == DataKind.UNSPECIFIED:
+            violations.append(FieldViolation("kind", "must be a known data kind"))
+        else:
+            kind = DataKind(item.kind)
+            if kind is DataKind.CVC:
+                raise FailedPreconditionError(
+                    "CVC tokens need ephemeral storage, which this vault does not serve yet",
+                    reason="CVC_NOT_SUPPORTED",
+                )
+            try:
+                fmt = kinds.resolve_format(kind, TokenFormat(item.token_format))
+            except ValueError:
+                violations.append(FieldViolation("format", "must be a known token format"))
+            except InvalidArgumentError as exc:
+                violations.extend(exc.violations)
+            if item.value is None:
+                field_name = "address" if kind in ADDRESS_KINDS else "text"
+                violations.append(FieldViolation(field_name, "is required"))
+            else:
+                field_name = "text" if isinstance(item.value, str) else "address"
+                try:
+                    value = kinds.normalize(kind, item.value, field_name)
+                except InvalidArgumentError as exc:
+                    violations.extend(exc.violations)
+            if (
+                value is not None
+                and kind is DataKind.PAN
+                and fmt is not TokenFormat.RANDOM
+                and isinstance(value, str)
+            ):
+                try:
+                    kinds.new_pan_token(value, fmt)
+                except InvalidArgumentError as exc:
+                    violations.extend(exc.violations)
+        violations.extend(self._check_extras(item))
+        if violations or kind is None or value is None:
+            raise InvalidArgumentError(violations)
+        return kind, fmt, value
+
+    def _check_extras(self, item: TokenizeItem) -> list[FieldViolation]:
+        lim = self.limits
+        out: list[FieldViolation] = []
+        if len(item.subject) > lim.max_subject_chars or _has_control(item.subject):
+            out.append(
+                FieldViolation(
+                    "subject", f"must be at most {lim.max_subject_chars} printable characters"
+                )
+            )
+        if len(item.metadata) > lim.max_metadata_entries:
+            out.append(
+                FieldViolation("metadata", f"at most {lim.max_metadata_entries} entries")
+            )
+        for key, val in item.metadata.items():
+            if len(key) > lim.max_metadata_key_chars or not _METADATA_KEY.fullmatch(key):
+                out.append(
+                    FieldViolation(
+                        "metadata",
+                        f"keys must be 1 to {lim.max_metadata_key_chars} characters "
+                        "of letters, digits, '_', '.', '-'",
+                    )
+                )
+                break
+            if len(val) > lim.max_metadata_value_chars or _has_control(val):
+                out.append(
+                    FieldViolation(
+                        "metadata",
+                        f"values must be at most {lim.max_metadata_value_chars} "
+                        "printable characters",
+                    )
+                )
+                break
+        if item.ttl_seconds is not None and not (0 < item.ttl_seconds <= lim.max_ttl_seconds):
+            out.append(FieldViolation("ttl", "must be positive and at most 100 years"))
+        if item.request_id and (
+            len(item.request_id) > lim.max_request_id_chars
+            or not _REQUEST_ID.fullmatch(item.request_id)
+        ):
+            out.append(
+                FieldViolation(
+                    "request_id",
+                    f"must be at most {lim.max_request_id_chars} printable ASCII characters",
+                )
+            )
+        return out
+
+    def _check_batch_size(self, n: int, field_name: str) -> None:
+        if n == 0:
+            raise InvalidArgumentError(FieldViolation(field_name, "must not be empty"))
+        if n > self.limits.max_batch:
+            raise InvalidArgumentError(
+                FieldViolation(field_name, f"at most {self.limits.max_batch} per call")
+            )
+
+    def _check_purpose(self, purpose: str) -> None:
+        if not purpose.strip():
+            raise InvalidArgumentError(
+                FieldViolation("purpose", "is required: say why the value is needed"),
+                reason="PURPOSE_REQUIRED",
+            )
+        if len(purpose) > self.limits.max_purpose_chars or _has_control(purpose):
+            raise InvalidArgumentError(
+                FieldViolation(
+                    "purpose",
+                    f"must be at most {self.limits.max_purpose_chars} printable characters",
+                )
+            )
+
+    # -- tokenize ----------------------------------------------------------------
+
+    @staticmethod
+    def _new_token(kind: DataKind, fmt: TokenFormat, value: Value) -> str:
+        if kind is DataKind.PAN and fmt is not TokenFormat.RANDOM and isinstance(value, str):
+            return kinds.new_pan_token(value, fmt)
+        return kinds.new_random_token()
+
+    @staticmethod
+    def _request_hash(
+        fp: Fingerprinter, item: TokenizeItem, kind: DataKind, fmt: TokenFormat, canon: bytes
+    ) -> bytes:
+        """HMAC of everything the request asked for, to tell a retry from a reuse."""
+        described = json.dumps(
+            [
+                int(kind),
+                int(fmt),
+                item.deterministic,
+                item.subject,
+                sorted(item.metadata.items()),
+                item.ttl_seconds,
+            ],
+            separators=(",", ":"),
+        ).encode()
+        return fp.digest(b"request", _LEN.pack(len(canon)) + canon + described)
+
+    async def tokenize(
+        self, caller: Caller, items: Sequence[TokenizeItem], *, batch: bool
+    ) -> list[Tokenized]:
+        """Tokenize items atomically, in order; ``batch`` names fields requests[i]."""
+        require_scope(caller, SCOPE_TOKENIZE)
+        if batch or len(items) != 1:
+            self._check_batch_size(len(items), "requests")
+        checked: list[tuple[DataKind, TokenFormat, Value]] = []
+        violations: list[FieldViolation] = []
+        for i, item in enumerate(items):
+            try:
+                checked.append(self._check_item(item))
+            except InvalidArgumentError as exc:
+                violations.extend(exc.prefixed(f"requests[{i}]").violations if batch else exc.violations)
+        if violations:
+            raise InvalidArgumentError(violations)
+
+        tenant = caller.tenant
+        fp = await self._keys.fingerprinter(tenant)
+        keyring = self._keys.keyring
+        now = self._clock.now()
+        primary = keyring.primary
+        encryptions = 0
+
+        def seal(i: int, token: str) -> TokenRecord:
+            nonlocal encryptions
+            item = items[i]
+            kind, fmt, value = checked[i]
+            canon = canons[i]
+            aad = record_aad(tenant, kind, fmt, token, primary.version)
+            encryptions += 1
+            return TokenRecord(
+                token=token,
+                tenant=tenant,
+                kind=int(kind),
+                token_format=int(fmt),
+                key_version=primary.version,
+                ciphertext=primary.encrypt(
+                    _encode_payload(canon, item.subject, item.metadata), aad
+                ),
+                fingerprint=fingerprints[i],
+                deterministic=item.deterministic,
+                subject_ref=fp.digest(b"subject", item.subject.encode()) if item.subject else None,
+                request_id=item.request_id or None,
+                request_hash=(
+                    self._request_hash(fp, item, kind, fmt, canon) if item.request_id else None
+                ),
+                created_at=now,
+                expires_at=now + item.ttl_seconds if item.ttl_seconds else None,
+            )
+
+        canons = [kinds.canonical_bytes(k, v) for k, _, v in checked]
+        fingerprints = [
+            fp.digest(b"kind:%d" % k, canon) for (k, _, _), canon in zip(checked, canons, strict=True)
+        ]
+        records = [seal(i, self._new_token(k, f, v)) for i, (k, f, v) in enumerate(checked)]
+        for _attempt in range(self.limits.max_token_attempts):
+            outcomes = await self._store.insert_tokens(
+                records, now, {primary.version: encryptions}
+            )
+            encryptions = 0
+            taken = [i for i, o in enumerate(outcomes) if o.status is InsertStatus.TOKEN_TAKEN]
+            if not taken:
+                break
+            for i in taken:
+                kind, fmt, value = checked[i]
+                records[i] = seal(i, self._new_token(kind, fmt, value))
+        else:
+            raise ResourceExhaustedError(
+                "no unused token could be drawn in this format; use a format with more "
+                "free digits",
+                reason="TOKEN_SPACE_EXHAUSTED",
+            )
+
+        results: list[Tokenized] = []
+        created_kinds: list[DataKind] = []
+        for i, outcome in enumerate(outcomes):
+            kind, _, value = checked[i]
+            rec = records[i]
+            if outcome.status is InsertStatus.INSERTED:
+                created = True
+                created_kinds.append(kind)
+            else:
+                existing = outcome.existing
+                if existing is None:  # pragma: no cover - store contract
+                    raise InternalError("store answered without the existing token")
+                if (
+                    outcome.status is InsertStatus.REQUEST_EXISTS
+                    and existing.request_hash != rec.request_hash
+                ):
+                    raise InvalidArgumentError(
+                        FieldViolation(
+                            f"requests[{i}].request_id" if batch else "request_id",
+                            "was already used for a different request",
+                        ),
+                        reason="REQUEST_ID_REUSED",
+                    )
+                rec, created = existing, False
+            results.append(
+                Tokenized(
+                    token=rec.token,
+                    fingerprint=Fingerprinter.encode(rec.fingerprint),
+                    masked=kinds.mask(kind, value),
+                    created=created,
+                    expires_at=rec.expires_at,
+                )
+            )
+        for kind in created_kinds:
+            metrics.TOKENS_CREATED.labels(kind.name).inc()
+        return results
+
+    # -- reading -----------------------------------------------------------------
+
+    async def _load(self, caller: Caller, tokens: Sequence[str], field_name: str) -> list[TokenRecord]:
+        """Live rows of the caller's tenant, in order; NotFound for any other."""
+        batch = field_name == "tokens"
+        violations = []
+        for i, token in enumerate(tokens):
+            try:
+                kinds.validate_token_string(token, f"tokens[{i}]" if batch else field_name)
+            except InvalidArgumentError as exc:
+                violations.extend(exc.violations)
+        if violations:
+            raise InvalidArgumentError(violations)
+        rows = await self._store.get_tokens(tokens)
+        now = self._clock.now()
+        found: list[TokenRecord] = []
+        for i, row in enumerate(rows):
+            if row is None or row.tenant != caller.tenant or not row.live(now):
+                where = f" (tokens[{i}])" if batch else ""
+                raise NotFoundError(f"token not found{where}", reason="TOKEN_NOT_FOUND")
+            found.append(row)
+        return found
+
+    def _open(self, row: TokenRecord) -> tuple[DataKind, Value, str, dict[str, str]]:
+        kind = DataKind(row.kind)
+        aad = record_aad(row.tenant, row.kind, row.token_format, row.token, row.key_version)
+        payload = self._keys.keyring.key(row.key_version).decrypt(row.ciphertext, aad)
+        canon, subject, metadata = _decode_payload(payload)
+        return kind, kinds.value_from_canonical(kind, canon), subject, metadata
+
+    async def detokenize(
+        self, caller: Caller, tokens: Sequence[str], purpose: str, *, batch: bool
+    ) -> list[Revealed]:
+        require_scope(caller, SCOPE_DETOKENIZE)
+        if batch:
+            self._check_batch_size(len(tokens), "tokens")
+        self._check_purpose(purpose)
+        rows = await self._load(caller, tokens, "tokens" if batch else "token")
+        out = []
+        for row in rows:
+            kind, value, subject, metadata = self._open(row)
+            out.append(Revealed(row.token, kind, value, metadata, subject))
+        for r in out:
+            metrics.TOKENS_REVEALED.labels(r.kind.name).inc()
+        return out
+
+    async def get_token(self, caller: Caller, token: str) -> TokenInfo:
+        require_any_scope(caller, SCOPE_REVEAL_MASKED, SCOPE_DETOKENIZE)
+        (row,) = await self._load(caller, [token], "token")
+        kind, value, subject, metadata = self._open(row)
+        return TokenInfo(
+            token=row.token,
+            kind=kind,
+            token_format=TokenFormat(row.token_format),
+            masked=kinds.mask(kind, value),
+            fingerprint=Fingerprinter.encode(row.fingerprint),
+            subject=subject,
+            metadata=metadata,
+            deterministic=row.deterministic,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            key_version=row.key_version,
+        )
+
+    async def delete_token(self, caller: Caller, token: str) -> None:
+        require_scope(caller, SCOPE_TOKENIZE)
+        kinds.validate_token_string(token, "token")
+        if not await self._store.delete_token(caller.tenant, token):
+            raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
+
+    async def purge_expired(self, limit: int = 1000) -> int:
+        """Delete expired tokens, up to ``limit`` per store transaction, until none is left."""
+        total = 0
+        while True:
+            n = await self._store.purge_expired(self._clock.now(), limit)
+            total += n
+            if n < limit:
+                break
+        if total:
+            metrics.TOKENS_PURGED.inc(total)
+        return total
+

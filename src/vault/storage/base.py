@@ -1,0 +1,155 @@
+"""The Store protocol: single-purpose storage primitives over opaque bytes.
+
+The store never sees plaintext: values arrive encrypted, fingerprints and subject
+references arrive as HMACs. Combined operations (tokenize = encrypt + insert + retry)
+live in the domain layer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "CallerRow",
+    "CommitObserver",
+    "InsertOutcome",
+    "InsertStatus",
+    "KeyVersionRow",
+    "Store",
+    "TokenRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """One tokenized value as stored."""
+
+    token: str  # the token handed out; unique in the store
+    tenant: str  # owning tenant; other tenants never see the row
+    kind: int  # DataKind number
+    token_format: int  # TokenFormat number (resolved, never UNSPECIFIED)
+    key_version: int  # data-key version that encrypted `ciphertext`
+    ciphertext: bytes  # nonce || AES-GCM(value, metadata, subject) || tag
+    fingerprint: bytes  # HMAC-SHA-256 of the value under the tenant fingerprint key
+    deterministic: bool  # created with deterministic=true (unique per tenant/kind/format/fp)
+    subject_ref: bytes | None  # HMAC of the subject id, for subject lookups; None if none
+    request_id: str | None  # caller's idempotency key, unique per tenant
+    request_hash: bytes | None  # HMAC of the request that used request_id
+    created_at: float  # unix seconds
+    expires_at: float | None  # unix seconds; None = never
+
+    def __repr__(self) -> str:
+        return f"TokenRecord(kind={self.kind}, key_version={self.key_version})"
+
+    def live(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+class InsertStatus(enum.Enum):
+    INSERTED = "inserted"
+    DETERMINISTIC_EXISTS = "deterministic_exists"  # `existing` is the live earlier token
+    REQUEST_EXISTS = "request_exists"  # `existing` is the token of the earlier request
+    TOKEN_TAKEN = "token_taken"  # the token is in use: draw another and retry
+    ABORTED = "aborted"  # not inserted because another record of the same call was taken
+
+
+@dataclass(frozen=True, slots=True)
+class InsertOutcome:
+    status: InsertStatus
+    existing: TokenRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersionRow:
+    version: int  # data-key version number, named by every record it encrypted
+    state: str  # primary | active | retired
+    wrapped_key: bytes | None  # the DEK wrapped by the master key; None once retired
+    kek_id: str  # which master key wrapped it
+    created_at: float  # unix seconds
+    encryptions: int  # encryptions done under it so far (GCM random-nonce budget)
+
+    def __repr__(self) -> str:
+        return f"KeyVersionRow(version={self.version}, state={self.state})"
+
+
+@dataclass(frozen=True, slots=True)
+class CallerRow:
+    name: str  # unique caller name chosen by ops
+    tenant: str  # tenant whose tokens the caller works with
+    scopes: tuple[str, ...]  # what the caller may do (default deny)
+    key_id: str | None  # public half of its API key, for lookup
+    key_hash: bytes | None  # SHA-256 of the secret half; the key itself is never stored
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def __repr__(self) -> str:
+        return f"CallerRow(name={self.name!r}, tenant={self.tenant!r})"
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply migrations; afterwards the store serves."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending commits, then disconnect."""
+        ...
+
+    async def insert_tokens(
+        self, records: Sequence[TokenRecord], now: float, encryptions: Mapping[int, int]
+    ) -> list[InsertOutcome]:
+        """Insert records atomically, one outcome per record, in order.
+
+        Records whose request id or deterministic key already has a live token are not
+        inserted (their outcome carries the existing token). If any record's token is
+        taken, nothing of this call is inserted. ``encryptions`` (key version → count)
+        is added to the key versions' usage counters in the same transaction. Returns
+        only once the transaction is durable.
+        """
+        ...
+
+    async def get_tokens(self, tokens: Sequence[str]) -> list[TokenRecord | None]:
+        """Rows for the tokens, in order; None where absent (expiry is the caller's check)."""
+        ...
+
+    async def delete_token(self, tenant: str, token: str) -> bool:
+        """Remove the row if it belongs to the tenant; False if there was none."""
+        ...
+
+    async def purge_expired(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` rows expired at ``now``; returns how many."""
+        ...
+
+    async def key_versions(self) -> list[KeyVersionRow]: ...
+
+    async def add_key_version(
+        self, wrapped_key: bytes, kek_id: str, created_at: float, *, primary: bool
+    ) -> int:
+        """Add a version (the next number); with ``primary`` the old primary becomes active."""
+        ...
+
+    async def fingerprint_key(self, tenant: str) -> bytes | None: ...
+
+    async def put_fingerprint_key(
+        self, tenant: str, wrapped_key: bytes, kek_id: str, created_at: float
+    ) -> bytes:
+        """Store the tenant's wrapped fingerprint key unless one exists; return the stored one."""
+        ...
+
+    async def add_caller(self, caller: CallerRow) -> None:
+        """Raises AlreadyExistsError if the name is taken."""
+        ...
+
+    async def caller_by_key_id(self, key_id: str) -> CallerRow | None: ...
+
+    async def callers(self) -> list[CallerRow]: ...
+
+    async def revoke_caller(self, name: str, revoked_at: float) -> bool: ...
+
+
+# Observer of group commits (records per commit), for metrics.
+CommitObserver = Callable[[int], None]
