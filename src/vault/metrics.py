@@ -7,15 +7,17 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "AUTH_FAILURES",
     "COMMIT_BATCH",
+    "KEY_ENCRYPTIONS",
     "RPC_CALLS",
     "RPC_LATENCY",
     "TOKENS_CREATED",
     "TOKENS_PURGED",
     "TOKENS_REVEALED",
-    "KEY_ENCRYPTIONS",
 ]
 
-RPC_CALLS = Counter("vault_rpc_calls", "RPCs handled, by method and status code", ["method", "code"])
+RPC_CALLS = Counter(
+    "vault_rpc_calls", "RPCs handled, by method and status code", ["method", "code"]
+)
 RPC_LATENCY = Histogram(
     "vault_rpc_latency_seconds",
     "RPC handling time in the server, by method",
@@ -25,7 +27,9 @@ RPC_LATENCY = Histogram(
 TOKENS_CREATED = Counter("vault_tokens_created", "Tokens created, by data kind", ["kind"])
 TOKENS_REVEALED = Counter("vault_tokens_revealed", "Values revealed, by data kind", ["kind"])
 TOKENS_PURGED = Counter("vault_tokens_purged", "Expired tokens purged")
-AUTH_FAILURES = Counter("vault_auth_failures", "Refused credentials and scopes, by reason", ["reason"])
+AUTH_FAILURES = Counter(
+    "vault_auth_failures", "Refused credentials and scopes, by reason", ["reason"]
+)
 COMMIT_BATCH = Histogram(
     "vault_store_commit_records",
     "Records per group commit",

@@ -46,13 +46,11 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def open_store(config: Config) -> Store:
-    return SqliteStore(
-        config.database_path, on_commit=metrics.COMMIT_BATCH.observe
-    )
+    return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
 
 
 def _check_data_dir(path: Path) -> None:
-    if path.exists() and os.stat(path).st_mode & 0o077 and (path / "vault.db").exists():
+    if path.exists() and path.stat().st_mode & 0o077 and (path / "vault.db").exists():
         log.warning("data dir is accessible by group or others; chmod 700 recommended")
 
 
@@ -163,7 +161,8 @@ class VaultServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        token_service_pb2_grpc.add_TokenServiceServicer_to_server(
+        # The generated registration function carries no annotations.
+        token_service_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TokenServicer(self.vault, authenticator), server
         )
         health = HealthServicer()
@@ -253,4 +252,3 @@ class VaultServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-

@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -22,7 +22,7 @@ from vault.api.errors import grpc_code, to_grpc_status
 from vault.auth.apikeys import Authenticator
 from vault.auth.policy import Caller
 from vault.domain.model import Address, DataKind, Value
-from vault.domain.tokens import Revealed, TokenizeItem, Tokenized, TokenVault
+from vault.domain.tokens import Revealed, Tokenized, TokenizeItem, TokenVault
 from vault.errors import UnauthenticatedError, VaultError
 from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc as pb_grpc
@@ -64,7 +64,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
                 latency.observe(time.perf_counter() - start)
                 if isinstance(exc, UnauthenticatedError):
                     metrics.AUTH_FAILURES.labels(exc.reason).inc()
-                await context.abort_with_status(to_grpc_status(exc))
+                # abort_with_status is in grpc.aio but missing from grpc-stubs.
+                await context.abort_with_status(to_grpc_status(exc))  # type: ignore[attr-defined]
                 raise  # pragma: no cover - abort raises
             except Exception as exc:
                 # Only the type is logged: an exception string may carry input.
@@ -143,7 +144,10 @@ def _address(a: Address) -> types_pb2.Address:
 
 def _revealed(r: Revealed) -> pb.DetokenizeResponse:
     resp = pb.DetokenizeResponse(
-        kind=int(r.kind), metadata=r.metadata, subject=r.subject, token=r.token
+        kind=cast("types_pb2.DataKind", int(r.kind)),
+        metadata=r.metadata,
+        subject=r.subject,
+        token=r.token,
     )
     if isinstance(r.value, Address):
         resp.address.CopyFrom(_address(r.value))
@@ -159,14 +163,14 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("Tokenize")
     async def Tokenize(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.TokenizeRequest, context: Any
+        self, caller: Caller, request: pb.TokenizeRequest, _context: Any
     ) -> pb.TokenizeResponse:
         (result,) = await self.vault.tokenize(caller, [_item(request)], batch=False)
         return _tokenized(result)
 
     @rpc("BatchTokenize")
     async def BatchTokenize(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.BatchTokenizeRequest, context: Any
+        self, caller: Caller, request: pb.BatchTokenizeRequest, _context: Any
     ) -> pb.BatchTokenizeResponse:
         results = await self.vault.tokenize(
             caller, [_item(r) for r in request.requests], batch=True
@@ -175,7 +179,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("Detokenize")
     async def Detokenize(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.DetokenizeRequest, context: Any
+        self, caller: Caller, request: pb.DetokenizeRequest, _context: Any
     ) -> pb.DetokenizeResponse:
         (result,) = await self.vault.detokenize(
             caller, [request.token], request.purpose, batch=False
@@ -184,7 +188,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("BatchDetokenize")
     async def BatchDetokenize(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.BatchDetokenizeRequest, context: Any
+        self, caller: Caller, request: pb.BatchDetokenizeRequest, _context: Any
     ) -> pb.BatchDetokenizeResponse:
         results = await self.vault.detokenize(
             caller, list(request.tokens), request.purpose, batch=True
@@ -193,13 +197,13 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("GetToken")
     async def GetToken(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.GetTokenRequest, context: Any
+        self, caller: Caller, request: pb.GetTokenRequest, _context: Any
     ) -> pb.GetTokenResponse:
         info = await self.vault.get_token(caller, request.token)
         resp = pb.GetTokenResponse(
             token=info.token,
-            kind=int(info.kind),
-            format=int(info.token_format),
+            kind=cast("types_pb2.DataKind", int(info.kind)),
+            format=cast("types_pb2.TokenFormat", int(info.token_format)),
             masked=info.masked,
             fingerprint=info.fingerprint,
             subject=info.subject,
@@ -214,7 +218,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("DeleteToken")
     async def DeleteToken(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.DeleteTokenRequest, context: Any
+        self, caller: Caller, request: pb.DeleteTokenRequest, _context: Any
     ) -> pb.DeleteTokenResponse:
         await self.vault.delete_token(caller, request.token)
         return pb.DeleteTokenResponse()

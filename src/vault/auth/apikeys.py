@@ -25,6 +25,8 @@ _MAX_KEY_CHARS = 128
 # How long a looked-up caller is trusted before the store is asked again: a new or
 # revoked caller takes effect within this many seconds.
 CACHE_SECONDS = 2.0
+# Most key ids remembered; garbage key ids must not grow memory without bound.
+_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,7 @@ class Authenticator:
         if hit is not None and mono - hit[1] < CACHE_SECONDS:
             return hit[0]
         row = await self._store.caller_by_key_id(key_id)
-        if len(self._cache) > 10_000:
-            # Garbage key ids must not grow memory without bound.
+        if len(self._cache) > _CACHE_MAX:
             self._cache.clear()
         self._cache[key_id] = (row, mono)
         return row
@@ -90,8 +91,10 @@ class Authenticator:
         if key is None:
             raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
         row = await self._lookup(key.key_id)
-        if row is None or row.key_hash is None or not hmac.compare_digest(
-            row.key_hash, hash_secret(key.secret)
+        if (
+            row is None
+            or row.key_hash is None
+            or not hmac.compare_digest(row.key_hash, hash_secret(key.secret))
         ):
             raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
         now = self._clock.now()

@@ -57,9 +57,7 @@ def parse_scopes(text: str) -> tuple[str, ...]:
 
 def require(caller: Caller, scope: str) -> None:
     if scope not in caller.scopes:
-        raise PermissionDeniedError(
-            f"the caller lacks the {scope} scope", reason="MISSING_SCOPE"
-        )
+        raise PermissionDeniedError(f"the caller lacks the {scope} scope", reason="MISSING_SCOPE")
 
 
 def require_any(caller: Caller, *scopes: str) -> None:

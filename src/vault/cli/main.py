@@ -70,7 +70,10 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"dev API key (shown once, also in {cfg.dev_key_path}): {server.dev_key}")
     print(f"vault listening on {cfg.listen.rpartition(':')[0]}:{server.port}", flush=True)
     if server.metrics_port:
-        print(f"metrics on http://{cfg.metrics_listen.rpartition(':')[0]}:{server.metrics_port}/metrics", flush=True)
+        print(
+            f"metrics on http://{cfg.metrics_listen.rpartition(':')[0]}:{server.metrics_port}/metrics",
+            flush=True,
+        )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -194,9 +197,9 @@ async def _callers_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"callers": data}, indent=2))
     else:
-        for d in data:
-            state = "revoked" if d["revoked"] else "active"
-            print(f"{d['name']}\t{d['tenant']}\t{','.join(d['scopes'])}\t{state}")
+        for r in rows:
+            state = "revoked" if r.revoked_at is not None else "active"
+            print(f"{r.name}\t{r.tenant}\t{','.join(r.scopes)}\t{state}")
     return 0
 
 

@@ -95,7 +95,9 @@ class KeyFileKek:
     def unwrap(self, wrapped: bytes, label: bytes) -> SecretBytes:
         try:
             return SecretBytes(
-                self._aead.decrypt(wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], b"wrap\x00" + label)
+                self._aead.decrypt(
+                    wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], b"wrap\x00" + label
+                )
             )
         except (InvalidTag, ValueError):
             raise DecryptionError from None

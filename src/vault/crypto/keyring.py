@@ -75,7 +75,9 @@ class Keyring:
                     )
                 primary = key
         if primary is None:
-            raise FailedPreconditionError("keyring has no primary version", reason="KEYRING_INVALID")
+            raise FailedPreconditionError(
+                "keyring has no primary version", reason="KEYRING_INVALID"
+            )
         self._keys = keys
         self._primary = primary
 

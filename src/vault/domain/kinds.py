@@ -72,7 +72,7 @@ _POSTAL_CODE_MAX = 20
 _POSTAL_PREFIX = 3
 _REGION_CODE_LENGTH = 2
 _RANDOM_TOKEN_BYTES = 20  # 160 bits from the CSPRNG: 32 base32 characters, no padding
-_RANDOM_TOKEN_PREFIX = "tok_"  # noqa: S105 - a public prefix, not a credential
+_RANDOM_TOKEN_PREFIX = "tok_"
 
 # ISO 3166-1 alpha-2 codes officially assigned (249), checked against Debian's iso-codes.
 # Reserved codes (UK, EU, XK and the like) are not countries and are refused.
@@ -294,7 +294,9 @@ def _email(text: str, field: str) -> str:
 
 
 def _phone(text: str, field: str) -> str:
-    compact = text.translate(_PHONE_SEPARATORS)
+    # "+44 (0)20 ..." marks the trunk prefix dialled only at home; E.164 never has it, and
+    # keeping its 0 would store another number, so it goes before the separators do.
+    compact = text.replace("(0)", "").translate(_PHONE_SEPARATORS)
     digits = compact[1:]
     plus = compact[:1] == "+"
     only_digits = digits.isascii() and digits.isdigit()

@@ -127,15 +127,21 @@ def _encode_payload(value: bytes, subject: str, metadata: Mapping[str, str]) -> 
     subject_b = subject.encode()
     meta_b = json.dumps(dict(metadata), separators=(",", ":")).encode() if metadata else b""
     return b"".join(
-        (bytes((_PAYLOAD_VERSION,)), _LEN.pack(len(value)), value, _LEN.pack(len(subject_b)),
-         subject_b, meta_b)
+        (
+            bytes((_PAYLOAD_VERSION,)),
+            _LEN.pack(len(value)),
+            value,
+            _LEN.pack(len(subject_b)),
+            subject_b,
+            meta_b,
+        )
     )
 
 
 def _decode_payload(data: bytes) -> tuple[bytes, str, dict[str, str]]:
     try:
         if data[0] != _PAYLOAD_VERSION:
-            raise ValueError
+            raise ValueError  # noqa: TRY301 - mapped to one error below
         (vlen,) = _LEN.unpack_from(data, 1)
         value = data[5 : 5 + vlen]
         pos = 5 + vlen
@@ -219,9 +225,7 @@ class TokenVault:
                 )
             )
         if len(item.metadata) > lim.max_metadata_entries:
-            out.append(
-                FieldViolation("metadata", f"at most {lim.max_metadata_entries} entries")
-            )
+            out.append(FieldViolation("metadata", f"at most {lim.max_metadata_entries} entries"))
         for key, val in item.metadata.items():
             if len(key) > lim.max_metadata_key_chars or not _METADATA_KEY.fullmatch(key):
                 out.append(
@@ -316,7 +320,9 @@ class TokenVault:
             try:
                 checked.append(self._check_item(item))
             except InvalidArgumentError as exc:
-                violations.extend(exc.prefixed(f"requests[{i}]").violations if batch else exc.violations)
+                violations.extend(
+                    exc.prefixed(f"requests[{i}]").violations if batch else exc.violations
+                )
         if violations:
             raise InvalidArgumentError(violations)
 
@@ -330,7 +336,7 @@ class TokenVault:
         def seal(i: int, token: str) -> TokenRecord:
             nonlocal encryptions
             item = items[i]
-            kind, fmt, value = checked[i]
+            kind, fmt, _ = checked[i]
             canon = canons[i]
             aad = record_aad(tenant, kind, fmt, token, primary.version)
             encryptions += 1
@@ -356,13 +362,12 @@ class TokenVault:
 
         canons = [kinds.canonical_bytes(k, v) for k, _, v in checked]
         fingerprints = [
-            fp.digest(b"kind:%d" % k, canon) for (k, _, _), canon in zip(checked, canons, strict=True)
+            fp.digest(b"kind:%d" % k, canon)
+            for (k, _, _), canon in zip(checked, canons, strict=True)
         ]
         records = [seal(i, self._new_token(k, f, v)) for i, (k, f, v) in enumerate(checked)]
         for _attempt in range(self.limits.max_token_attempts):
-            outcomes = await self._store.insert_tokens(
-                records, now, {primary.version: encryptions}
-            )
+            outcomes = await self._store.insert_tokens(records, now, {primary.version: encryptions})
             encryptions = 0
             taken = [i for i, o in enumerate(outcomes) if o.status is InsertStatus.TOKEN_TAKEN]
             if not taken:
@@ -372,8 +377,7 @@ class TokenVault:
                 records[i] = seal(i, self._new_token(kind, fmt, value))
         else:
             raise ResourceExhaustedError(
-                "no unused token could be drawn in this format; use a format with more "
-                "free digits",
+                "no unused token could be drawn in this format; use a format with more free digits",
                 reason="TOKEN_SPACE_EXHAUSTED",
             )
 
@@ -416,7 +420,9 @@ class TokenVault:
 
     # -- reading -----------------------------------------------------------------
 
-    async def _load(self, caller: Caller, tokens: Sequence[str], field_name: str) -> list[TokenRecord]:
+    async def _load(
+        self, caller: Caller, tokens: Sequence[str], field_name: str
+    ) -> list[TokenRecord]:
         """Live rows of the caller's tenant, in order; NotFound for any other."""
         batch = field_name == "tokens"
         violations = []
@@ -495,4 +501,3 @@ class TokenVault:
         if total:
             metrics.TOKENS_PURGED.inc(total)
         return total
-

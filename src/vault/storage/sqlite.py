@@ -56,10 +56,11 @@ _INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,
 def migrations(dialect: str) -> list[tuple[int, str]]:
     """Numbered migrations shipped with the package: (number, SQL) in order."""
     folder = resources.files("vault.storage") / "migrations" / dialect
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    found = [
+        (int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    ]
     return sorted(found)
 
 
@@ -254,7 +255,7 @@ class SqliteStore:
                 row = await cur.fetchone()
             current = (row[0] if row else None) or 0
             if current > latest:
-                raise FailedPreconditionError(
+                raise FailedPreconditionError(  # noqa: TRY301 - rolled back below
                     "the store's schema is newer than this vault; upgrade the vault",
                     reason="SCHEMA_TOO_NEW",
                 )
@@ -316,7 +317,7 @@ class SqliteStore:
                     await conn.execute("ROLLBACK TO op")
                 await conn.execute("RELEASE op")
             await conn.execute("COMMIT")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets UNAVAILABLE
             with contextlib.suppress(sqlite3.Error):
                 await conn.execute("ROLLBACK")
             log.error("store commit failed: %s", type(exc).__name__)
@@ -358,7 +359,9 @@ class SqliteStore:
             for rec in live
             if rec.deterministic
         }
-        by_request = {(rec.tenant, rec.request_id): rec for rec in live if rec.request_id}
+        by_request: dict[tuple[str, str | None], TokenRecord] = {
+            (rec.tenant, rec.request_id): rec for rec in live if rec.request_id
+        }
         to_insert: list[TokenRecord] = []
         for op in ops:
             outcomes: list[InsertOutcome] = []
@@ -388,7 +391,9 @@ class SqliteStore:
             if collided:
                 # All or nothing: the caller draws new tokens and submits the call again.
                 op.outcomes = [
-                    o if o.status is not InsertStatus.INSERTED else InsertOutcome(InsertStatus.ABORTED)
+                    o
+                    if o.status is not InsertStatus.INSERTED
+                    else InsertOutcome(InsertStatus.ABORTED)
                     for o in outcomes
                 ]
                 continue
@@ -426,21 +431,23 @@ class SqliteStore:
         for chunk in _chunks(tokens, _MAX_PARAMS):
             await collect(select + f"token IN ({','.join('?' * len(chunk))})", chunk)
         det = [r for r in records if r.deterministic]
-        for chunk in _chunks(det, _MAX_PARAMS // 4):
-            values = ",".join("(?,?,?,?)" for _ in chunk)
-            params = [p for r in chunk for p in (r.tenant, r.kind, r.token_format, r.fingerprint)]
+        for det_chunk in _chunks(det, _MAX_PARAMS // 4):
+            values = ",".join("(?,?,?,?)" for _ in det_chunk)
+            params = [
+                p for r in det_chunk for p in (r.tenant, r.kind, r.token_format, r.fingerprint)
+            ]
             await collect(
                 select + "deterministic = 1 AND (tenant, kind, token_format, fingerprint) "
                 f"IN (VALUES {values})",
                 params,
             )
         req = [r for r in records if r.request_id]
-        for chunk in _chunks(req, _MAX_PARAMS // 2):
-            values = ",".join("(?,?)" for _ in chunk)
-            params = [p for r in chunk for p in (r.tenant, r.request_id)]
+        for req_chunk in _chunks(req, _MAX_PARAMS // 2):
+            values = ",".join("(?,?)" for _ in req_chunk)
+            req_params = [p for r in req_chunk for p in (r.tenant, r.request_id)]
             await collect(
                 select + f"request_id IS NOT NULL AND (tenant, request_id) IN (VALUES {values})",
-                params,
+                req_params,
             )
         return found
 
@@ -490,9 +497,9 @@ class SqliteStore:
                 if not rop.future.done():
                     rop.future.set_result([rows.get(t) for t in rop.tokens])
         while not self._read_queue.empty():
-            rop = self._read_queue.get_nowait()
-            if rop is not None and not rop.future.done():
-                rop.future.set_exception(StoreUnavailableError("the store is closing"))
+            left = self._read_queue.get_nowait()
+            if left is not None and not left.future.done():
+                left.future.set_exception(StoreUnavailableError("the store is closing"))
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._reader
@@ -557,7 +564,9 @@ class SqliteStore:
         self, wrapped_key: bytes, kek_id: str, created_at: float, *, primary: bool
     ) -> int:
         async def apply(conn: aiosqlite.Connection) -> int:
-            async with conn.execute("SELECT coalesce(max(version), 0) + 1 FROM key_versions") as cur:
+            async with conn.execute(
+                "SELECT coalesce(max(version), 0) + 1 FROM key_versions"
+            ) as cur:
                 row = await cur.fetchone()
             version = int(row[0]) if row else 1
             if primary:
