@@ -175,7 +175,8 @@ def luhn_valid(digits: str) -> bool:
 
 def _pan(text: str, field: str) -> str:
     digits = text.replace(" ", "").replace("-", "")
-    only_digits = digits.isascii() and digits.isdigit()
+    # "" has no wrong characters, only too few: it gets the length violation alone.
+    only_digits = not digits or (digits.isascii() and digits.isdigit())
     length_ok = _PAN_MIN_DIGITS <= len(digits) <= _PAN_MAX_DIGITS
     if only_digits and length_ok and luhn_valid(digits):
         return digits
@@ -234,7 +235,11 @@ def _iban(iban: str, field: str) -> str:
 
 
 def _bank_account(text: str, field: str) -> str:
-    compact = text.replace(" ", "").upper()
+    compact = text.replace(" ", "")
+    # Upper-case ASCII only: "ß".upper() is "SS", which would turn refused text into a
+    # different, accepted account number.
+    if compact.isascii():
+        compact = compact.upper()
     if _IBAN_PREFIX.match(compact):
         return _iban(compact, field)
     account = compact.replace("-", "")
@@ -297,9 +302,9 @@ def _phone(text: str, field: str) -> str:
     # "+44 (0)20 ..." marks the trunk prefix dialled only at home; E.164 never has it, and
     # keeping its 0 would store another number, so it goes before the separators do.
     compact = text.replace("(0)", "").translate(_PHONE_SEPARATORS)
-    digits = compact[1:]
     plus = compact[:1] == "+"
-    only_digits = digits.isascii() and digits.isdigit()
+    digits = compact[1:] if plus else compact
+    only_digits = not digits or (digits.isascii() and digits.isdigit())
     length_ok = _PHONE_MIN_DIGITS <= len(digits) <= _PHONE_MAX_DIGITS
     if plus and only_digits and length_ok and digits[0] != "0":
         return compact
@@ -390,7 +395,8 @@ def _region_code(value: object, field: str, violations: list[FieldViolation]) ->
     text = _address_text(value, field, None, violations)
     if text is None:
         return None
-    code = text.upper()
+    # isascii first: "ß".upper() is "SS", a real country code.
+    code = text.upper() if text.isascii() else text
     if not (len(code) == _REGION_CODE_LENGTH and code.isascii() and code.isalpha()):
         violations.append(FieldViolation(field, "must be two letters (ISO 3166-1 alpha-2)"))
         return None
@@ -649,7 +655,11 @@ def new_pan_token(
         raise _invalid("format", "too few digits to tokenize in this format")
     # One draw below 10**free is the same uniform choice as `free` draws below 10, at one
     # CSPRNG call instead of `free` of them (secrets.randbelow reads the OS each time).
-    middle = str(randbelow(10**free)).zfill(free)
+    bound = 10**free
+    drawn = randbelow(bound)
+    if not 0 <= drawn < bound:
+        raise InternalError("random source returned a number out of range")
+    middle = str(drawn).zfill(free)
     token = pan[:kept_head] + middle + pan[-_LAST_FOUR:]
     if luhn_valid(token):
         # Changing one digit always changes the Luhn sum mod 10 (the doubling map is a

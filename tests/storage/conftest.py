@@ -1,0 +1,123 @@
+"""Fixtures of the storage contract suite: every test here runs against every store.
+
+A backend gives the suite three things: a way to build a new, unopened store on this
+test's own database (twice for "two processes on one database"), and an out-of-band
+way to record a schema version the code does not know. Adding the PostgreSQL store
+means adding one entry to ``BACKENDS``; no test changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vault.storage.base import CallerRow, Store, TokenRecord
+from vault.storage.sqlite import SqliteStore
+
+# The fixed "now" of the suite (unix seconds); tests move time by passing other values.
+NOW = 1_800_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    # A new, unopened store on this test's database; each call is another "process".
+    new_store: Callable[[], Store]
+    # Records migration ``version`` as applied, behind the store's back.
+    record_schema_version: Callable[[int], Awaitable[None]]
+
+
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    path = tmp_path / "vault.db"
+
+    async def record_schema_version(version: int) -> None:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'test')",
+                (version,),
+            )
+            conn.commit()
+        finally:
+            conn.close()
+
+    return Backend("sqlite", lambda: SqliteStore(path), record_schema_version)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path) -> Backend:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+async def empty_store(backend):
+    """An open store with nothing in it (not even a key version)."""
+    store = backend.new_store()
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def store(empty_store):
+    """An open store whose data-key version 1 is primary (token rows name a key version)."""
+    version = await empty_store.add_key_version(b"wrapped-dek-1", "kek-test", NOW, primary=True)
+    assert version == 1
+    return empty_store
+
+
+@pytest.fixture
+def make_record():
+    """Builds TokenRecords with unique tokens, fingerprints and ciphertexts by default."""
+    counter = itertools.count()
+
+    def make(**fields) -> TokenRecord:
+        n = next(counter)
+        values = {
+            "token": f"tok_{n:06d}",
+            "tenant": "tenant-a",
+            "kind": 1,
+            "token_format": 1,
+            "key_version": 1,
+            # NUL and high bytes: blobs must come back byte for byte.
+            "ciphertext": b"\x00\xff" + hashlib.sha256(b"ct%d" % n).digest(),
+            "fingerprint": hashlib.sha256(b"fp%d" % n).digest(),
+            "deterministic": False,
+            "subject_ref": None,
+            "request_id": None,
+            "request_hash": None,
+            "created_at": NOW,
+            "expires_at": None,
+        }
+        values.update(fields)
+        return TokenRecord(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_caller():
+    def make(name: str, **fields) -> CallerRow:
+        values = {
+            "name": name,
+            "tenant": "tenant-a",
+            "scopes": ("tokenize", "detokenize:PAN"),
+            "key_id": f"kid_{name}",
+            "key_hash": hashlib.sha256(name.encode()).digest(),
+            "created_at": NOW,
+            "expires_at": None,
+            "revoked_at": None,
+        }
+        values.update(fields)
+        return CallerRow(**values)
+
+    return make
