@@ -28,6 +28,7 @@ class Config:
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight calls
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000
+    workers: int = 1  # server processes sharing the listen port (SO_REUSEPORT)
 
     @property
     def master_key_path(self) -> Path:

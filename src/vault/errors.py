@@ -61,7 +61,7 @@ class InvalidArgumentError(VaultError):
         reason: str | None = None,
     ) -> None:
         self.violations = [violations] if isinstance(violations, FieldViolation) else violations
-        fields = ", ".join(v.field for v in self.violations)
+        fields = ", ".join(dict.fromkeys(v.field for v in self.violations))
         super().__init__(f"invalid argument: {fields}", reason=reason)
 
     def prefixed(self, prefix: str) -> InvalidArgumentError:

@@ -60,3 +60,6 @@ def setup_logging(fmt: str = "plain", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosqlite logs every statement's parameters at DEBUG (ciphertexts, key hashes):
+    # never below INFO, whatever the vault's own level.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

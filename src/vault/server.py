@@ -19,6 +19,8 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
 from vault import metrics
+from vault.api.rpc import add_service
+from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
 from vault.auth.apikeys import Authenticator, hash_secret, mint_api_key
 from vault.auth.policy import ALL_SCOPES
@@ -30,7 +32,6 @@ from vault.domain.tokens import Limits, TokenVault
 from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.storage.base import CallerRow, Store
 from vault.storage.sqlite import SqliteStore
-from vault.v1 import token_service_pb2, token_service_pb2_grpc
 
 __all__ = ["DEV_CALLER", "VaultServer", "create_dev_caller", "init_data_dir", "open_store"]
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DEV_CALLER = "dev"
 DEV_TENANT = "default"
-TOKEN_SERVICE = token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -158,13 +159,10 @@ class VaultServer:
                 # Headers of absurd size are refused by the transport.
                 ("grpc.max_metadata_size", 16 * 1024),
                 # One process per port unless --workers asks for sharing.
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ]
         )
-        # The generated registration function carries no annotations.
-        token_service_pb2_grpc.add_TokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            TokenServicer(self.vault, authenticator), server
-        )
+        add_service(server, TOKEN_SERVICE_DESCRIPTOR, TokenServicer(self.vault, authenticator))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         names = [TOKEN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME, REFLECTION_V1]

@@ -1,87 +1,24 @@
-"""vault.v1.TokenService: proto in, use case, proto out.
-
-Every handler goes through ``_rpc``: it authenticates the caller, maps vault errors to
-rich statuses, and records the call's code and latency. That is the job of an
-interceptor; it is a wrapper here because a grpc.aio interceptor costs an extra
-coroutine and handler lookup on every call of the hot path.
-"""
+"""vault.v1.TokenService: proto in, use case, proto out (every handler goes through
+``rpc``: authentication, error mapping, metrics)."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-import grpc
 from google.protobuf import timestamp_pb2
 
-from vault import metrics
-from vault.api.errors import grpc_code, to_grpc_status
+from vault.api.rpc import rpc
 from vault.auth.apikeys import Authenticator
 from vault.auth.policy import Caller
 from vault.domain.model import Address, DataKind, Value
 from vault.domain.tokens import Revealed, Tokenized, TokenizeItem, TokenVault
-from vault.errors import UnauthenticatedError, VaultError
 from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc as pb_grpc
 from vault.v1 import types_pb2
 
-__all__ = ["TokenServicer"]
+__all__ = ["TOKEN_SERVICE", "TokenServicer"]
 
-log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Caller, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
-
-
-def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else None
-    return None
-
-
-def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
-    """Authenticate, run, map errors, count. ``method`` is the metric label."""
-    latency = metrics.RPC_LATENCY.labels(method)
-    ok = metrics.RPC_CALLS.labels(method, "OK")
-
-    def decorate(fn: Handler[Req, Resp]) -> Callable[..., Awaitable[Resp]]:
-        @functools.wraps(fn)
-        async def handler(
-            self: TokenServicer, request: Req, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> Resp:
-            start = time.perf_counter()
-            try:
-                caller = await self.authenticator.authenticate(_authorization(context))
-                response = await fn(self, caller, request, context)
-            except VaultError as exc:
-                code = grpc_code(exc)
-                metrics.RPC_CALLS.labels(method, code.name).inc()
-                latency.observe(time.perf_counter() - start)
-                if isinstance(exc, UnauthenticatedError):
-                    metrics.AUTH_FAILURES.labels(exc.reason).inc()
-                # abort_with_status is in grpc.aio but missing from grpc-stubs.
-                await context.abort_with_status(to_grpc_status(exc))  # type: ignore[attr-defined]
-                raise  # pragma: no cover - abort raises
-            except Exception as exc:
-                # Only the type is logged: an exception string may carry input.
-                log.error("internal error in %s: %s", method, type(exc).__name__)
-                metrics.RPC_CALLS.labels(method, "INTERNAL").inc()
-                latency.observe(time.perf_counter() - start)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-                raise  # pragma: no cover - abort raises
-            ok.inc()
-            latency.observe(time.perf_counter() - start)
-            return response
-
-        return handler
-
-    return decorate
-
+TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
 
 # -- conversions ---------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from vault.errors import VaultError
 from vault.logs import setup_logging
 from vault.server import VaultServer, init_data_dir, open_store
 from vault.storage.base import CallerRow
+from vault.workers import run_workers
 
 __all__ = ["main"]
 
@@ -32,13 +33,13 @@ class CommandError(Exception):
     """A one-line reason for the user; the command exits non-zero."""
 
 
-def _run(coro: Awaitable[int]) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
     except ImportError:  # pragma: no cover
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)  # type: ignore[arg-type]
+        return int(runner.run(coro))
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> Config:
@@ -54,26 +55,37 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 # -- serve ------------------------------------------------------------------------------
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def _announce(cfg: Config, port: int, dev_key: str | None) -> None:
+    if dev_key is not None:
+        # Printed once; the same key is in DATA_DIR/dev-api-key (0600).
+        print(f"dev API key (shown once, also in {cfg.dev_key_path}): {dev_key}")
+    print(f"vault listening on {cfg.listen.rpartition(':')[0]}:{port}", flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise CommandError("--workers must be at least 1")
     cfg = _config(
         args,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         dev=True if args.dev else None,
         log_format=args.log_format,
+        workers=args.workers,
     )
     setup_logging(cfg.log_format, cfg.log_level)
+    if cfg.workers > 1:
+        return run_workers(cfg, lambda port, key: _announce(cfg, port, key))
+    return _run(_serve_one(cfg))
+
+
+async def _serve_one(cfg: Config) -> int:
     server = VaultServer(cfg)
     await server.start()
-    if server.dev_key is not None:
-        # Printed once; the same key is in DATA_DIR/dev-api-key (0600).
-        print(f"dev API key (shown once, also in {cfg.dev_key_path}): {server.dev_key}")
-    print(f"vault listening on {cfg.listen.rpartition(':')[0]}:{server.port}", flush=True)
+    _announce(cfg, server.port, server.dev_key)
     if server.metrics_port:
-        print(
-            f"metrics on http://{cfg.metrics_listen.rpartition(':')[0]}:{server.metrics_port}/metrics",
-            flush=True,
-        )
+        host = cfg.metrics_listen.rpartition(":")[0]
+        print(f"metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -237,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
         help="on an empty data dir, create a master key and a dev API key with every scope",
     )
     serve.add_argument("--log-format", choices=["plain", "json"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (SO_REUSEPORT); default 1",
+    )
     serve.set_defaults(handler=_serve)
 
     keys = sub.add_parser("keys", help="master key and data-key versions")
@@ -272,8 +289,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], Awaitable[int]] = args.handler
     try:
+        if args.command == "serve":
+            return _serve(args)  # runs its own event loop(s)
+        handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
         return _run(handler(args))
     except (VaultError, CommandError) as exc:
         print(f"vaultctl: {exc}", file=sys.stderr)

@@ -50,7 +50,7 @@ class KeyFileKek:
     def create(cls, path: Path) -> KeyFileKek:
         """Write a new random master key; never overwrites an existing file."""
         key = os.urandom(_KEY_BYTES)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, _MAGIC + key.hex().encode() + b"\n")

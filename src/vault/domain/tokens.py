@@ -114,6 +114,7 @@ class TokenInfo:
 
 _METADATA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]+")
+_PAN_FORMATS = frozenset({TokenFormat.PAN_LAST4, TokenFormat.PAN_BIN_LAST4})
 _PAYLOAD_VERSION = 1
 _LEN = struct.Struct(">I")
 
@@ -203,7 +204,7 @@ class TokenVault:
             if (
                 value is not None
                 and kind is DataKind.PAN
-                and fmt is not TokenFormat.RANDOM
+                and fmt in _PAN_FORMATS
                 and isinstance(value, str)
             ):
                 try:
@@ -285,7 +286,7 @@ class TokenVault:
 
     @staticmethod
     def _new_token(kind: DataKind, fmt: TokenFormat, value: Value) -> str:
-        if kind is DataKind.PAN and fmt is not TokenFormat.RANDOM and isinstance(value, str):
+        if kind is DataKind.PAN and fmt in _PAN_FORMATS and isinstance(value, str):
             return kinds.new_pan_token(value, fmt)
         return kinds.new_random_token()
 

@@ -216,7 +216,7 @@ class SqliteStore:
         return conn
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._writer = await self._connect()
         await self._migrate(self._writer)
         self._reader = await self._connect()
