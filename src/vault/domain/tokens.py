@@ -370,6 +370,15 @@ class TokenVault:
         for _attempt in range(self.limits.max_token_attempts):
             outcomes = await self._store.insert_tokens(records, now, {primary.version: encryptions})
             encryptions = 0
+            for i, o in enumerate(outcomes):
+                if o.status is InsertStatus.REQUEST_REUSED:
+                    raise InvalidArgumentError(
+                        FieldViolation(
+                            f"requests[{i}].request_id" if batch else "request_id",
+                            "was already used for a different request",
+                        ),
+                        reason="REQUEST_ID_REUSED",
+                    )
             taken = [i for i, o in enumerate(outcomes) if o.status is InsertStatus.TOKEN_TAKEN]
             if not taken:
                 break
@@ -394,17 +403,6 @@ class TokenVault:
                 existing = outcome.existing
                 if existing is None:  # pragma: no cover - store contract
                     raise InternalError("store answered without the existing token")
-                if (
-                    outcome.status is InsertStatus.REQUEST_EXISTS
-                    and existing.request_hash != rec.request_hash
-                ):
-                    raise InvalidArgumentError(
-                        FieldViolation(
-                            f"requests[{i}].request_id" if batch else "request_id",
-                            "was already used for a different request",
-                        ),
-                        reason="REQUEST_ID_REUSED",
-                    )
                 rec, created = existing, False
             results.append(
                 Tokenized(
@@ -487,7 +485,8 @@ class TokenVault:
 
     async def delete_token(self, caller: Caller, token: str) -> None:
         require_scope(caller, SCOPE_TOKENIZE)
-        kinds.validate_token_string(token, "token")
+        # Expired but not yet purged counts as gone, as for every other read.
+        await self._load(caller, [token], "token")
         if not await self._store.delete_token(caller.tenant, token):
             raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
 

@@ -52,6 +52,9 @@ class InsertStatus(enum.Enum):
     INSERTED = "inserted"
     DETERMINISTIC_EXISTS = "deterministic_exists"  # `existing` is the live earlier token
     REQUEST_EXISTS = "request_exists"  # `existing` is the token of the earlier request
+    # The request id was used before for a different request (request_hash differs);
+    # nothing of the call is inserted.
+    REQUEST_REUSED = "request_reused"
     TOKEN_TAKEN = "token_taken"  # the token is in use: draw another and retry
     ABORTED = "aborted"  # not inserted because another record of the same call was taken
 
@@ -105,8 +108,10 @@ class Store(Protocol):
         """Insert records atomically, one outcome per record, in order.
 
         Records whose request id or deterministic key already has a live token are not
-        inserted (their outcome carries the existing token). If any record's token is
-        taken, nothing of this call is inserted. ``encryptions`` (key version → count)
+        inserted (their outcome carries the existing token); a request id answered by a
+        deterministic hit is still reserved for that request. If any record's token is
+        taken, or its request id was used for a different request (request_hash), nothing
+        of this call is inserted. ``encryptions`` (key version → count)
         is added to the key versions' usage counters in the same transaction. Returns
         only once the transaction is durable.
         """

@@ -50,6 +50,7 @@ _TOKEN_COLUMNS = (
     "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
     "deterministic, subject_ref, request_id, request_hash, created_at, expires_at"
 )
+_T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
 _INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
 
 
@@ -134,6 +135,75 @@ _CALLER_COLUMNS = "name, tenant, scopes, key_id, key_hash, created_at, expires_a
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+_DetKey = tuple[str, int, int, bytes]
+_ReqKey = tuple[str, str | None]
+_Reservation = tuple[str, str, bytes | None, str]
+
+
+class _Resolver:
+    """Decides, call by call, what of a group commit is inserted. Store-independent
+    logic: the same rules hold for every store (see Store.insert_tokens)."""
+
+    def __init__(self, live: Sequence[TokenRecord]) -> None:
+        self.taken = {rec.token for rec in live}
+        self.by_det: dict[_DetKey, TokenRecord] = {
+            (r.tenant, r.kind, r.token_format, r.fingerprint): r for r in live if r.deterministic
+        }
+        # (tenant, request id) -> (hash of the request that used it, its token's row)
+        self.by_request: dict[_ReqKey, tuple[bytes | None, TokenRecord]] = {
+            (r.tenant, r.request_id): (r.request_hash, r) for r in live if r.request_id
+        }
+        self.to_insert: list[TokenRecord] = []
+        self.reservations: list[_Reservation] = []
+
+    def resolve(self, records: Sequence[TokenRecord]) -> list[InsertOutcome]:
+        outcomes: list[InsertOutcome] = []
+        pending: list[TokenRecord] = []
+        taken: set[str] = set()
+        det: dict[_DetKey, TokenRecord] = {}
+        req: dict[_ReqKey, tuple[bytes | None, TokenRecord]] = {}
+        reservations: list[_Reservation] = []
+        aborted = False
+        for rec in records:
+            rkey = (rec.tenant, rec.request_id)
+            dkey = (rec.tenant, rec.kind, rec.token_format, rec.fingerprint)
+            if rec.request_id and (used := self.by_request.get(rkey) or req.get(rkey)):
+                same = used[0] == rec.request_hash
+                status = InsertStatus.REQUEST_EXISTS if same else InsertStatus.REQUEST_REUSED
+                outcomes.append(InsertOutcome(status, used[1]))
+                aborted |= not same
+            elif rec.deterministic and (hit := self.by_det.get(dkey) or det.get(dkey)):
+                outcomes.append(InsertOutcome(InsertStatus.DETERMINISTIC_EXISTS, hit))
+                if rec.request_id:
+                    # Answered by an existing token: the id stays this request's.
+                    req[rkey] = (rec.request_hash, hit)
+                    reservations.append((rec.tenant, rec.request_id, rec.request_hash, hit.token))
+            elif rec.token in self.taken or rec.token in taken:
+                outcomes.append(InsertOutcome(InsertStatus.TOKEN_TAKEN))
+                aborted = True
+            else:
+                outcomes.append(InsertOutcome(InsertStatus.INSERTED))
+                pending.append(rec)
+                taken.add(rec.token)
+                if rec.deterministic:
+                    det[dkey] = rec
+                if rec.request_id:
+                    req[rkey] = (rec.request_hash, rec)
+        if aborted:
+            # All or nothing: the caller draws new tokens and submits the call again
+            # (or, for a reused request id, refuses it).
+            aborted_outcome = InsertOutcome(InsertStatus.ABORTED)
+            return [
+                o if o.status is not InsertStatus.INSERTED else aborted_outcome for o in outcomes
+            ]
+        self.to_insert.extend(pending)
+        self.reservations.extend(reservations)
+        self.taken |= taken
+        self.by_det.update(det)
+        self.by_request.update(req)
+        return outcomes
 
 
 @dataclass(slots=True)
@@ -344,66 +414,28 @@ class SqliteStore:
         now = max(op.now for op in ops)
         records = [r for op in ops for r in op.records]
         # Random tokens carry 160 bits: only PAN-shaped tokens can realistically collide,
-        # but all are checked against rows that expired and wait for the purge.
-        existing = await self._existing_for(conn, records)
+        # but all are checked, also against rows that expired and wait for the purge.
+        existing, reserved = await self._existing_for(conn, records)
         expired_ids = [rowid for rowid, rec in existing.values() if not rec.live(now)]
         if expired_ids:
             # Dead rows: free their token, deterministic key and request id for reuse.
             for chunk in _chunks(expired_ids, _MAX_PARAMS):
                 marks = ",".join("?" * len(chunk))
                 await conn.execute(f"DELETE FROM tokens WHERE id IN ({marks})", chunk)  # noqa: S608
-        live = [rec for _, rec in existing.values() if rec.live(now)]
-        taken = {rec.token for rec in live}
-        by_det = {
-            (rec.tenant, rec.kind, rec.token_format, rec.fingerprint): rec
-            for rec in live
-            if rec.deterministic
-        }
-        by_request: dict[tuple[str, str | None], TokenRecord] = {
-            (rec.tenant, rec.request_id): rec for rec in live if rec.request_id
-        }
-        to_insert: list[TokenRecord] = []
+        resolver = _Resolver([rec for _, rec in existing.values() if rec.live(now)])
+        for tenant, request_id, request_hash, rowid in reserved:
+            if existing[rowid][1].live(now):
+                resolver.by_request[(tenant, request_id)] = (request_hash, existing[rowid][1])
         for op in ops:
-            outcomes: list[InsertOutcome] = []
-            pending: list[TokenRecord] = []
-            op_taken: set[str] = set()
-            op_det: dict[tuple[str, int, int, bytes], TokenRecord] = {}
-            op_req: dict[tuple[str, str | None], TokenRecord] = {}
-            collided = False
-            for rec in op.records:
-                rkey = (rec.tenant, rec.request_id)
-                dkey = (rec.tenant, rec.kind, rec.token_format, rec.fingerprint)
-                if rec.request_id and (hit := by_request.get(rkey) or op_req.get(rkey)):
-                    outcomes.append(InsertOutcome(InsertStatus.REQUEST_EXISTS, hit))
-                elif rec.deterministic and (hit := by_det.get(dkey) or op_det.get(dkey)):
-                    outcomes.append(InsertOutcome(InsertStatus.DETERMINISTIC_EXISTS, hit))
-                elif rec.token in taken or rec.token in op_taken:
-                    outcomes.append(InsertOutcome(InsertStatus.TOKEN_TAKEN))
-                    collided = True
-                else:
-                    outcomes.append(InsertOutcome(InsertStatus.INSERTED))
-                    pending.append(rec)
-                    op_taken.add(rec.token)
-                    if rec.deterministic:
-                        op_det[dkey] = rec
-                    if rec.request_id:
-                        op_req[rkey] = rec
-            if collided:
-                # All or nothing: the caller draws new tokens and submits the call again.
-                op.outcomes = [
-                    o
-                    if o.status is not InsertStatus.INSERTED
-                    else InsertOutcome(InsertStatus.ABORTED)
-                    for o in outcomes
-                ]
-                continue
-            op.outcomes = outcomes
-            to_insert.extend(pending)
-            taken |= op_taken
-            by_det.update(op_det)
-            by_request.update(op_req)
-        if to_insert:
-            await conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in to_insert])
+            op.outcomes = resolver.resolve(op.records)
+        if resolver.to_insert:
+            await conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in resolver.to_insert])
+        if resolver.reservations:
+            await conn.executemany(
+                "INSERT INTO request_ids (tenant, request_id, request_hash, token) "
+                "VALUES (?, ?, ?, ?)",
+                resolver.reservations,
+            )
         usage: dict[int, int] = {}
         for op in ops:
             for version, count in op.encryptions.items():
@@ -413,13 +445,15 @@ class SqliteStore:
                 "UPDATE key_versions SET encryptions = encryptions + ? WHERE version = ?",
                 [(count, version) for version, count in usage.items()],
             )
-        return len(to_insert)
+        return len(resolver.to_insert)
 
     async def _existing_for(
         self, conn: aiosqlite.Connection, records: Sequence[TokenRecord]
-    ) -> dict[int, tuple[int, TokenRecord]]:
-        """Stored rows that share a token, deterministic key or request id with records."""
+    ) -> tuple[dict[int, tuple[int, TokenRecord]], list[tuple[str, str, bytes, int]]]:
+        """Stored rows that share a token, deterministic key or request id with records,
+        and the request ids reserved by deterministic hits (tenant, id, hash, row id)."""
         found: dict[int, tuple[int, TokenRecord]] = {}
+        reserved: list[tuple[str, str, bytes, int]] = []
 
         async def collect(sql: str, params: Sequence[Any]) -> None:
             async with conn.execute(sql, params) as cur:
@@ -449,7 +483,16 @@ class SqliteStore:
                 select + f"request_id IS NOT NULL AND (tenant, request_id) IN (VALUES {values})",
                 req_params,
             )
-        return found
+            sql = (
+                f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {_T_COLUMNS} "  # noqa: S608
+                "FROM request_ids r JOIN tokens t ON t.token = r.token "
+                f"WHERE (r.tenant, r.request_id) IN (VALUES {values})"
+            )
+            async with conn.execute(sql, req_params) as cur:
+                for row in await cur.fetchall():
+                    found[row[3]] = (row[3], _row_to_record(row[4:]))
+                    reserved.append((row[0], row[1], row[2], row[3]))
+        return found, reserved
 
     async def _write(self, apply: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()

@@ -50,6 +50,18 @@ CREATE INDEX tokens_subject ON tokens (tenant, subject_ref) WHERE subject_ref IS
 CREATE INDEX tokens_expiry ON tokens (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX tokens_key_version ON tokens (key_version);
 
+-- Request ids answered by an existing deterministic token rather than a new row: the
+-- id stays reserved for that request (a row's own request id lives in tokens).
+CREATE TABLE request_ids (
+    tenant       TEXT NOT NULL,                -- tenant of the request
+    request_id   TEXT NOT NULL,                -- caller's idempotency key
+    request_hash BLOB NOT NULL,                -- HMAC of the request that used it
+    token        TEXT NOT NULL                 -- the token it was answered with
+                 REFERENCES tokens (token) ON DELETE CASCADE,
+    PRIMARY KEY (tenant, request_id)
+) WITHOUT ROWID;
+CREATE INDEX request_ids_token ON request_ids (token);
+
 -- Callers with API keys. Only a hash of the secret half is stored.
 CREATE TABLE callers (
     name        TEXT PRIMARY KEY,              -- unique caller name
