@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -194,9 +194,14 @@ class _Resolver:
         if aborted:
             # All or nothing: the caller draws new tokens and submits the call again
             # (or, for a reused request id, refuses it).
+            # Outcomes that point at this call's own (now unwritten) records abort too.
+            unwritten = {id(r) for r in pending}
             aborted_outcome = InsertOutcome(InsertStatus.ABORTED)
             return [
-                o if o.status is not InsertStatus.INSERTED else aborted_outcome for o in outcomes
+                aborted_outcome
+                if o.status is InsertStatus.INSERTED or id(o.existing) in unwritten
+                else o
+                for o in outcomes
             ]
         self.to_insert.extend(pending)
         self.reservations.extend(reservations)
@@ -219,13 +224,119 @@ class _InsertOp:
 class _GenericOp:
     """Any other write: runs in its own savepoint inside the group transaction."""
 
-    apply: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    apply: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     result: Any = None
     error: BaseException | None = None
 
 
 _Op = _InsertOp | _GenericOp
+
+
+def _commit_sync(
+    conn: sqlite3.Connection, inserts: list[_InsertOp], generics: list[_GenericOp]
+) -> int:
+    """One group commit, on the connection's thread. Returns the rows inserted."""
+    inserted = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if inserts:
+            inserted = _apply_inserts(conn, inserts)
+        for gop in generics:
+            conn.execute("SAVEPOINT op")
+            try:
+                gop.result = gop.apply(conn)
+            except Exception as exc:  # noqa: BLE001 - handed to that op's caller
+                gop.error = exc
+                conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return inserted
+
+
+def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
+    """Resolve collisions, deterministic and idempotent hits, then insert the rest."""
+    now = max(op.now for op in ops)
+    records = [r for op in ops for r in op.records]
+    # Random tokens carry 160 bits: only PAN-shaped tokens can realistically collide,
+    # but all are checked, also against rows that expired and wait for the purge.
+    existing, reserved = _existing_for(conn, records)
+    expired_ids = [rowid for rowid, rec in existing.items() if not rec.live(now)]
+    for chunk in _chunks(expired_ids, _MAX_PARAMS):
+        # Dead rows: free their token, deterministic key and request id for reuse.
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM tokens WHERE id IN ({marks})", chunk)  # noqa: S608
+    resolver = _Resolver([rec for rec in existing.values() if rec.live(now)])
+    for tenant, request_id, request_hash, rowid in reserved:
+        if existing[rowid].live(now):
+            resolver.by_request[(tenant, request_id)] = (request_hash, existing[rowid])
+    for op in ops:
+        op.outcomes = resolver.resolve(op.records)
+    if resolver.to_insert:
+        conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in resolver.to_insert])
+    if resolver.reservations:
+        conn.executemany(
+            "INSERT INTO request_ids (tenant, request_id, request_hash, token) VALUES (?, ?, ?, ?)",
+            resolver.reservations,
+        )
+    usage: dict[int, int] = {}
+    for op in ops:
+        for version, count in op.encryptions.items():
+            usage[version] = usage.get(version, 0) + count
+    if usage:
+        conn.executemany(
+            "UPDATE key_versions SET encryptions = encryptions + ? WHERE version = ?",
+            [(count, version) for version, count in usage.items()],
+        )
+    return len(resolver.to_insert)
+
+
+def _existing_for(
+    conn: sqlite3.Connection, records: Sequence[TokenRecord]
+) -> tuple[dict[int, TokenRecord], list[tuple[str, str, bytes, int]]]:
+    """Stored rows (by row id) that share a token, deterministic key or request id with
+    records, and the request ids reserved by deterministic hits (tenant, id, hash, row)."""
+    found: dict[int, TokenRecord] = {}
+    reserved: list[tuple[str, str, bytes, int]] = []
+    select = f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
+
+    def collect(sql: str, params: Sequence[Any]) -> None:
+        for row in conn.execute(sql, params):
+            found[row[0]] = _row_to_record(row[1:])
+
+    tokens = [r.token for r in records]
+    for chunk in _chunks(tokens, _MAX_PARAMS):
+        collect(select + f"token IN ({','.join('?' * len(chunk))})", chunk)
+    det = [r for r in records if r.deterministic]
+    for det_chunk in _chunks(det, _MAX_PARAMS // 4):
+        values = ",".join("(?,?,?,?)" for _ in det_chunk)
+        params = [p for r in det_chunk for p in (r.tenant, r.kind, r.token_format, r.fingerprint)]
+        collect(
+            select + "deterministic = 1 AND (tenant, kind, token_format, fingerprint) "
+            f"IN (VALUES {values})",
+            params,
+        )
+    req = [r for r in records if r.request_id]
+    for req_chunk in _chunks(req, _MAX_PARAMS // 2):
+        values = ",".join("(?,?)" for _ in req_chunk)
+        req_params = [p for r in req_chunk for p in (r.tenant, r.request_id)]
+        collect(
+            select + f"request_id IS NOT NULL AND (tenant, request_id) IN (VALUES {values})",
+            req_params,
+        )
+        sql = (
+            f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {_T_COLUMNS} "  # noqa: S608
+            "FROM request_ids r JOIN tokens t ON t.token = r.token "
+            f"WHERE (r.tenant, r.request_id) IN (VALUES {values})"
+        )
+        for row in conn.execute(sql, req_params):
+            found[row[3]] = _row_to_record(row[4:])
+            reserved.append((row[0], row[1], row[2], row[3]))
+    return found, reserved
 
 
 @dataclass(slots=True)
@@ -287,10 +398,19 @@ class SqliteStore:
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only = ON")
+        try:
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            # A failed open leaves no connection (or its thread) behind.
+            for conn in (self._reader, self._writer):
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.close()
+            self._reader = self._writer = None
+            raise
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="sqlite-writer"),
             asyncio.create_task(self._read_loop(), name="sqlite-reader"),
@@ -349,8 +469,8 @@ class SqliteStore:
     # -- the writer --------------------------------------------------------------
 
     def _submit(self, op: _Op) -> None:
-        if self._closed:
-            raise StoreUnavailableError("the store is closing")
+        if self._closed or not self._tasks:
+            raise StoreUnavailableError("the store is not open")
         self._write_queue.put_nowait(op)
 
     async def _write_loop(self) -> None:
@@ -373,23 +493,18 @@ class SqliteStore:
         assert conn is not None  # noqa: S101 - open() ran
         inserts = [op for op in batch if isinstance(op, _InsertOp)]
         generics = [op for op in batch if isinstance(op, _GenericOp)]
-        inserted = 0
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            if inserts:
-                inserted = await self._apply_inserts(conn, inserts)
-            for gop in generics:
-                await conn.execute("SAVEPOINT op")
-                try:
-                    gop.result = await gop.apply(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to that op's caller
-                    gop.error = exc
-                    await conn.execute("ROLLBACK TO op")
-                await conn.execute("RELEASE op")
-            await conn.execute("COMMIT")
+            # One thread hop for the whole transaction: an aiosqlite round trip costs
+            # tens of microseconds, a SQLite statement a few. aiosqlite has no public
+            # way to run a function on its thread; `_execute` is what every one of its
+            # methods uses, and the version is pinned (<0.23) in pyproject.toml.
+            inserted: int = await conn._execute(  # type: ignore[no-untyped-call]  # noqa: SLF001
+                _commit_sync,
+                conn._conn,  # noqa: SLF001
+                inserts,
+                generics,
+            )
         except Exception as exc:  # noqa: BLE001 - every waiting caller gets UNAVAILABLE
-            with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
             log.error("store commit failed: %s", type(exc).__name__)
             err = StoreUnavailableError("the store could not commit")
             for op in batch:
@@ -397,7 +512,10 @@ class SqliteStore:
                     op.future.set_exception(err)
             return
         if self._on_commit is not None and inserted:
-            self._on_commit(inserted)
+            try:
+                self._on_commit(inserted)
+            except Exception as exc:  # noqa: BLE001 - a metrics hook must not stop commits
+                log.warning("commit observer failed: %s", type(exc).__name__)
         for iop in inserts:
             if not iop.future.done():
                 iop.future.set_result(iop.outcomes)
@@ -409,92 +527,7 @@ class SqliteStore:
             else:
                 gop.future.set_result(gop.result)
 
-    async def _apply_inserts(self, conn: aiosqlite.Connection, ops: list[_InsertOp]) -> int:
-        """Resolve collisions, deterministic and idempotent hits, then insert the rest."""
-        now = max(op.now for op in ops)
-        records = [r for op in ops for r in op.records]
-        # Random tokens carry 160 bits: only PAN-shaped tokens can realistically collide,
-        # but all are checked, also against rows that expired and wait for the purge.
-        existing, reserved = await self._existing_for(conn, records)
-        expired_ids = [rowid for rowid, rec in existing.values() if not rec.live(now)]
-        if expired_ids:
-            # Dead rows: free their token, deterministic key and request id for reuse.
-            for chunk in _chunks(expired_ids, _MAX_PARAMS):
-                marks = ",".join("?" * len(chunk))
-                await conn.execute(f"DELETE FROM tokens WHERE id IN ({marks})", chunk)  # noqa: S608
-        resolver = _Resolver([rec for _, rec in existing.values() if rec.live(now)])
-        for tenant, request_id, request_hash, rowid in reserved:
-            if existing[rowid][1].live(now):
-                resolver.by_request[(tenant, request_id)] = (request_hash, existing[rowid][1])
-        for op in ops:
-            op.outcomes = resolver.resolve(op.records)
-        if resolver.to_insert:
-            await conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in resolver.to_insert])
-        if resolver.reservations:
-            await conn.executemany(
-                "INSERT INTO request_ids (tenant, request_id, request_hash, token) "
-                "VALUES (?, ?, ?, ?)",
-                resolver.reservations,
-            )
-        usage: dict[int, int] = {}
-        for op in ops:
-            for version, count in op.encryptions.items():
-                usage[version] = usage.get(version, 0) + count
-        if usage:
-            await conn.executemany(
-                "UPDATE key_versions SET encryptions = encryptions + ? WHERE version = ?",
-                [(count, version) for version, count in usage.items()],
-            )
-        return len(resolver.to_insert)
-
-    async def _existing_for(
-        self, conn: aiosqlite.Connection, records: Sequence[TokenRecord]
-    ) -> tuple[dict[int, tuple[int, TokenRecord]], list[tuple[str, str, bytes, int]]]:
-        """Stored rows that share a token, deterministic key or request id with records,
-        and the request ids reserved by deterministic hits (tenant, id, hash, row id)."""
-        found: dict[int, tuple[int, TokenRecord]] = {}
-        reserved: list[tuple[str, str, bytes, int]] = []
-
-        async def collect(sql: str, params: Sequence[Any]) -> None:
-            async with conn.execute(sql, params) as cur:
-                for row in await cur.fetchall():
-                    found[row[0]] = (row[0], _row_to_record(row[1:]))
-
-        select = f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
-        tokens = [r.token for r in records]
-        for chunk in _chunks(tokens, _MAX_PARAMS):
-            await collect(select + f"token IN ({','.join('?' * len(chunk))})", chunk)
-        det = [r for r in records if r.deterministic]
-        for det_chunk in _chunks(det, _MAX_PARAMS // 4):
-            values = ",".join("(?,?,?,?)" for _ in det_chunk)
-            params = [
-                p for r in det_chunk for p in (r.tenant, r.kind, r.token_format, r.fingerprint)
-            ]
-            await collect(
-                select + "deterministic = 1 AND (tenant, kind, token_format, fingerprint) "
-                f"IN (VALUES {values})",
-                params,
-            )
-        req = [r for r in records if r.request_id]
-        for req_chunk in _chunks(req, _MAX_PARAMS // 2):
-            values = ",".join("(?,?)" for _ in req_chunk)
-            req_params = [p for r in req_chunk for p in (r.tenant, r.request_id)]
-            await collect(
-                select + f"request_id IS NOT NULL AND (tenant, request_id) IN (VALUES {values})",
-                req_params,
-            )
-            sql = (
-                f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {_T_COLUMNS} "  # noqa: S608
-                "FROM request_ids r JOIN tokens t ON t.token = r.token "
-                f"WHERE (r.tenant, r.request_id) IN (VALUES {values})"
-            )
-            async with conn.execute(sql, req_params) as cur:
-                for row in await cur.fetchall():
-                    found[row[3]] = (row[3], _row_to_record(row[4:]))
-                    reserved.append((row[0], row[1], row[2], row[3]))
-        return found, reserved
-
-    async def _write(self, apply: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._submit(_GenericOp(apply, future))
         return await future
@@ -526,9 +559,9 @@ class SqliteStore:
                         f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
                         f"WHERE token IN ({','.join('?' * len(chunk))})"
                     )
-                    async with conn.execute(sql, chunk) as cur:
-                        for row in await cur.fetchall():
-                            rows[row[0]] = _row_to_record(row)
+                    # execute_fetchall: one thread hop per query, not three.
+                    for row in await conn.execute_fetchall(sql, chunk):
+                        rows[row[0]] = _row_to_record(row)
             except Exception as exc:  # noqa: BLE001 - answered to every waiting reader
                 log.error("store read failed: %s", type(exc).__name__)
                 err = StoreUnavailableError("the store could not be read")
@@ -549,8 +582,7 @@ class SqliteStore:
         if conn is None or self._closed:
             raise StoreUnavailableError("the store is not open")
         try:
-            async with conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return list(await conn.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreUnavailableError("the store could not be read") from exc
 
@@ -568,8 +600,8 @@ class SqliteStore:
     async def get_tokens(self, tokens: Sequence[str]) -> list[TokenRecord | None]:
         if not tokens:
             return []
-        if self._closed:
-            raise StoreUnavailableError("the store is closing")
+        if self._closed or not self._tasks:
+            raise StoreUnavailableError("the store is not open")
         future: asyncio.Future[list[TokenRecord | None]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -577,17 +609,15 @@ class SqliteStore:
         return await future
 
     async def delete_token(self, tenant: str, token: str) -> bool:
-        async def apply(conn: aiosqlite.Connection) -> bool:
-            cur = await conn.execute(
-                "DELETE FROM tokens WHERE token = ? AND tenant = ?", (token, tenant)
-            )
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM tokens WHERE token = ? AND tenant = ?", (token, tenant))
             return cur.rowcount > 0
 
         return await self._write(apply)
 
     async def purge_expired(self, now: float, limit: int) -> int:
-        async def apply(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        def apply(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens "
                 "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
                 (now, limit),
@@ -606,17 +636,12 @@ class SqliteStore:
     async def add_key_version(
         self, wrapped_key: bytes, kek_id: str, created_at: float, *, primary: bool
     ) -> int:
-        async def apply(conn: aiosqlite.Connection) -> int:
-            async with conn.execute(
-                "SELECT coalesce(max(version), 0) + 1 FROM key_versions"
-            ) as cur:
-                row = await cur.fetchone()
+        def apply(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM key_versions").fetchone()
             version = int(row[0]) if row else 1
             if primary:
-                await conn.execute(
-                    "UPDATE key_versions SET state = 'active' WHERE state = 'primary'"
-                )
-            await conn.execute(
+                conn.execute("UPDATE key_versions SET state = 'active' WHERE state = 'primary'")
+            conn.execute(
                 "INSERT INTO key_versions (version, state, wrapped_key, kek_id, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (version, "primary" if primary else "active", wrapped_key, kek_id, created_at),
@@ -634,25 +659,24 @@ class SqliteStore:
     async def put_fingerprint_key(
         self, tenant: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
-        async def apply(conn: aiosqlite.Connection) -> bytes:
-            await conn.execute(
+        def apply(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
                 "INSERT INTO fingerprint_keys (tenant, wrapped_key, kek_id, created_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (tenant) DO NOTHING",
                 (tenant, wrapped_key, kek_id, created_at),
             )
-            async with conn.execute(
+            row = conn.execute(
                 "SELECT wrapped_key FROM fingerprint_keys WHERE tenant = ?", (tenant,)
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             assert row is not None  # noqa: S101 - inserted or present in this transaction
             return bytes(row[0])
 
         return await self._write(apply)
 
     async def add_caller(self, caller: CallerRow) -> None:
-        async def apply(conn: aiosqlite.Connection) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
             try:
-                await conn.execute(
+                conn.execute(
                     f"INSERT INTO callers ({_CALLER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
                     (
                         caller.name,
@@ -684,8 +708,8 @@ class SqliteStore:
         return [_caller_from_row(row) for row in rows]
 
     async def revoke_caller(self, name: str, revoked_at: float) -> bool:
-        async def apply(conn: aiosqlite.Connection) -> bool:
-            cur = await conn.execute(
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
                 "UPDATE callers SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (revoked_at, name),
             )
