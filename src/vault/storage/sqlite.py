@@ -194,15 +194,18 @@ class _Resolver:
         if aborted:
             # All or nothing: the caller draws new tokens and submits the call again
             # (or, for a reused request id, refuses it).
-            # Outcomes that point at this call's own (now unwritten) records abort too.
+            # Outcomes that point at this call's own (now unwritten) records abort too,
+            # but a reused request id stays reported (without the unwritten row).
             unwritten = {id(r) for r in pending}
-            aborted_outcome = InsertOutcome(InsertStatus.ABORTED)
-            return [
-                aborted_outcome
-                if o.status is InsertStatus.INSERTED or id(o.existing) in unwritten
-                else o
-                for o in outcomes
-            ]
+            out = []
+            for o in outcomes:
+                if o.status is InsertStatus.REQUEST_REUSED:
+                    out.append(o if id(o.existing) not in unwritten else InsertOutcome(o.status))
+                elif o.status is InsertStatus.INSERTED or id(o.existing) in unwritten:
+                    out.append(InsertOutcome(InsertStatus.ABORTED))
+                else:
+                    out.append(o)
+            return out
         self.to_insert.extend(pending)
         self.reservations.extend(reservations)
         self.taken |= taken
