@@ -165,7 +165,9 @@ class VaultServer:
         add_service(server, TOKEN_SERVICE_DESCRIPTOR, TokenServicer(self.vault, authenticator))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        names = [TOKEN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME, REFLECTION_V1]
+        # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
+        # only ones grpcio-reflection ships, and a listed service must be describable.
+        names = [TOKEN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflector = ReflectionServicer(names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
         server.add_generic_rpc_handlers(

@@ -66,7 +66,17 @@ def _reserve_port(listen: str) -> tuple[socket.socket, str]:
     return sock, f"{host}:{sock.getsockname()[1]}"
 
 
-def _worker_main(cfg: Config, index: int, events: multiprocessing.queues.Queue[Any]) -> None:
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (even by SIGKILL) drains and exits."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a parent died
+        await asyncio.sleep(0.5)
+    log.warning("supervisor gone; worker stopping")
+    stop.set()
+
+
+def _worker_main(
+    cfg: Config, index: int, events: multiprocessing.queues.Queue[Any], parent: int
+) -> None:
     setup_logging(cfg.log_format, cfg.log_level)
 
     async def run() -> None:
@@ -76,12 +86,14 @@ def _worker_main(cfg: Config, index: int, events: multiprocessing.queues.Queue[A
         except VaultError as exc:
             events.put(("error", index, str(exc)))
             return
-        events.put(("ready", index, os.getpid()))
+        events.put(("ready", index, server.metrics_port))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watchdog = asyncio.create_task(_watch_parent(parent, stop))
         await stop.wait()
+        watchdog.cancel()
         await server.stop()
 
     try:
@@ -102,7 +114,8 @@ def _worker_config(cfg: Config, listen: str, index: int) -> Config:
 
 
 def run_workers(cfg: Config, announce: Any) -> int:
-    """Run the workers until SIGTERM/SIGINT; ``announce(port, dev_key)`` once all serve."""
+    """Run the workers until SIGTERM/SIGINT; once all serve, ``announce(port, dev_key,
+    metrics_ports)`` (a metrics port is 0 where metrics are off)."""
     dev_key = asyncio.run(prepare_data_dir(cfg))
     holder, listen = _reserve_port(cfg.listen)
     ctx = multiprocessing.get_context("spawn")
@@ -113,7 +126,7 @@ def run_workers(cfg: Config, announce: Any) -> int:
     def start(index: int) -> None:
         proc = ctx.Process(
             target=_worker_main,
-            args=(_worker_config(cfg, listen, index), index, events),
+            args=(_worker_config(cfg, listen, index), index, events, os.getpid()),
             name=f"vault-worker-{index}",
         )
         proc.start()
@@ -128,7 +141,7 @@ def run_workers(cfg: Config, announce: Any) -> int:
     try:
         for i in range(cfg.workers):
             start(i)
-        ready: set[int] = set()
+        ready: dict[int, int] = {}
         deadline = time.monotonic() + _START_TIMEOUT
         while len(ready) < cfg.workers:
             if stopping or time.monotonic() > deadline:
@@ -139,8 +152,8 @@ def run_workers(cfg: Config, announce: Any) -> int:
                 continue
             if kind == "error":
                 raise FailedPreconditionError(str(detail), reason="WORKERS_FAILED")
-            ready.add(index)
-        announce(int(listen.rpartition(":")[2]), dev_key)
+            ready[index] = int(detail)
+        announce(int(listen.rpartition(":")[2]), dev_key, [ready[i] for i in sorted(ready)])
         while not stopping:
             time.sleep(0.2)
             for index, proc in list(procs.items()):

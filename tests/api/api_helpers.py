@@ -51,7 +51,9 @@ def address(fields: dict[str, Any]) -> types_pb2.Address:
     return types_pb2.Address(**fields)
 
 
-def tokenize_request(kind: str, value: str | dict[str, Any] | None, **extra: Any) -> pb.TokenizeRequest:
+def tokenize_request(
+    kind: str, value: str | dict[str, Any] | None, **extra: Any
+) -> pb.TokenizeRequest:
     """A TokenizeRequest; a dict value goes in ``address``, a str in ``text``."""
     req = pb.TokenizeRequest(kind=kind_number(kind), **extra)
     if isinstance(value, dict):

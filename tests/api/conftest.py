@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ class Vault:
     stub: token_service_pb2_grpc.TokenServiceStub
     key: str
     db_path: Path
-    _names: set[str] = field(default_factory=set)
 
     @property
     def md(self) -> tuple[tuple[str, str], ...]:
@@ -66,7 +65,6 @@ class Vault:
                 revoked_at=None,
             )
         )
-        self._names.add(name)
         return bearer(key.text)
 
     def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -14,8 +14,10 @@ from api_helpers import (
     tokenize_request,
 )
 
+from vault.clock import ManualClock
+from vault.server import VaultServer
 from vault.v1 import token_service_pb2 as pb
-from vault.v1 import types_pb2
+from vault.v1 import token_service_pb2_grpc, types_pb2
 
 CASES = load_data("values.json")["cases"]
 METADATA = {"order-id": "A-1001", "channel": "web.checkout"}
@@ -106,7 +108,9 @@ async def test_delete_then_not_found_everywhere(vault):
     assert vault.sql("SELECT token FROM tokens") == [(other.token,)]
 
     for call in (
-        vault.stub.Detokenize(pb.DetokenizeRequest(token=resp.token, purpose=PURPOSE), metadata=vault.md),
+        vault.stub.Detokenize(
+            pb.DetokenizeRequest(token=resp.token, purpose=PURPOSE), metadata=vault.md
+        ),
         vault.stub.GetToken(pb.GetTokenRequest(token=resp.token), metadata=vault.md),
         vault.stub.DeleteToken(pb.DeleteTokenRequest(token=resp.token), metadata=vault.md),
     ):
@@ -121,13 +125,13 @@ async def test_delete_then_not_found_everywhere(vault):
 
 
 async def test_delete_pan_token(vault):
-    resp = await vault.stub.Tokenize(
-        tokenize_request("PAN", "4242424242424242"), metadata=vault.md
-    )
+    resp = await vault.stub.Tokenize(tokenize_request("PAN", "4242424242424242"), metadata=vault.md)
     await vault.stub.DeleteToken(pb.DeleteTokenRequest(token=resp.token), metadata=vault.md)
     assert vault.count_tokens() == 0
     exc = await expect_code(
-        vault.stub.Detokenize(pb.DetokenizeRequest(token=resp.token, purpose=PURPOSE), metadata=vault.md),
+        vault.stub.Detokenize(
+            pb.DetokenizeRequest(token=resp.token, purpose=PURPOSE), metadata=vault.md
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
     assert_reason(exc, "TOKEN_NOT_FOUND")
@@ -153,3 +157,30 @@ async def test_cvc_in_a_batch_refuses_the_batch(vault):
     )
     assert_reason(exc, "CVC_NOT_SUPPORTED")
     assert vault.count_tokens() == 0
+
+
+async def test_tokens_survive_a_restart(vault_factory):
+    """Acknowledged tokens are durable: a new server on the same data dir reveals them."""
+    vault = await vault_factory()
+    md = await vault.add_caller("checkout")
+    responses = [
+        await vault.stub.Tokenize(tokenize_request(c["kind"], c["value"]), metadata=md)
+        for c in CASES
+    ]
+    config = vault.server.config
+    await vault.channel.close()
+    await vault.server.stop(grace=1.0)
+
+    again = VaultServer(config, clock=ManualClock())
+    await again.start()
+    try:
+        assert again.dev_key is None, "the dev key is created once, on an empty data dir"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{again.port}") as channel:
+            stub = token_service_pb2_grpc.TokenServiceStub(channel)
+            revealed = await stub.BatchDetokenize(
+                pb.BatchDetokenizeRequest(tokens=[r.token for r in responses], purpose=PURPOSE),
+                metadata=md,
+            )
+    finally:
+        await again.stop(grace=1.0)
+    assert [revealed_value(r) for r in revealed.responses] == [c["normalised"] for c in CASES]

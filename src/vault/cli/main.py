@@ -47,6 +47,16 @@ def _config(args: argparse.Namespace, **extra: Any) -> Config:
     return load_config(getattr(args, "config", None), overrides)
 
 
+def _existing_vault(args: argparse.Namespace) -> Config:
+    """Config of a data dir that holds a vault; a mistyped path is an error, not a new vault."""
+    cfg = _config(args)
+    if not cfg.database_path.exists():
+        raise CommandError(
+            "no vault in the data dir (create one with `vaultctl keys init` or `serve --dev`)"
+        )
+    return cfg
+
+
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="the vault's data directory (default ./var)")
     p.add_argument("--config", type=Path, help="TOML config file")
@@ -55,11 +65,16 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 # -- serve ------------------------------------------------------------------------------
 
 
-def _announce(cfg: Config, port: int, dev_key: str | None) -> None:
+def _announce(cfg: Config, port: int, dev_key: str | None, metrics_ports: list[int]) -> None:
     if dev_key is not None:
         # Printed once; the same key is in DATA_DIR/dev-api-key (0600).
         print(f"dev API key (shown once, also in {cfg.dev_key_path}): {dev_key}")
     print(f"vault listening on {cfg.listen.rpartition(':')[0]}:{port}", flush=True)
+    host = cfg.metrics_listen.rpartition(":")[0]
+    for index, metrics_port in enumerate(metrics_ports):
+        if metrics_port:
+            who = f"worker {index} " if len(metrics_ports) > 1 else ""
+            print(f"{who}metrics on http://{host}:{metrics_port}/metrics", flush=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,17 +90,14 @@ def _serve(args: argparse.Namespace) -> int:
     )
     setup_logging(cfg.log_format, cfg.log_level)
     if cfg.workers > 1:
-        return run_workers(cfg, lambda port, key: _announce(cfg, port, key))
+        return run_workers(cfg, lambda port, key, ports: _announce(cfg, port, key, ports))
     return _run(_serve_one(cfg))
 
 
 async def _serve_one(cfg: Config) -> int:
     server = VaultServer(cfg)
     await server.start()
-    _announce(cfg, server.port, server.dev_key)
-    if server.metrics_port:
-        host = cfg.metrics_listen.rpartition(":")[0]
-        print(f"metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
+    _announce(cfg, server.port, server.dev_key, [server.metrics_port])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,7 +123,7 @@ async def _keys_init(args: argparse.Namespace) -> int:
 
 
 async def _keys_status(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _existing_vault(args)
     store = open_store(cfg)
     await store.open()
     try:
@@ -157,7 +169,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     expires = _parse_expiry(args.expires)
-    cfg = _config(args)
+    cfg = _existing_vault(args)
     store = open_store(cfg)
     await store.open()
     key = mint_api_key()
@@ -184,7 +196,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
 
 
 async def _callers_list(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _existing_vault(args)
     store = open_store(cfg)
     await store.open()
     try:
@@ -216,7 +228,7 @@ async def _callers_list(args: argparse.Namespace) -> int:
 
 
 async def _callers_revoke(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _existing_vault(args)
     store = open_store(cfg)
     await store.open()
     try:

@@ -6,12 +6,12 @@ format, token, key version), so a ciphertext moved to another row fails to decry
 
 from __future__ import annotations
 
-import os
 import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vault.crypto.random import random_bytes
 from vault.errors import DecryptionError
 from vault.secrets import SecretBytes
 
@@ -59,7 +59,7 @@ class RecordKey:
         raise TypeError("RecordKey cannot be pickled")
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = random_bytes(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets  # the standard library's; absolute import, not vault.secrets
 import struct
 import unicodedata
 from typing import TYPE_CHECKING
 
+from vault.crypto.random import randbelow as csprng_randbelow
+from vault.crypto.random import random_bytes as csprng_bytes
 from vault.domain.model import ADDRESS_KINDS, Address, DataKind, TokenFormat, Value
 from vault.errors import FieldViolation, InternalError, InvalidArgumentError
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "canonical_bytes",
+    "check_pan_format",
     "is_pan_shaped",
     "luhn_valid",
     "mask",
@@ -633,8 +635,16 @@ def resolve_format(kind: DataKind, fmt: TokenFormat) -> TokenFormat:
     return resolved
 
 
+def check_pan_format(pan: str, fmt: TokenFormat) -> None:
+    """Refuse a PAN format that leaves too few digits to draw (a 12-digit PAN with BIN
+    and last four kept has two)."""
+    kept_head = _BIN_DIGITS if fmt == TokenFormat.PAN_BIN_LAST4 else 0
+    if len(pan) - kept_head - _LAST_FOUR < _MIN_FREE_DIGITS:
+        raise _invalid("format", "too few digits to tokenize in this format")
+
+
 def new_pan_token(
-    pan: str, fmt: TokenFormat, randbelow: Callable[[int], int] = secrets.randbelow
+    pan: str, fmt: TokenFormat, randbelow: Callable[[int], int] = csprng_randbelow
 ) -> str:
     """A PAN-shaped token for a NORMALISED (Luhn-valid) ``pan``.
 
@@ -650,11 +660,10 @@ def new_pan_token(
         raise InternalError("not a PAN token format")
     if not luhn_valid(pan):
         raise InternalError("PAN is not normalised")
+    check_pan_format(pan, fmt)
     free = len(pan) - kept_head - _LAST_FOUR
-    if free < _MIN_FREE_DIGITS:
-        raise _invalid("format", "too few digits to tokenize in this format")
     # One draw below 10**free is the same uniform choice as `free` draws below 10, at one
-    # CSPRNG call instead of `free` of them (secrets.randbelow reads the OS each time).
+    # CSPRNG call instead of `free` of them.
     bound = 10**free
     drawn = randbelow(bound)
     if not 0 <= drawn < bound:
@@ -670,7 +679,7 @@ def new_pan_token(
     return token
 
 
-def new_random_token(token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
+def new_random_token(token_bytes: Callable[[int], bytes] = csprng_bytes) -> str:
     """``tok_`` and 32 lower-case base32 characters: 160 CSPRNG bits, nothing else."""
     raw = token_bytes(_RANDOM_TOKEN_BYTES)
     if len(raw) != _RANDOM_TOKEN_BYTES:

@@ -11,6 +11,7 @@ import json
 import re
 import struct
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -208,7 +209,7 @@ class TokenVault:
                 and isinstance(value, str)
             ):
                 try:
-                    kinds.new_pan_token(value, fmt)
+                    kinds.check_pan_format(value, fmt)
                 except InvalidArgumentError as exc:
                     violations.extend(exc.violations)
         violations.extend(self._check_extras(item))
@@ -413,8 +414,8 @@ class TokenVault:
                     expires_at=rec.expires_at,
                 )
             )
-        for kind in created_kinds:
-            metrics.TOKENS_CREATED.labels(kind.name).inc()
+        for kind, n in Counter(created_kinds).items():
+            metrics.TOKENS_CREATED.labels(kind.name).inc(n)
         return results
 
     # -- reading -----------------------------------------------------------------
@@ -461,8 +462,8 @@ class TokenVault:
         for row in rows:
             kind, value, subject, metadata = self._open(row)
             out.append(Revealed(row.token, kind, value, metadata, subject))
-        for r in out:
-            metrics.TOKENS_REVEALED.labels(r.kind.name).inc()
+        for kind, n in Counter(r.kind for r in out).items():
+            metrics.TOKENS_REVEALED.labels(kind.name).inc(n)
         return out
 
     async def get_token(self, caller: Caller, token: str) -> TokenInfo:

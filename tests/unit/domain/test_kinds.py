@@ -106,6 +106,7 @@ CANONICAL = _load("canonical.json")["vectors"]
 def test_public_api_is_exactly_the_brief():
     assert sorted(kinds.__all__) == [
         "canonical_bytes",
+        "check_pan_format",
         "is_pan_shaped",
         "luhn_valid",
         "mask",

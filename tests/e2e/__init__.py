@@ -1,0 +1,1 @@
+"""End-to-end tests: vaultctl as a process (a package so module names cannot clash)."""

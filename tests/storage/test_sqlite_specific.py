@@ -1,0 +1,176 @@
+"""What only the SQLite store promises: pragmas, migration bookkeeping, group commit.
+
+Everything the Store protocol promises is in the contract suite (test_store_*.py);
+this file alone may reach into SqliteStore internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+
+import pytest
+
+from vault.errors import FailedPreconditionError
+from vault.storage.base import InsertStatus, TokenRecord
+from vault.storage.sqlite import SqliteStore, migrations
+
+NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "vault.db"
+
+
+@pytest.fixture
+async def sqlite_store(db_path):
+    store = SqliteStore(db_path)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def applied_migrations(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT version, applied_at FROM schema_migrations ORDER BY version"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def pragma(conn, name):
+    async with conn.execute(f"PRAGMA {name}") as cur:
+        row = await cur.fetchone()
+    return row[0]
+
+
+def worker_threads():
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+@pytest.mark.parametrize("connection", ["_writer", "_reader"])
+async def test_connection_pragmas(sqlite_store, connection):
+    conn = getattr(sqlite_store, connection)
+    assert conn is not None
+    assert await pragma(conn, "journal_mode") == "wal"
+    assert await pragma(conn, "synchronous") == 2  # FULL: durable before acknowledged
+    assert await pragma(conn, "secure_delete") == 1
+    assert await pragma(conn, "foreign_keys") == 1
+
+
+async def test_reader_connection_cannot_write(sqlite_store):
+    assert await pragma(sqlite_store._reader, "query_only") == 1
+    assert await pragma(sqlite_store._writer, "query_only") == 0
+
+
+async def test_migrations_are_numbered_from_one_without_gaps():
+    numbers = [number for number, _ in migrations("sqlite")]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+async def test_reopening_applies_no_migration_twice(db_path):
+    expected = [number for number, _ in migrations("sqlite")]
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    first = applied_migrations(db_path)
+    assert [version for version, _ in first] == expected
+
+    for _ in range(2):
+        store = SqliteStore(db_path)
+        await store.open()
+        await store.close()
+    # Same rows, same applied_at: nothing was run again.
+    assert applied_migrations(db_path) == first
+
+
+async def test_two_stores_starting_together_apply_each_migration_once(db_path):
+    stores = [SqliteStore(db_path) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.close() for s in stores))
+    versions = [version for version, _ in applied_migrations(db_path)]
+    assert versions == [number for number, _ in migrations("sqlite")]
+
+
+async def test_failed_open_leaves_no_connection_behind(db_path):
+    """open() that raises must not leave its connection (a non-daemon thread) open.
+
+    A leaked aiosqlite connection keeps a worker thread alive; the process that gives
+    up on a too-new schema then cannot exit cleanly.
+    """
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (10000, 'test')")
+    conn.commit()
+    conn.close()
+
+    before = worker_threads()
+    newer = SqliteStore(db_path)
+    try:
+        with pytest.raises(FailedPreconditionError) as raised:
+            await newer.open()
+        assert raised.value.reason == "SCHEMA_TOO_NEW"
+        await asyncio.sleep(0.05)  # give a stopping worker thread time to finish
+        assert worker_threads() - before == set()
+    finally:
+        await newer.close()
+
+
+async def test_concurrent_inserts_share_commits(db_path):
+    commits: list[int] = []
+    store = SqliteStore(db_path, on_commit=commits.append)
+    await store.open()
+    try:
+        await store.add_key_version(b"w1", "kek", NOW, primary=True)
+        calls = [[_record(f"tok_{i}_{j}") for j in range(2)] for i in range(100)]
+        await asyncio.gather(*(store.insert_tokens(c, NOW, {}) for c in calls))
+    finally:
+        await store.close()
+    # The observer sees records per commit; together they are every inserted record,
+    # and group commit put the 100 concurrent calls into a handful of transactions.
+    assert sum(commits) == 200
+    assert len(commits) <= 5
+
+
+async def test_failing_commit_observer_does_not_wedge_the_writer(db_path):
+    """The metrics observer is not part of the write: if it raises, writes still answer."""
+
+    def broken_observer(count: int) -> None:
+        raise RuntimeError("metrics backend down")
+
+    store = SqliteStore(db_path, on_commit=broken_observer)
+    await store.open()
+    try:
+        await store.add_key_version(b"w1", "kek", NOW, primary=True)
+        first, second = _record("tok_first"), _record("tok_second")
+        [outcome] = await asyncio.wait_for(store.insert_tokens([first], NOW, {}), timeout=1)
+        assert outcome.status is InsertStatus.INSERTED
+        [outcome] = await asyncio.wait_for(store.insert_tokens([second], NOW, {}), timeout=1)
+        assert outcome.status is InsertStatus.INSERTED
+        assert await store.get_tokens(["tok_first", "tok_second"]) == [first, second]
+    finally:
+        await asyncio.wait_for(store.close(), timeout=5)
+
+
+def _record(token):
+    return TokenRecord(
+        token=token,
+        tenant="tenant-a",
+        kind=1,
+        token_format=1,
+        key_version=1,
+        ciphertext=b"ct-" + token.encode(),
+        fingerprint=b"fp-" + token.encode(),
+        deterministic=False,
+        subject_ref=None,
+        request_id=None,
+        request_hash=None,
+        created_at=NOW,
+        expires_at=None,
+    )
