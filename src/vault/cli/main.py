@@ -241,6 +241,26 @@ async def _callers_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- health -----------------------------------------------------------------------------
+
+
+def _health(args: argparse.Namespace) -> int:
+    """gRPC health check of a running vault: exit 0 when SERVING (for container probes)."""
+    import grpc  # noqa: PLC0415 - only this command talks to a server
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            raise CommandError(f"health check failed: {exc.code().name}") from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILURE
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -278,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
     k_status.add_argument("--json", action="store_true")
     k_status.set_defaults(handler=_keys_status)
 
+    health = sub.add_parser("health", help="check a running vault's gRPC health")
+    health.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the vault")
+    health.add_argument("--service", default="", help="service name ('' = the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.set_defaults(handler=_health)
+
     callers = sub.add_parser("callers", help="API-key callers")
     c_sub = callers.add_subparsers(dest="callers_command", required=True)
     c_add = c_sub.add_parser("add", help="add a caller and print its API key once")
@@ -302,8 +328,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return _serve(args)  # runs its own event loop(s)
+        if args.command in {"serve", "health"}:
+            return int(args.handler(args))  # no event loop, or their own
         handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
         return _run(handler(args))
     except (VaultError, CommandError) as exc:
