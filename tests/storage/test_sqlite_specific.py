@@ -7,9 +7,12 @@ this file alone may reach into SqliteStore internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import sqlite3
 import threading
 
+import aiosqlite
 import pytest
 
 from vault.errors import FailedPreconditionError
@@ -50,6 +53,24 @@ async def pragma(conn, name):
 
 def worker_threads():
     return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+@pytest.fixture(autouse=True)
+async def close_leaked_connections():
+    """Close connections a failing open() dropped, so such a bug fails its test only.
+
+    A dropped aiosqlite connection keeps a non-daemon worker thread; the failed test's
+    traceback keeps the connection alive, and the whole pytest run would hang at exit.
+    """
+    before = worker_threads()
+    yield
+    leaked = worker_threads() - before
+    if not leaked:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, aiosqlite.Connection) and obj._thread in leaked:
+            with contextlib.suppress(Exception):
+                await obj.close()
 
 
 @pytest.mark.parametrize("connection", ["_writer", "_reader"])
@@ -120,6 +141,41 @@ async def test_failed_open_leaves_no_connection_behind(db_path):
         assert worker_threads() - before == set()
     finally:
         await newer.close()
+
+
+async def test_open_waits_while_another_process_is_creating_the_store(db_path):
+    """Two processes starting on a new file: one converts it to WAL while the other waits.
+
+    The other process is simulated by a plain connection holding the write lock on the
+    new (not yet WAL) file for 0.2 s, as a store does mid-way through its own open().
+    The busy timeout must cover the switch to WAL too, so open() waits, then succeeds.
+    """
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.2, other.execute, "ROLLBACK")
+    store = SqliteStore(db_path)
+    try:
+        await asyncio.wait_for(store.open(), timeout=5)
+        assert await pragma(store._writer, "journal_mode") == "wal"
+        assert await store.key_versions() == []
+    finally:
+        await store.close()
+        other.close()
+
+
+async def test_open_of_a_file_that_is_not_a_store(db_path):
+    """Refused as a vault error, and no connection (a non-daemon thread) is left behind."""
+    db_path.write_bytes(b"this is not a database " * 200)
+    before = worker_threads()
+    store = SqliteStore(db_path)
+    try:
+        with pytest.raises(FailedPreconditionError) as raised:
+            await store.open()
+        assert raised.value.reason == "STORE_OPEN_FAILED"
+        await asyncio.sleep(0.05)  # give a stopping worker thread time to finish
+        assert worker_threads() - before == set()
+    finally:
+        await store.close()
 
 
 async def test_concurrent_inserts_share_commits(db_path):

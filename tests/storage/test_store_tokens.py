@@ -166,6 +166,88 @@ async def test_request_id_reused_for_another_request_inserts_nothing(store, make
     assert await stored(store, [other, reuse]) == [None, None]
 
 
+async def test_request_id_reused_within_one_call(store, make_record):
+    first = make_record(request_id="req-1", request_hash=b"h1")
+    reuse = make_record(request_id="req-1", request_hash=b"h2")
+    outcomes = await store.insert_tokens([first, reuse], NOW, {})
+    assert statuses(outcomes) == [ABORTED, InsertStatus.REQUEST_REUSED]
+    # The earlier use was this call's own record, never written: nothing to point at.
+    assert outcomes[1].existing is None
+    assert await stored(store, [first, reuse]) == [None, None]
+
+
+async def test_request_id_answered_by_a_deterministic_hit_stays_reserved(store, make_record):
+    holder = make_record(deterministic=True, fingerprint=b"F" * 32)
+    await store.insert_tokens([holder], NOW, {})
+    hit = make_record(
+        deterministic=True, fingerprint=b"F" * 32, request_id="req-9", request_hash=b"h1"
+    )
+    [outcome] = await store.insert_tokens([hit], NOW, {})
+    assert outcome.status is DET_EXISTS
+    assert outcome.existing == holder
+
+    # The id now belongs to that request, answered with the holder's token.
+    retry = make_record(request_id="req-9", request_hash=b"h1")
+    [outcome] = await store.insert_tokens([retry], NOW, {})
+    assert outcome.status is REQ_EXISTS
+    assert outcome.existing == holder
+    other = make_record(request_id="req-9", request_hash=b"h2")
+    [outcome] = await store.insert_tokens([other], NOW, {})
+    assert outcome.status is InsertStatus.REQUEST_REUSED
+    assert outcome.existing == holder
+    assert await stored(store, [retry, other]) == [None, None]
+    # Only within its tenant.
+    elsewhere = make_record(tenant="tenant-b", request_id="req-9", request_hash=b"h2")
+    assert statuses(await store.insert_tokens([elsewhere], NOW, {})) == [INSERTED]
+
+
+async def test_reservation_by_a_deterministic_hit_in_one_call(store, make_record):
+    holder = make_record(deterministic=True, fingerprint=b"F" * 32)
+    await store.insert_tokens([holder], NOW, {})
+    hit = make_record(
+        deterministic=True, fingerprint=b"F" * 32, request_id="req-9", request_hash=b"h1"
+    )
+    again = make_record(request_id="req-9", request_hash=b"h1")
+    outcomes = await store.insert_tokens([hit, again], NOW, {})
+    assert statuses(outcomes) == [DET_EXISTS, REQ_EXISTS]
+    assert [o.existing for o in outcomes] == [holder, holder]
+    assert await stored(store, [again]) == [None]
+
+
+async def test_aborted_call_reserves_no_request_id(store, make_record):
+    holder = make_record(deterministic=True, fingerprint=b"F" * 32)
+    await store.insert_tokens([holder], NOW, {})
+    hit = make_record(
+        deterministic=True, fingerprint=b"F" * 32, request_id="req-9", request_hash=b"h1"
+    )
+    clash = make_record(token=holder.token)
+    outcomes = await store.insert_tokens([hit, clash], NOW, {})
+    assert statuses(outcomes) == [DET_EXISTS, TAKEN]
+
+    fresh = make_record(request_id="req-9", request_hash=b"h2")
+    assert statuses(await store.insert_tokens([fresh], NOW, {})) == [INSERTED]
+    assert await stored(store, [fresh]) == [fresh]
+
+
+@pytest.mark.parametrize("ends", ["deleted", "expired"])
+async def test_reservation_ends_with_the_token_it_was_answered_with(store, make_record, ends):
+    holder = make_record(deterministic=True, fingerprint=b"F" * 32, expires_at=NOW + 10)
+    await store.insert_tokens([holder], NOW, {})
+    hit = make_record(
+        deterministic=True, fingerprint=b"F" * 32, request_id="req-9", request_hash=b"h1"
+    )
+    assert statuses(await store.insert_tokens([hit], NOW, {})) == [DET_EXISTS]
+
+    later = NOW
+    if ends == "deleted":
+        assert await store.delete_token(holder.tenant, holder.token) is True
+    else:
+        later = NOW + 10
+    fresh = make_record(request_id="req-9", request_hash=b"h2")
+    assert statuses(await store.insert_tokens([fresh], later, {})) == [INSERTED]
+    assert await stored(store, [fresh]) == [fresh]
+
+
 async def test_request_id_is_per_tenant(store, make_record):
     first = make_record(request_id="req-1")
     other_tenant = make_record(request_id="req-1", tenant="tenant-b")

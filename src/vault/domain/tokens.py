@@ -329,7 +329,7 @@ class TokenVault:
             raise InvalidArgumentError(violations)
 
         tenant = caller.tenant
-        fp = await self._keys.fingerprinter(tenant)
+        fp = self._keys.cached_fingerprinter(tenant) or await self._keys.fingerprinter(tenant)
         keyring = self._keys.keyring
         now = self._clock.now()
         primary = keyring.primary

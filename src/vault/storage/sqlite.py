@@ -348,6 +348,31 @@ class _ReadOp:
     future: asyncio.Future[list[TokenRecord | None]]
 
 
+async def _enable_wal(conn: aiosqlite.Connection, wait_seconds: float = 10.0) -> None:
+    """Switch to WAL, waiting out another process doing the same on a new file: that
+    switch takes a write lock without SQLite's busy handler, so busy_timeout does not
+    cover it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    pause = 0.005
+    while True:
+        try:
+            rows = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or loop.time() >= deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+            continue
+        mode = str(next(iter(rows))[0]).lower() if rows else ""
+        if mode != "wal":
+            raise FailedPreconditionError(
+                "the SQLite store cannot use WAL", reason="STORE_OPEN_FAILED"
+            )
+        return
+
+
 class SqliteStore:
     """Store on one SQLite file (see module docstring for the concurrency design)."""
 
@@ -384,19 +409,29 @@ class SqliteStore:
             raise FailedPreconditionError(
                 "cannot open the SQLite store", reason="STORE_OPEN_FAILED"
             ) from exc
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute(f"PRAGMA cache_size = -{self._cache_mib * 1024}")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        # The page size only takes on an empty database; 4 KiB is the disk's unit.
-        await conn.execute("PRAGMA page_size = 4096")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is durable (WAL fsynced) before anyone is answered.
-        await conn.execute("PRAGMA synchronous = FULL")
-        # Checkpoint less often than the default 1000 pages: fewer random writes
-        # into the main file when many index pages are dirty.
-        await conn.execute("PRAGMA wal_autocheckpoint = 10000")
-        # Erased values must not linger in free pages (data-subject erasure).
-        await conn.execute("PRAGMA secure_delete = ON")
+        try:
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            await conn.execute(f"PRAGMA cache_size = -{self._cache_mib * 1024}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            # The page size only takes on an empty database; 4 KiB is the disk's unit.
+            await conn.execute("PRAGMA page_size = 4096")
+            await _enable_wal(conn)
+            # FULL: a commit is durable (WAL fsynced) before anyone is answered.
+            await conn.execute("PRAGMA synchronous = FULL")
+            # Checkpoint less often than the default 1000 pages: fewer random writes
+            # into the main file when many index pages are dirty.
+            await conn.execute("PRAGMA wal_autocheckpoint = 10000")
+            # Erased values must not linger in free pages (data-subject erasure).
+            await conn.execute("PRAGMA secure_delete = ON")
+        except BaseException as exc:
+            # A half-set-up connection still owns a thread: close it, whatever failed.
+            with contextlib.suppress(Exception):
+                await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise FailedPreconditionError(
+                    "cannot open the SQLite store", reason="STORE_OPEN_FAILED"
+                ) from exc
+            raise
         return conn
 
     async def open(self) -> None:
