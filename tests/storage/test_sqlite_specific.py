@@ -230,3 +230,39 @@ def _record(token):
         created_at=NOW,
         expires_at=None,
     )
+
+
+async def test_inline_and_threaded_reads_answer_alike(db_path):
+    """Small lookups run on the event loop's connection, large ones on the reader
+    thread; both must give the same rows, in order, None where absent."""
+    store = SqliteStore(db_path, inline_read_max=4)
+    await store.open()
+    try:
+        await store.add_key_version(b"w1", "kek", NOW, primary=True)
+        records = [_record(f"{4000000000000000 + i:016d}") for i in range(20)]
+        await store.insert_tokens(records, NOW, {})
+        wanted = [records[3].token, "9999999999999999", records[0].token]
+        small = await store.get_tokens(wanted)  # 3 <= 4: inline
+        large = await store.get_tokens(wanted + [r.token for r in records[5:15]])  # threaded
+        assert small == [records[3], None, records[0]]
+        assert large[:3] == small
+        assert large[3:] == records[5:15]
+    finally:
+        await store.close()
+
+
+async def test_inline_read_falls_back_to_the_thread_when_busy(db_path, monkeypatch):
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        await store.add_key_version(b"w1", "kek", NOW, primary=True)
+        record = _record("4000000000000001")
+        await store.insert_tokens([record], NOW, {})
+
+        def busy(_tokens):
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(store, "_read_inline", busy)
+        assert await store.get_tokens([record.token]) == [record]
+    finally:
+        await store.close()

@@ -66,6 +66,10 @@ class Authenticator:
         self._clock = clock
         # key id -> (row or None, monotonic time it was read)
         self._cache: dict[str, tuple[CallerRow | None, float]] = {}
+        # SHA-256 of a header that authenticated -> (caller, its key's expiry, when
+        # verified): the hot path is one hash and one lookup. Keyed by a hash so no
+        # key is kept in memory longer than its request.
+        self._verified: dict[bytes, tuple[Caller, float | None, float]] = {}
 
     def __repr__(self) -> str:
         return "Authenticator()"
@@ -84,6 +88,21 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
             raise UnauthenticatedError("a credential is required", reason="NO_CREDENTIAL")
+        if len(authorization) > _MAX_KEY_CHARS + 16:
+            raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
+        digest = hashlib.sha256(authorization.encode()).digest()
+        hit = self._verified.get(digest)
+        if hit is not None and time.monotonic() - hit[2] < CACHE_SECONDS:
+            caller, expires_at, _ = hit
+            if expires_at is None or expires_at > self._clock.now():
+                return caller
+        caller, expires_at = await self._verify(authorization)
+        if len(self._verified) > _CACHE_MAX:
+            self._verified.clear()
+        self._verified[digest] = (caller, expires_at, time.monotonic())
+        return caller
+
+    async def _verify(self, authorization: str) -> tuple[Caller, float | None]:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
@@ -102,4 +121,4 @@ class Authenticator:
             raise UnauthenticatedError("the credential is not valid", reason="REVOKED_CREDENTIAL")
         if row.expires_at is not None and row.expires_at <= now:
             raise UnauthenticatedError("the credential is not valid", reason="EXPIRED_CREDENTIAL")
-        return Caller(row.name, row.tenant, frozenset(row.scopes))
+        return Caller(row.name, row.tenant, frozenset(row.scopes)), row.expires_at
