@@ -60,9 +60,9 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def _tokenized(t: Tokenized) -> pb.TokenizeResponse:
-    resp = pb.TokenizeResponse(
-        token=t.token, fingerprint=t.fingerprint, masked=t.masked, created=t.created
-    )
+    resp = pb.TokenizeResponse(token=t.token, fingerprint=t.fingerprint, masked=t.masked)
+    if t.created:
+        resp.created = True
     if t.expires_at is not None:
         resp.expire_time.CopyFrom(_timestamp(t.expires_at))
     return resp
@@ -80,16 +80,18 @@ def _address(a: Address) -> types_pb2.Address:
 
 
 def _revealed(r: Revealed) -> pb.DetokenizeResponse:
-    resp = pb.DetokenizeResponse(
-        kind=cast("types_pb2.DataKind", int(r.kind)),
-        metadata=r.metadata,
-        subject=r.subject,
-        token=r.token,
-    )
-    if isinstance(r.value, Address):
-        resp.address.CopyFrom(_address(r.value))
+    value = r.value
+    kind = cast("types_pb2.DataKind", int(r.kind))
+    # Only set what is there: an empty map or string still costs a field copy.
+    if isinstance(value, str) and not r.metadata and not r.subject:
+        return pb.DetokenizeResponse(kind=kind, text=value, token=r.token)
+    resp = pb.DetokenizeResponse(kind=kind, subject=r.subject, token=r.token)
+    if r.metadata:
+        resp.metadata.update(r.metadata)
+    if isinstance(value, Address):
+        resp.address.CopyFrom(_address(value))
     else:
-        resp.text = r.value
+        resp.text = value
     return resp
 
 

@@ -24,20 +24,19 @@ NONCE_BYTES = 12
 RECORD_FORMAT = 1
 
 _HEADER = struct.Struct(">BBBI")
+_LEN = struct.Struct(">H")
 
 
 def record_aad(tenant: str, kind: int, token_format: int, token: str, key_version: int) -> bytes:
     """Unambiguous AAD: fixed-width numbers, then length-prefixed strings."""
     tenant_b = tenant.encode()
     token_b = token.encode()
-    return b"".join(
-        (
-            _HEADER.pack(RECORD_FORMAT, kind, token_format, key_version),
-            len(tenant_b).to_bytes(2, "big"),
-            tenant_b,
-            len(token_b).to_bytes(2, "big"),
-            token_b,
-        )
+    return (
+        _HEADER.pack(RECORD_FORMAT, kind, token_format, key_version)
+        + _LEN.pack(len(tenant_b))
+        + tenant_b
+        + _LEN.pack(len(token_b))
+        + token_b
     )
 
 

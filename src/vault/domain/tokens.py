@@ -115,6 +115,9 @@ class TokenInfo:
 
 _METADATA_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]+")
+_KINDS = {int(k): k for k in DataKind}
+# HMAC domain of a value's fingerprint: the kind, so equal text of two kinds differs.
+_KIND_DOMAINS = {k: b"kind:%d" % k for k in DataKind}
 _PAN_FORMATS = frozenset({TokenFormat.PAN_LAST4, TokenFormat.PAN_BIN_LAST4})
 _PAYLOAD_VERSION = 1
 _LEN = struct.Struct(">I")
@@ -178,10 +181,10 @@ class TokenVault:
         kind: DataKind | None = None
         fmt = TokenFormat.UNSPECIFIED
         value: Value | None = None
-        if item.kind not in DataKind._value2member_map_ or item.kind == DataKind.UNSPECIFIED:
+        kind = _KINDS.get(item.kind)
+        if kind is None or kind is DataKind.UNSPECIFIED:
             violations.append(FieldViolation("kind", "must be a known data kind"))
         else:
-            kind = DataKind(item.kind)
             if kind is DataKind.CVC:
                 raise FailedPreconditionError(
                     "CVC tokens need ephemeral storage, which this vault does not serve yet",
@@ -364,7 +367,7 @@ class TokenVault:
 
         canons = [kinds.canonical_bytes(k, v) for k, _, v in checked]
         fingerprints = [
-            fp.digest(b"kind:%d" % k, canon)
+            fp.digest(_KIND_DOMAINS[k], canon)
             for (k, _, _), canon in zip(checked, canons, strict=True)
         ]
         records = [seal(i, self._new_token(k, f, v)) for i, (k, f, v) in enumerate(checked)]
@@ -444,7 +447,7 @@ class TokenVault:
         return found
 
     def _open(self, row: TokenRecord) -> tuple[DataKind, Value, str, dict[str, str]]:
-        kind = DataKind(row.kind)
+        kind = _KINDS[row.kind]
         aad = record_aad(row.tenant, row.kind, row.token_format, row.token, row.key_version)
         payload = self._keys.keyring.key(row.key_version).decrypt(row.ciphertext, aad)
         canon, subject, metadata = _decode_payload(payload)

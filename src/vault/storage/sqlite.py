@@ -82,20 +82,21 @@ def _split_statements(script: str) -> list[str]:
 
 
 def _row_to_record(row: Sequence[Any]) -> TokenRecord:
+    # Positional, in _TOKEN_COLUMNS order: the read path builds one per row.
     return TokenRecord(
-        token=row[0],
-        tenant=row[1],
-        kind=row[2],
-        token_format=row[3],
-        key_version=row[4],
-        ciphertext=row[5],
-        fingerprint=row[6],
-        deterministic=bool(row[7]),
-        subject_ref=row[8],
-        request_id=row[9],
-        request_hash=row[10],
-        created_at=row[11],
-        expires_at=row[12],
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7] == 1,
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
     )
 
 
