@@ -50,6 +50,7 @@ _TOKEN_COLUMNS = (
     "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
     "deterministic, subject_ref, request_id, request_hash, created_at, expires_at"
 )
+_INSERTED = InsertOutcome(InsertStatus.INSERTED)
 _T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
 _INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
 
@@ -262,10 +263,31 @@ def _commit_sync(
     return inserted
 
 
+def _insert_plain(conn: sqlite3.Connection, ops: list[_InsertOp]) -> bool:
+    """The common case without a lookup first: no record is deterministic or carries a
+    request id, so only a taken token can stop an insert, and the unique index says
+    so. False (and nothing written) when it does; the caller then resolves."""
+    conn.execute("SAVEPOINT plain")
+    try:
+        conn.executemany(_INSERT_TOKEN, [_record_params(r) for op in ops for r in op.records])
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO plain")
+        conn.execute("RELEASE plain")
+        return False
+    conn.execute("RELEASE plain")
+    for op in ops:
+        op.outcomes = [_INSERTED] * len(op.records)
+    return True
+
+
 def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
     """Resolve collisions, deterministic and idempotent hits, then insert the rest."""
     now = max(op.now for op in ops)
     records = [r for op in ops for r in op.records]
+    plain = not any(r.deterministic or r.request_id for r in records)
+    if plain and _insert_plain(conn, ops):
+        _count_encryptions(conn, ops)
+        return len(records)
     # Random tokens carry 160 bits: only PAN-shaped tokens can realistically collide,
     # but all are checked, also against rows that expired and wait for the purge.
     existing, reserved = _existing_for(conn, records)
@@ -287,6 +309,12 @@ def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
             "INSERT INTO request_ids (tenant, request_id, request_hash, token) VALUES (?, ?, ?, ?)",
             resolver.reservations,
         )
+    _count_encryptions(conn, ops)
+    return len(resolver.to_insert)
+
+
+def _count_encryptions(conn: sqlite3.Connection, ops: list[_InsertOp]) -> None:
+    """Add the calls' encryptions (inserted or not) to the key versions' counters."""
     usage: dict[int, int] = {}
     for op in ops:
         for version, count in op.encryptions.items():
@@ -296,7 +324,6 @@ def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
             "UPDATE key_versions SET encryptions = encryptions + ? WHERE version = ?",
             [(count, version) for version, count in usage.items()],
         )
-    return len(resolver.to_insert)
 
 
 def _existing_for(
