@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 from google.protobuf import timestamp_pb2
@@ -23,6 +25,9 @@ TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
 # -- conversions ---------------------------------------------------------------------
 
 
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+
+
 def _item(req: pb.TokenizeRequest) -> TokenizeItem:
     which = req.WhichOneof("value")
     value: Value | None
@@ -41,15 +46,16 @@ def _item(req: pb.TokenizeRequest) -> TokenizeItem:
     else:
         value = None
     ttl = req.ttl.seconds + req.ttl.nanos / 1e9 if req.HasField("ttl") else None
+    # Positional and without copying an empty map: this runs once per batch item.
     return TokenizeItem(
-        kind=req.kind,
-        value=value,
-        token_format=req.format,
-        deterministic=req.deterministic,
-        subject=req.subject,
-        metadata=dict(req.metadata),
-        ttl_seconds=ttl,
-        request_id=req.request_id,
+        req.kind,
+        value,
+        req.format,
+        req.deterministic,
+        req.subject,
+        dict(req.metadata) if len(req.metadata) else _NO_METADATA,
+        ttl,
+        req.request_id,
     )
 
 
