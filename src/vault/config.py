@@ -29,6 +29,9 @@ class Config:
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000
     workers: int = 1  # server processes sharing the listen port (SO_REUSEPORT)
+    # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
+    # file path (created 0600, appended to; one write per commit, so workers can share it).
+    audit_sink: str = ""
 
     @property
     def master_key_path(self) -> Path:

@@ -41,6 +41,8 @@ class VaultError(Exception):
     """Base class. ``reason`` is an UPPER_SNAKE code sent as google.rpc.ErrorInfo.reason."""
 
     reason = "INTERNAL"
+    # Set once the audit trail holds a record of this failure, so it is recorded once.
+    audited = False
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)

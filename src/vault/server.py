@@ -22,6 +22,7 @@ from vault import metrics
 from vault.api.rpc import add_service
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
+from vault.audit.trail import AuditTrail, JsonLinesExporter
 from vault.auth.apikeys import Authenticator, hash_secret, mint_api_key
 from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
@@ -121,6 +122,7 @@ class VaultServer:
         self._stopped = asyncio.Event()
         self.keys: KeyMaterial | None = None
         self.vault: TokenVault | None = None
+        self.audit: AuditTrail | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -141,12 +143,21 @@ class VaultServer:
             kek = KeyFileKek.load(cfg.master_key_path)
             self.keys = KeyMaterial(self.store, kek, self.clock)
             await self.keys.load()
+            self.audit = await AuditTrail.open(
+                self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
+            )
             self.vault = TokenVault(
-                self.store, self.keys, self.clock, Limits(max_batch=cfg.max_batch)
+                self.store,
+                self.keys,
+                self.clock,
+                Limits(max_batch=cfg.max_batch),
+                audit=self.audit,
             )
             await self._start_grpc(Authenticator(self.store, self.clock))
         except BaseException:
             await self.store.close()
+            if self.audit is not None:
+                self.audit.close()
             raise
 
     async def _start_grpc(self, authenticator: Authenticator) -> None:
@@ -162,7 +173,8 @@ class VaultServer:
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ]
         )
-        add_service(server, TOKEN_SERVICE_DESCRIPTOR, TokenServicer(self.vault, authenticator))
+        servicer = TokenServicer(self.vault, authenticator, self.audit, self.clock)
+        add_service(server, TOKEN_SERVICE_DESCRIPTOR, servicer)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
@@ -247,6 +259,8 @@ class VaultServer:
                 running.metrics_server.shutdown()
                 running.metrics_server.server_close()
         await self.store.close()
+        if self.audit is not None:
+            self.audit.close()
         self._stopped.set()
         log.info("vault stopped")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import sqlite3
 import unicodedata
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -462,8 +463,22 @@ def test_no_plaintext_in_files_or_logs_after_shutdown(scenario):
 
 def test_deleted_token_leaves_no_trace_after_shutdown(scenario):
     # secure_delete is on and the WAL is checkpointed: DeleteToken removed the row for good.
-    assert scenario.deleted_token
-    assert scenario.deleted_token not in scenario.after_tokens_on_disk
+    # The token stays named by the audit trail's records (every delete is audited, and a
+    # token is not a value), and appears nowhere else: not in a free page, not in an index.
+    token = scenario.deleted_token
+    assert token
+    db = scenario.vault.data_dir / "vault.db"
+    occurrences = db.read_bytes().count(token.encode())
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM tokens WHERE token = ?", (token,)).fetchone()
+        audited = [
+            action
+            for action, tokens in conn.execute("SELECT action, tokens FROM audit_log")
+            if token in json.loads(tokens)
+        ]
+    assert rows == 0
+    assert "token.delete" in audited
+    assert occurrences == len(audited)
     assert scenario.live_tokens <= scenario.after_tokens_on_disk
 
 

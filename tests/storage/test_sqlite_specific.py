@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import sqlite3
 import threading
 
 import aiosqlite
 import pytest
 
-from vault.errors import FailedPreconditionError
-from vault.storage.base import InsertStatus, TokenRecord
+from vault.errors import FailedPreconditionError, StoreUnavailableError
+from vault.storage import sqlite as sqlite_module
+from vault.storage.base import AuditRow, InsertStatus, TokenRecord
 from vault.storage.sqlite import SqliteStore, migrations
 
 NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
@@ -266,3 +268,59 @@ async def test_inline_read_falls_back_to_the_thread_when_busy(db_path, monkeypat
         assert await store.get_tokens([record.token]) == [record]
     finally:
         await store.close()
+
+
+def _audit_row(n: int):
+    return AuditRow(0, NOW, f"c{n}", "t", "token.reveal", (), "", "ok", "", "", "", (), b"")
+
+
+def _seal(prev: bytes, content: bytes) -> bytes:
+    return hashlib.sha256(prev + content).digest()
+
+
+async def test_audit_log_refuses_update_and_delete(sqlite_store, db_path):
+    await sqlite_store.append_audit([_audit_row(1), _audit_row(2)], _seal)
+    conn = sqlite3.connect(db_path)
+    try:
+        for statement in (
+            "UPDATE audit_log SET purpose = 'forged' WHERE seq = 1",
+            "DELETE FROM audit_log WHERE seq = 2",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+    finally:
+        conn.close()
+    assert [r.caller for r in await sqlite_store.audit_records(0, 10)] == ["c1", "c2"]
+
+
+async def test_concurrent_audit_appends_share_commits(db_path, monkeypatch):
+    commits = []
+    real = sqlite_module._commit_sync
+
+    def counting(conn, inserts, generics, audits):
+        commits.append(len(audits))
+        return real(conn, inserts, generics, audits)
+
+    monkeypatch.setattr(sqlite_module, "_commit_sync", counting)
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        await asyncio.gather(*(store.append_audit([_audit_row(n)], _seal) for n in range(100)))
+    finally:
+        await store.close()
+    assert sum(commits) == 100
+    assert len(commits) < 100  # coalesced: fewer transactions (and fsyncs) than appends
+
+
+async def test_failed_audit_append_leaves_other_writes_of_the_commit(sqlite_store, make_record):
+    def broken_seal(prev: bytes, content: bytes) -> bytes:
+        raise RuntimeError("seal failed")
+
+    record = make_record()
+    await sqlite_store.add_key_version(b"w", "kek", NOW, primary=True)
+    audit = asyncio.ensure_future(sqlite_store.append_audit([_audit_row(1)], broken_seal))
+    insert = asyncio.ensure_future(sqlite_store.insert_tokens([record], NOW, {}))
+    with pytest.raises(StoreUnavailableError):
+        await audit
+    assert [o.status for o in await insert] == [InsertStatus.INSERTED]
+    assert await sqlite_store.audit_records(0, 10) == []

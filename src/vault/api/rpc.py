@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -20,8 +22,17 @@ from google.protobuf.message import DecodeError, Message
 
 from vault import metrics
 from vault.api.errors import grpc_code, to_grpc_status
+from vault.audit.base import (
+    ACTION_AUTHENTICATE,
+    ACTION_AUTHORIZE,
+    OUTCOME_DENIED,
+    AuditEvent,
+    AuditSink,
+)
 from vault.auth.apikeys import Authenticator
 from vault.auth.policy import Caller
+from vault.clock import Clock
+from vault.domain.model import RequestContext
 from vault.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -30,7 +41,7 @@ from vault.errors import (
     VaultError,
 )
 
-__all__ = ["MALFORMED", "Authenticated", "add_service", "rpc"]
+__all__ = ["MALFORMED", "Authenticated", "add_service", "request_context", "rpc"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,8 @@ MALFORMED = _Malformed()
 
 class Authenticated(Protocol):
     authenticator: Authenticator
+    audit: AuditSink | None
+    clock: Clock
 
 
 Handler = Callable[[Any, Caller, Req, Context], Awaitable[Resp]]
@@ -62,6 +75,53 @@ def _authorization(context: Context) -> str | None:
     return None
 
 
+# A client's x-request-id is kept when it is short printable ASCII; otherwise (or when
+# absent) the vault makes one up, so every audited call has an id.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def request_context(context: Context) -> RequestContext:
+    """The call's request id and peer, for the audit trail."""
+    request_id = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            request_id = value
+            break
+    try:
+        peer = context.peer() or ""
+    except Exception:  # noqa: BLE001 - a peer the transport cannot name is not fatal
+        peer = ""
+    return RequestContext(request_id or str(uuid.uuid4()), peer)
+
+
+async def _audit_refusal(
+    servicer: Authenticated, method: str, context: Context, caller: Caller | None, exc: VaultError
+) -> None:
+    """Record a refused credential or a missing permission: the reason code and where the
+    call came from, never the credential."""
+    audit = servicer.audit
+    if audit is None or exc.audited:
+        return
+    ctx = request_context(context)
+    event = AuditEvent(
+        servicer.clock.now(),
+        caller.name if caller is not None else "",
+        caller.tenant if caller is not None else "",
+        ACTION_AUTHORIZE if caller is not None else ACTION_AUTHENTICATE,
+        outcome=OUTCOME_DENIED,
+        reason=exc.reason,
+        request_id=ctx.request_id,
+        peer=ctx.peer,
+        detail={"method": method},
+    )
+    try:
+        await audit.record([event])
+    except Exception as audit_exc:  # noqa: BLE001 - the call is refused either way
+        log.error("audit of a refused call failed: %s", type(audit_exc).__name__)
+    else:
+        exc.audited = True
+
+
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
     """Authenticate, run, map errors, count. ``method`` is the metric label."""
     latency = metrics.RPC_LATENCY.labels(method)
@@ -71,6 +131,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
         @functools.wraps(fn)
         async def handler(self: Authenticated, request: Req, context: Context) -> Resp:
             start = time.perf_counter()
+            caller: Caller | None = None
             try:
                 caller = await self.authenticator.authenticate(_authorization(context))
                 if request is MALFORMED:
@@ -85,6 +146,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
                 latency.observe(time.perf_counter() - start)
                 if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
                     metrics.AUTH_FAILURES.labels(exc.reason).inc()
+                    await _audit_refusal(self, method, context, caller, exc)
                 # abort_with_status is in grpc.aio but missing from grpc-stubs.
                 await context.abort_with_status(to_grpc_status(exc))  # type: ignore[attr-defined]
                 raise  # pragma: no cover - abort raises

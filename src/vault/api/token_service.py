@@ -9,9 +9,11 @@ from typing import Any, cast
 
 from google.protobuf import timestamp_pb2
 
-from vault.api.rpc import rpc
+from vault.api.rpc import request_context, rpc
+from vault.audit.base import AuditSink
 from vault.auth.apikeys import Authenticator
 from vault.auth.policy import Caller
+from vault.clock import Clock
 from vault.domain.model import Address, DataKind, Value
 from vault.domain.tokens import Revealed, Tokenized, TokenizeItem, TokenVault
 from vault.v1 import token_service_pb2 as pb
@@ -102,9 +104,17 @@ def _revealed(r: Revealed) -> pb.DetokenizeResponse:
 
 
 class TokenServicer(pb_grpc.TokenServiceServicer):
-    def __init__(self, vault: TokenVault, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        vault: TokenVault,
+        authenticator: Authenticator,
+        audit: AuditSink | None,
+        clock: Clock,
+    ) -> None:
         self.vault = vault
         self.authenticator = authenticator
+        self.audit = audit  # where refused credentials and permissions are recorded
+        self.clock = clock
 
     @rpc("Tokenize")
     async def Tokenize(  # noqa: N802 - gRPC method name
@@ -124,19 +134,27 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("Detokenize")
     async def Detokenize(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.DetokenizeRequest, _context: Any
+        self, caller: Caller, request: pb.DetokenizeRequest, context: Any
     ) -> pb.DetokenizeResponse:
         (result,) = await self.vault.detokenize(
-            caller, [request.token], request.purpose, batch=False
+            caller,
+            [request.token],
+            request.purpose,
+            batch=False,
+            request=request_context(context),
         )
         return _revealed(result)
 
     @rpc("BatchDetokenize")
     async def BatchDetokenize(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.BatchDetokenizeRequest, _context: Any
+        self, caller: Caller, request: pb.BatchDetokenizeRequest, context: Any
     ) -> pb.BatchDetokenizeResponse:
         results = await self.vault.detokenize(
-            caller, list(request.tokens), request.purpose, batch=True
+            caller,
+            list(request.tokens),
+            request.purpose,
+            batch=True,
+            request=request_context(context),
         )
         return pb.BatchDetokenizeResponse(responses=[_revealed(r) for r in results])
 
@@ -163,9 +181,9 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @rpc("DeleteToken")
     async def DeleteToken(  # noqa: N802 - gRPC method name
-        self, caller: Caller, request: pb.DeleteTokenRequest, _context: Any
+        self, caller: Caller, request: pb.DeleteTokenRequest, context: Any
     ) -> pb.DeleteTokenResponse:
-        await self.vault.delete_token(caller, request.token)
+        await self.vault.delete_token(caller, request.token, request=request_context(context))
         return pb.DeleteTokenResponse()
 
 

@@ -9,58 +9,27 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from vault import __version__
+from vault.audit.base import ACTION_CALLER_ADD, ACTION_CALLER_REVOKE, OUTCOME_ERROR, OUTCOME_OK
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import parse_scopes
+from vault.cli import audit_cmd
+from vault.cli.common import EXIT_FAILURE, CommandError
+from vault.cli.common import add_store_args as _add_store_args
+from vault.cli.common import config_for as _config
+from vault.cli.common import existing_vault as _existing_vault
+from vault.cli.common import run_async as _run
 from vault.clock import SystemClock
-from vault.config import Config, load_config
-from vault.errors import VaultError
+from vault.config import Config
+from vault.errors import AlreadyExistsError, VaultError
 from vault.logs import setup_logging
 from vault.server import VaultServer, init_data_dir, open_store
 from vault.storage.base import CallerRow
 from vault.workers import run_workers
 
 __all__ = ["main"]
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """A one-line reason for the user; the command exits non-zero."""
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
-    except ImportError:  # pragma: no cover
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return int(runner.run(coro))
-
-
-def _config(args: argparse.Namespace, **extra: Any) -> Config:
-    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
-    return load_config(getattr(args, "config", None), overrides)
-
-
-def _existing_vault(args: argparse.Namespace) -> Config:
-    """Config of a data dir that holds a vault; a mistyped path is an error, not a new vault."""
-    cfg = _config(args)
-    if not cfg.database_path.exists():
-        raise CommandError(
-            "no vault in the data dir (create one with `vaultctl keys init` or `serve --dev`)"
-        )
-    return cfg
-
-
-def _add_store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, help="the vault's data directory (default ./var)")
-    p.add_argument("--config", type=Path, help="TOML config file")
-
 
 # -- serve ------------------------------------------------------------------------------
 
@@ -173,19 +142,39 @@ async def _callers_add(args: argparse.Namespace) -> int:
     store = open_store(cfg)
     await store.open()
     key = mint_api_key()
+    # What the trail says about the new caller: never its key.
+    detail = {
+        "name": args.name,
+        "scopes": ",".join(scopes),
+        "expires": datetime.fromtimestamp(expires, UTC).isoformat() if expires else "",
+    }
     try:
-        await store.add_caller(
-            CallerRow(
-                name=args.name,
-                tenant=args.tenant,
-                scopes=scopes,
-                key_id=key.key_id,
-                key_hash=hash_secret(key.secret),
-                created_at=SystemClock().now(),
-                expires_at=expires,
-                revoked_at=None,
+        try:
+            await store.add_caller(
+                CallerRow(
+                    name=args.name,
+                    tenant=args.tenant,
+                    scopes=scopes,
+                    key_id=key.key_id,
+                    key_hash=hash_secret(key.secret),
+                    created_at=SystemClock().now(),
+                    expires_at=expires,
+                    revoked_at=None,
+                )
             )
-        )
+        except AlreadyExistsError as exc:
+            await audit_cmd.record_operator_event(
+                cfg,
+                store,
+                ACTION_CALLER_ADD,
+                args.tenant,
+                detail,
+                outcome=OUTCOME_ERROR,
+                reason=exc.reason,
+            )
+            raise
+        # Recorded before the key is shown: a change the trail lacks hands out no key.
+        await audit_cmd.record_operator_event(cfg, store, ACTION_CALLER_ADD, args.tenant, detail)
     finally:
         await store.close()
     if args.json:
@@ -233,6 +222,16 @@ async def _callers_revoke(args: argparse.Namespace) -> int:
     await store.open()
     try:
         done = await store.revoke_caller(args.name, SystemClock().now())
+        tenant = next((r.tenant for r in await store.callers() if r.name == args.name), "")
+        await audit_cmd.record_operator_event(
+            cfg,
+            store,
+            ACTION_CALLER_REVOKE,
+            tenant,
+            {"name": args.name},
+            outcome=OUTCOME_OK if done else OUTCOME_ERROR,
+            reason="" if done else "CALLER_NOT_FOUND",
+        )
     finally:
         await store.close()
     if not done:
@@ -322,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_store_args(c_revoke)
     c_revoke.add_argument("name")
     c_revoke.set_defaults(handler=_callers_revoke)
+
+    audit_cmd.register(sub)
     return parser
 
 

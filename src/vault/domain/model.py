@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ADDRESS_KINDS", "Address", "DataKind", "TokenFormat", "Value"]
+__all__ = ["ADDRESS_KINDS", "Address", "DataKind", "RequestContext", "TokenFormat", "Value"]
 
 
 class DataKind(enum.IntEnum):
@@ -51,3 +51,11 @@ class Address:
 
 # A value as the vault holds it: text for every kind but addresses.
 Value = str | Address
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Where a call came from, for the audit trail (filled in by the API layer)."""
+
+    request_id: str = ""  # x-request-id of the call, or one the API layer made up
+    peer: str = ""  # network peer (gRPC peer string)

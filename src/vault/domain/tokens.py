@@ -8,6 +8,7 @@ is answered exactly like a missing one.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 import unicodedata
@@ -16,6 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vault import metrics
+from vault.audit.base import (
+    ACTION_DELETE,
+    ACTION_REVEAL,
+    OUTCOME_DENIED,
+    OUTCOME_ERROR,
+    OUTCOME_OK,
+    AuditEvent,
+    AuditSink,
+)
 from vault.auth.policy import SCOPE_DETOKENIZE, SCOPE_REVEAL_MASKED, SCOPE_TOKENIZE, Caller
 from vault.auth.policy import require as require_scope
 from vault.auth.policy import require_any as require_any_scope
@@ -24,14 +34,18 @@ from vault.crypto.aead import record_aad
 from vault.crypto.keyring import Fingerprinter
 from vault.domain import kinds
 from vault.domain.keys import KeyMaterial
-from vault.domain.model import ADDRESS_KINDS, DataKind, TokenFormat, Value
+from vault.domain.model import ADDRESS_KINDS, DataKind, RequestContext, TokenFormat, Value
 from vault.errors import (
     FailedPreconditionError,
     FieldViolation,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    VaultError,
 )
 from vault.storage.base import InsertStatus, Store, TokenRecord
 
@@ -124,6 +138,15 @@ _KIND_DOMAINS = {k: b"kind:%d" % k for k in DataKind}
 _PAN_FORMATS = frozenset({TokenFormat.PAN_LAST4, TokenFormat.PAN_BIN_LAST4})
 _PAYLOAD_VERSION = 1
 _LEN = struct.Struct(">I")
+_NO_CONTEXT = RequestContext()
+# What a refused call's record names instead of a string that is not a random-format
+# token: a caller who sends a card number where a token belongs must not put it in the
+# trail (PAN-shaped tokens are digits too, so they are left out of refusals as well).
+_RANDOM_TOKEN = re.compile(r"tok_[a-z2-7]{32}")
+_NOT_RECORDED = "[not recorded]"
+_DENIED = (PermissionDeniedError, UnauthenticatedError, NotFoundError)
+
+log = logging.getLogger(__name__)
 
 
 def _has_control(text: str) -> bool:
@@ -163,15 +186,27 @@ def _decode_payload(data: bytes) -> tuple[bytes, str, dict[str, str]]:
 
 
 class TokenVault:
-    """The token use cases over a store, the keys and a clock."""
+    """The token use cases over a store, the keys, a clock and the audit trail.
+
+    ``audit`` is None only where nothing is served (the in-process benchmark); the
+    composition root always passes the trail, and then no value is returned unless its
+    reveal records are durable.
+    """
 
     def __init__(
-        self, store: Store, keys: KeyMaterial, clock: Clock, limits: Limits | None = None
+        self,
+        store: Store,
+        keys: KeyMaterial,
+        clock: Clock,
+        limits: Limits | None = None,
+        *,
+        audit: AuditSink | None = None,
     ) -> None:
         self._store = store
         self._keys = keys
         self._clock = clock
         self.limits = limits or Limits()
+        self._audit = audit
 
     def __repr__(self) -> str:
         return "TokenVault()"
@@ -456,18 +491,103 @@ class TokenVault:
         canon, subject, metadata = _decode_payload(payload)
         return kind, kinds.value_from_canonical(kind, canon), subject, metadata
 
+    # -- audit -------------------------------------------------------------------
+
+    async def _audit_refusal(
+        self,
+        caller: Caller,
+        action: str,
+        tokens: Sequence[str],
+        purpose: str,
+        request: RequestContext,
+        exc: VaultError,
+    ) -> None:
+        """One record of a refused or failed call (best effort: it already fails)."""
+        if self._audit is None:
+            return
+        named = tuple(
+            t if _RANDOM_TOKEN.fullmatch(t) else _NOT_RECORDED
+            for t in tokens[: self.limits.max_batch]
+        )
+        event = AuditEvent(
+            self._clock.now(),
+            caller.name,
+            caller.tenant,
+            action,
+            named,
+            purpose if len(purpose) <= self.limits.max_purpose_chars else "",
+            OUTCOME_DENIED if isinstance(exc, _DENIED) else OUTCOME_ERROR,
+            exc.reason,
+            request.request_id,
+            request.peer,
+            {"token_count": str(len(tokens))},
+        )
+        try:
+            await self._audit.record([event])
+        except Exception as audit_exc:  # noqa: BLE001 - the call fails with its own error
+            log.error("audit of a refused call failed: %s", type(audit_exc).__name__)
+        else:
+            exc.audited = True
+
+    async def _audit_done(self, events: list[AuditEvent]) -> None:
+        """Make the records of a completed call durable, or fail the call (fail closed)."""
+        if self._audit is None:
+            return
+        try:
+            await self._audit.record(events)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing leaves unaudited
+            log.error("audit append failed: %s", type(exc).__name__)
+            raise UnavailableError(
+                "the audit trail cannot be written; retry later", reason="AUDIT_UNAVAILABLE"
+            ) from None
+
+    # -- reveal ------------------------------------------------------------------
+
     async def detokenize(
-        self, caller: Caller, tokens: Sequence[str], purpose: str, *, batch: bool
+        self,
+        caller: Caller,
+        tokens: Sequence[str],
+        purpose: str,
+        *,
+        batch: bool,
+        request: RequestContext | None = None,
     ) -> list[Revealed]:
-        require_scope(caller, SCOPE_DETOKENIZE)
-        if batch:
-            self._check_batch_size(len(tokens), "tokens")
-        self._check_purpose(purpose)
-        rows = await self._load(caller, tokens, "tokens" if batch else "token")
-        out = []
-        for row in rows:
-            kind, value, subject, metadata = self._open(row)
-            out.append(Revealed(row.token, kind, value, metadata, subject))
+        """Values of the tokens, in order; each reveal is audited (one record per token)
+        before anything is returned."""
+        ctx = request or _NO_CONTEXT
+        try:
+            require_scope(caller, SCOPE_DETOKENIZE)
+            if batch:
+                self._check_batch_size(len(tokens), "tokens")
+            self._check_purpose(purpose)
+            rows = await self._load(caller, tokens, "tokens" if batch else "token")
+            out = []
+            for row in rows:
+                kind, value, subject, metadata = self._open(row)
+                out.append(Revealed(row.token, kind, value, metadata, subject))
+        except VaultError as exc:
+            await self._audit_refusal(caller, ACTION_REVEAL, tokens, purpose, ctx, exc)
+            raise
+        now = self._clock.now()
+        detail = {"batch_size": str(len(out))} if batch else {}
+        await self._audit_done(
+            [
+                AuditEvent(
+                    now,
+                    caller.name,
+                    caller.tenant,
+                    ACTION_REVEAL,
+                    (r.token,),
+                    purpose,
+                    OUTCOME_OK,
+                    "",
+                    ctx.request_id,
+                    ctx.peer,
+                    {**detail, "kind": r.kind.name},
+                )
+                for r in out
+            ]
+        )
         for kind, n in Counter(r.kind for r in out).items():
             metrics.TOKENS_REVEALED.labels(kind.name).inc(n)
         return out
@@ -490,12 +610,29 @@ class TokenVault:
             key_version=row.key_version,
         )
 
-    async def delete_token(self, caller: Caller, token: str) -> None:
-        require_scope(caller, SCOPE_TOKENIZE)
-        # Expired but not yet purged counts as gone, as for every other read.
-        await self._load(caller, [token], "token")
-        if not await self._store.delete_token(caller.tenant, token):
-            raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
+    async def delete_token(
+        self, caller: Caller, token: str, *, request: RequestContext | None = None
+    ) -> None:
+        ctx = request or _NO_CONTEXT
+        try:
+            require_scope(caller, SCOPE_TOKENIZE)
+            # Expired but not yet purged counts as gone, as for every other read.
+            await self._load(caller, [token], "token")
+            if not await self._store.delete_token(caller.tenant, token):
+                raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
+        except VaultError as exc:
+            await self._audit_refusal(caller, ACTION_DELETE, [token], "", ctx, exc)
+            raise
+        event = AuditEvent(
+            self._clock.now(),
+            caller.name,
+            caller.tenant,
+            ACTION_DELETE,
+            (token,),
+            request_id=ctx.request_id,
+            peer=ctx.peer,
+        )
+        await self._audit_done([event])
 
     async def purge_expired(self, limit: int = 1000) -> int:
         """Delete expired tokens, up to ``limit`` per store transaction, until none is left."""

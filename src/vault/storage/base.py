@@ -8,11 +8,16 @@ live in the domain layer.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "AUDIT_GENESIS_MAC",
+    "AuditHead",
+    "AuditRow",
+    "AuditSeal",
     "CallerRow",
     "CommitObserver",
     "InsertOutcome",
@@ -93,6 +98,87 @@ class CallerRow:
         return f"CallerRow(name={self.name!r}, tenant={self.tenant!r})"
 
 
+# The MAC the first audit record chains from.
+AUDIT_GENESIS_MAC = bytes(32)
+# Leading byte of an audit record's canonical bytes; a new layout gets a new number.
+_AUDIT_FORMAT = 1
+# Leading byte of the sealed head's content, so a head can never pass for a record.
+_AUDIT_HEAD_FORMAT = 0x48
+_U32 = struct.Struct(">I")
+_HEAD = struct.Struct(">BQ")
+_RECORD_START = struct.Struct(">BQd")
+
+
+def _field(out: list[bytes], text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    out.append(_U32.pack(len(data)))
+    out.append(data)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One audit record as stored. Never holds a value, a masked value or a credential."""
+
+    seq: int  # position in the chain, from 1, no gaps; assigned by the store on append
+    time: float  # unix seconds the event happened
+    caller: str  # authenticated caller name ("" when authentication failed)
+    tenant: str  # the caller's tenant ("" when unknown)
+    action: str  # what was attempted, e.g. token.reveal, caller.add
+    tokens: tuple[str, ...]  # the token(s) acted on (tokens are not values)
+    purpose: str  # the reason the caller gave for a reveal
+    outcome: str  # ok | denied | error
+    reason: str  # UPPER_SNAKE reason code when the outcome is not ok
+    request_id: str  # the request's id (x-request-id, or one the vault made up)
+    peer: str  # the network peer of the call (gRPC peer string)
+    detail: tuple[tuple[str, str], ...]  # non-sensitive facts (method, counts), sorted by key
+    mac: bytes  # HMAC-SHA-256(audit key, previous record's mac || content()); set on append
+
+    def __repr__(self) -> str:
+        return f"AuditRow(seq={self.seq}, action={self.action!r}, outcome={self.outcome!r})"
+
+    def content(self) -> bytes:
+        """The canonical bytes the MAC covers: every stored field but the MAC, in a fixed
+        order, each variable-length part length-prefixed, so no two rows encode alike."""
+        out = [_RECORD_START.pack(_AUDIT_FORMAT, self.seq, self.time)]
+        for text in (
+            self.caller,
+            self.tenant,
+            self.action,
+            self.purpose,
+            self.outcome,
+            self.reason,
+            self.request_id,
+            self.peer,
+        ):
+            _field(out, text)
+        out.append(_U32.pack(len(self.tokens)))
+        for token in self.tokens:
+            _field(out, token)
+        out.append(_U32.pack(len(self.detail)))
+        for key, value in self.detail:
+            _field(out, key)
+            _field(out, value)
+        return b"".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The newest record's seq, sealed: rows cut off the end of the chain show up as a head
+    that points past the last row."""
+
+    seq: int  # seq of the last record appended
+    mac: bytes  # seal(that record's mac, head_content(seq))
+
+    @staticmethod
+    def content(seq: int) -> bytes:
+        return _HEAD.pack(_AUDIT_HEAD_FORMAT, seq)
+
+
+# Supplied by the audit layer (which alone holds the audit key): the MAC of a record
+# given the previous record's MAC and the record's content().
+AuditSeal = Callable[[bytes, bytes], bytes]
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply migrations; afterwards the store serves."""
@@ -154,6 +240,34 @@ class Store(Protocol):
     async def callers(self) -> list[CallerRow]: ...
 
     async def revoke_caller(self, name: str, revoked_at: float) -> bool: ...
+
+    async def service_key(self, name: str) -> bytes | None:
+        """A wrapped vault-wide key (e.g. the audit key ``audit:1``), or None."""
+        ...
+
+    async def put_service_key(
+        self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
+    ) -> bytes:
+        """Store the wrapped key unless one of that name exists; return the stored one."""
+        ...
+
+    async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
+        """Append rows to the audit chain, in order, atomically; return them as stored.
+
+        Inside the write transaction (so processes sharing the store keep one chain), each
+        row gets the next seq and ``mac = seal(previous mac, row.content())`` (the first
+        record chains from AUDIT_GENESIS_MAC), and the head is resealed. Returns only once
+        the transaction is durable. ``seq`` and ``mac`` of the given rows are ignored.
+        """
+        ...
+
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRow]:
+        """Up to ``limit`` records with seq > ``after_seq``, by seq."""
+        ...
+
+    async def audit_head(self) -> AuditHead | None:
+        """The sealed head of the chain; None before the first append."""
+        ...
 
 
 # Observer of group commits (records per commit), for metrics.

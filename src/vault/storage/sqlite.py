@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +27,10 @@ import aiosqlite
 
 from vault.errors import AlreadyExistsError, FailedPreconditionError, StoreUnavailableError
 from vault.storage.base import (
+    AUDIT_GENESIS_MAC,
+    AuditHead,
+    AuditRow,
+    AuditSeal,
     CallerRow,
     CommitObserver,
     InsertOutcome,
@@ -235,11 +241,163 @@ class _GenericOp:
     error: BaseException | None = None
 
 
-_Op = _InsertOp | _GenericOp
+@dataclass(slots=True)
+class _AuditOp:
+    """Audit records to chain on; every waiting one goes into the group's transaction."""
+
+    rows: Sequence[AuditRow]
+    seal: AuditSeal
+    future: asyncio.Future[list[AuditRow]]
+    stored: list[AuditRow] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+_Op = _InsertOp | _GenericOp | _AuditOp
+
+_AUDIT_COLUMNS = (
+    "seq, time, caller, tenant, action, tokens, purpose, outcome, reason, request_id, "
+    "peer, detail, mac"
+)
+_INSERT_AUDIT = f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
+
+
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_]*")
+
+
+def _tokens_json(tokens: tuple[str, ...]) -> str:
+    # Tokens are [a-z2-7_] or digits: written without json.dumps (2 us a row) when no
+    # character needs escaping; anything else goes through it.
+    if all(_PLAIN_TOKEN.fullmatch(t) for t in tokens):
+        return '["' + '","'.join(tokens) + '"]' if tokens else "[]"
+    return json.dumps(list(tokens), separators=(",", ":"))
+
+
+def _audit_params(r: AuditRow) -> tuple[Any, ...]:
+    return (
+        r.seq,
+        r.time,
+        r.caller,
+        r.tenant,
+        r.action,
+        _tokens_json(r.tokens),
+        r.purpose,
+        r.outcome,
+        r.reason,
+        r.request_id,
+        r.peer,
+        json.dumps([list(kv) for kv in r.detail], separators=(",", ":")),
+        r.mac,
+    )
+
+
+def _json_strings(text: Any) -> tuple[str, ...]:
+    """A JSON array of strings; a row edited behind the store's back may hold anything,
+    and reads it as such (the MAC check then names the row)."""
+    try:
+        items = json.loads(text)
+    except (TypeError, ValueError):
+        return (str(text),)
+    if not isinstance(items, list):
+        return (str(text),)
+    return tuple(str(item) for item in items)
+
+
+def _json_pairs(text: Any) -> tuple[tuple[str, str], ...]:
+    try:
+        items = json.loads(text)
+        return tuple((str(k), str(v)) for k, v in items)
+    except (TypeError, ValueError):
+        return (("", str(text)),)
+
+
+def _audit_from_row(row: Sequence[Any]) -> AuditRow:
+    return AuditRow(
+        seq=row[0],
+        time=row[1],
+        caller=row[2],
+        tenant=row[3],
+        action=row[4],
+        tokens=_json_strings(row[5]),
+        purpose=row[6],
+        outcome=row[7],
+        reason=row[8],
+        request_id=row[9],
+        peer=row[10],
+        detail=_json_pairs(row[11]),
+        mac=row[12] if isinstance(row[12], bytes) else str(row[12]).encode(),
+    )
+
+
+def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
+    """Chain every waiting op's rows onto the newest stored record, in one savepoint.
+
+    The previous MAC is read here, inside the write transaction (BEGIN IMMEDIATE holds
+    the write lock), so vault processes sharing the file extend one linear chain.
+    """
+    conn.execute("SAVEPOINT audit")
+    try:
+        last = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
+        for op in ops:
+            stored = []
+            for row in op.rows:
+                seq += 1
+                placed = AuditRow(
+                    seq,
+                    row.time,
+                    row.caller,
+                    row.tenant,
+                    row.action,
+                    row.tokens,
+                    row.purpose,
+                    row.outcome,
+                    row.reason,
+                    row.request_id,
+                    row.peer,
+                    row.detail,
+                    b"",
+                )
+                prev = op.seal(prev, placed.content())
+                # Positional again rather than dataclasses.replace: 0.7 us instead of 4.4.
+                stored.append(
+                    AuditRow(
+                        seq,
+                        row.time,
+                        row.caller,
+                        row.tenant,
+                        row.action,
+                        row.tokens,
+                        row.purpose,
+                        row.outcome,
+                        row.reason,
+                        row.request_id,
+                        row.peer,
+                        row.detail,
+                        prev,
+                    )
+                )
+            op.stored = stored
+        conn.executemany(_INSERT_AUDIT, [_audit_params(r) for op in ops for r in op.stored])
+        conn.execute(
+            "INSERT INTO audit_head (id, seq, mac) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
+            (seq, ops[-1].seal(prev, AuditHead.content(seq))),
+        )
+    except Exception as exc:  # noqa: BLE001 - handed to every audit op's caller
+        conn.execute("ROLLBACK TO audit")
+        conn.execute("RELEASE audit")
+        for op in ops:
+            op.stored = []
+            op.error = exc
+        return
+    conn.execute("RELEASE audit")
 
 
 def _commit_sync(
-    conn: sqlite3.Connection, inserts: list[_InsertOp], generics: list[_GenericOp]
+    conn: sqlite3.Connection,
+    inserts: list[_InsertOp],
+    generics: list[_GenericOp],
+    audits: list[_AuditOp],
 ) -> int:
     """One group commit, on the connection's thread. Returns the rows inserted."""
     inserted = 0
@@ -247,6 +405,8 @@ def _commit_sync(
     try:
         if inserts:
             inserted = _apply_inserts(conn, inserts)
+        if audits:
+            _apply_audits(conn, audits)
         for gop in generics:
             conn.execute("SAVEPOINT op")
             try:
@@ -582,6 +742,7 @@ class SqliteStore:
         assert conn is not None  # noqa: S101 - open() ran
         inserts = [op for op in batch if isinstance(op, _InsertOp)]
         generics = [op for op in batch if isinstance(op, _GenericOp)]
+        audits = [op for op in batch if isinstance(op, _AuditOp)]
         try:
             # One thread hop for the whole transaction: an aiosqlite round trip costs
             # tens of microseconds, a SQLite statement a few. aiosqlite has no public
@@ -592,6 +753,7 @@ class SqliteStore:
                 conn._conn,  # noqa: SLF001
                 inserts,
                 generics,
+                audits,
             )
         except Exception as exc:  # noqa: BLE001 - every waiting caller gets UNAVAILABLE
             log.error("store commit failed: %s", type(exc).__name__)
@@ -615,6 +777,14 @@ class SqliteStore:
                 gop.future.set_exception(gop.error)
             else:
                 gop.future.set_result(gop.result)
+        for aop in audits:
+            if aop.future.done():
+                continue
+            if aop.error is not None:
+                log.error("audit append failed: %s", type(aop.error).__name__)
+                aop.future.set_exception(StoreUnavailableError("the store could not commit"))
+            else:
+                aop.future.set_result(aop.stored)
 
     async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -803,6 +973,45 @@ class SqliteStore:
     async def callers(self) -> list[CallerRow]:
         rows = await self._query(f"SELECT {_CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
         return [_caller_from_row(row) for row in rows]
+
+    async def service_key(self, name: str) -> bytes | None:
+        rows = await self._query("SELECT wrapped_key FROM service_keys WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def put_service_key(
+        self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
+    ) -> bytes:
+        def apply(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT INTO service_keys (name, wrapped_key, kek_id, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, wrapped_key, kek_id, created_at),
+            )
+            row = conn.execute(
+                "SELECT wrapped_key FROM service_keys WHERE name = ?", (name,)
+            ).fetchone()
+            assert row is not None  # noqa: S101 - inserted or present in this transaction
+            return bytes(row[0])
+
+        return await self._write(apply)
+
+    async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
+        if not rows:
+            return []
+        future: asyncio.Future[list[AuditRow]] = asyncio.get_running_loop().create_future()
+        self._submit(_AuditOp(rows, seal, future))
+        return await future
+
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRow]:
+        rows = await self._query(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (after_seq, limit),
+        )
+        return [_audit_from_row(row) for row in rows]
+
+    async def audit_head(self) -> AuditHead | None:
+        rows = await self._query("SELECT seq, mac FROM audit_head WHERE id = 1")
+        return AuditHead(int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     async def revoke_caller(self, name: str, revoked_at: float) -> bool:
         def apply(conn: sqlite3.Connection) -> bool:

@@ -1,0 +1,160 @@
+"""``vaultctl audit verify|tail``, and the records vaultctl itself adds (caller changes)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from vault.audit.base import OUTCOME_OK, AuditEvent
+from vault.audit.trail import AuditTrail, JsonLinesExporter, record_dict, record_line
+from vault.cli.common import CommandError, add_store_args, existing_vault
+from vault.clock import SystemClock
+from vault.config import Config
+from vault.crypto.keyfile import KeyFileKek
+from vault.errors import FailedPreconditionError
+from vault.server import open_store
+from vault.storage.base import Store
+
+__all__ = ["record_operator_event", "register"]
+
+_TAIL_DEFAULT = 20
+_FOLLOW_SECONDS = 1.0
+_FOLLOW_CHUNK = 1000
+
+
+def _operator() -> str:
+    """Who ran vaultctl, as the trail names them (the OS user)."""
+    try:
+        return f"vaultctl:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "vaultctl"
+
+
+async def _open_trail(cfg: Config, store: Store, *, create: bool) -> AuditTrail:
+    kek = KeyFileKek.load(cfg.master_key_path)
+    # A sink on stdout would mix records into the command's own output: files only here.
+    exporter = (
+        JsonLinesExporter.from_setting(cfg.audit_sink) if cfg.audit_sink != "stdout" else None
+    )
+    return await AuditTrail.open(store, kek, SystemClock(), exporter, create=create)
+
+
+async def record_operator_event(
+    cfg: Config,
+    store: Store,
+    action: str,
+    tenant: str,
+    detail: Mapping[str, str],
+    *,
+    outcome: str = OUTCOME_OK,
+    reason: str = "",
+) -> None:
+    """Append one record of a change made with vaultctl (durable when this returns)."""
+    trail = await _open_trail(cfg, store, create=True)
+    try:
+        await trail.record(
+            [
+                AuditEvent(
+                    SystemClock().now(),
+                    _operator(),
+                    tenant,
+                    action,
+                    outcome=outcome,
+                    reason=reason,
+                    detail=detail,
+                )
+            ]
+        )
+    finally:
+        trail.close()
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    cfg = existing_vault(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        try:
+            trail = await _open_trail(cfg, store, create=False)
+        except FailedPreconditionError as exc:
+            if exc.reason != "AUDIT_KEY_MISSING":
+                raise
+            if await store.audit_records(0, 1) or await store.audit_head() is not None:
+                raise CommandError("audit records exist but the audit key is missing") from None
+            result = None
+        else:
+            result = await trail.verify()
+            trail.close()
+    finally:
+        await store.close()
+    records = result.records if result is not None else 0
+    broken = result.broken if result is not None else None
+    if args.json:
+        out: dict[str, Any] = {"intact": broken is None, "records": records}
+        if broken is not None:
+            out |= {"seq": broken.seq, "problem": broken.problem}
+        print(json.dumps(out))
+    if broken is not None:
+        raise CommandError(str(broken))
+    if not args.json:
+        print(f"audit trail intact: {records} records")
+    return 0
+
+
+def _print(rows: list[Any], *, as_json: bool) -> None:
+    for row in rows:
+        if as_json:
+            print(json.dumps(record_dict(row), separators=(",", ":"), ensure_ascii=False))
+        else:
+            print(record_line(row))
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    if args.n < 0:
+        raise CommandError("-n must be 0 or more")
+    cfg = existing_vault(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        head = await store.audit_head()
+        last = max(0, (head.seq if head is not None else 0) - args.n)
+        rows = await store.audit_records(last, args.n) if args.n else []
+        _print(rows, as_json=args.json)
+        last = rows[-1].seq if rows else (head.seq if head is not None else 0)
+        while args.follow:
+            await asyncio.sleep(args.interval)
+            rows = await store.audit_records(last, _FOLLOW_CHUNK)
+            _print(rows, as_json=args.json)
+            if rows:
+                last = rows[-1].seq
+    finally:
+        await store.close()
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``audit verify`` and ``audit tail`` to vaultctl's parser."""
+    audit = subparsers.add_parser("audit", help="the tamper-evident audit trail")
+    a_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = a_sub.add_parser(
+        "verify",
+        help="walk the chain; exit 0 when intact, 1 naming the first bad record",
+    )
+    add_store_args(verify)
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_verify)
+    tail = a_sub.add_parser("tail", help="print the newest records")
+    add_store_args(tail)
+    tail.add_argument(
+        "-n", type=int, default=_TAIL_DEFAULT, help=f"records to show (default {_TAIL_DEFAULT})"
+    )
+    tail.add_argument("--follow", action="store_true", help="keep printing new records")
+    tail.add_argument(
+        "--interval", type=float, default=_FOLLOW_SECONDS, help="seconds between polls"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(handler=_tail)

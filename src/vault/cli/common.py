@@ -1,0 +1,58 @@
+"""What the vaultctl commands share: the one-line error, config loading, the data-dir
+check, and the event loop they run on."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from vault.config import Config, load_config
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "CommandError",
+    "add_store_args",
+    "config_for",
+    "existing_vault",
+    "run_async",
+]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A one-line reason for the user; the command exits non-zero."""
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, absent on some platforms
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return int(runner.run(coro))
+
+
+def config_for(args: argparse.Namespace, **extra: Any) -> Config:
+    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def existing_vault(args: argparse.Namespace) -> Config:
+    """Config of a data dir that holds a vault; a mistyped path is an error, not a new vault."""
+    cfg = config_for(args)
+    if not cfg.database_path.exists():
+        raise CommandError(
+            "no vault in the data dir (create one with `vaultctl keys init` or `serve --dev`)"
+        )
+    return cfg
+
+
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="the vault's data directory (default ./var)")
+    p.add_argument("--config", type=Path, help="TOML config file")
