@@ -25,6 +25,10 @@ __all__ = [
     "KeyVersionRow",
     "Store",
     "TokenRecord",
+    "audit_content",
+    "audit_detail_bytes",
+    "audit_texts_bytes",
+    "audit_tokens_bytes",
 ]
 
 
@@ -136,11 +140,9 @@ class AuditRow:
     def __repr__(self) -> str:
         return f"AuditRow(seq={self.seq}, action={self.action!r}, outcome={self.outcome!r})"
 
-    def content(self) -> bytes:
-        """The canonical bytes the MAC covers: every stored field but the MAC, in a fixed
-        order, each variable-length part length-prefixed, so no two rows encode alike."""
-        out = [_RECORD_START.pack(_AUDIT_FORMAT, self.seq, self.time)]
-        for text in (
+    def texts(self) -> tuple[str, ...]:
+        """The text fields, in content() order."""
+        return (
             self.caller,
             self.tenant,
             self.action,
@@ -149,16 +151,46 @@ class AuditRow:
             self.reason,
             self.request_id,
             self.peer,
-        ):
-            _field(out, text)
-        out.append(_U32.pack(len(self.tokens)))
-        for token in self.tokens:
-            _field(out, token)
-        out.append(_U32.pack(len(self.detail)))
-        for key, value in self.detail:
-            _field(out, key)
-            _field(out, value)
-        return b"".join(out)
+        )
+
+    def content(self) -> bytes:
+        """The canonical bytes the MAC covers: every stored field but the MAC, in a fixed
+        order, each variable-length part length-prefixed, so no two rows encode alike."""
+        return audit_content(
+            self.seq,
+            self.time,
+            audit_texts_bytes(self.texts()),
+            audit_tokens_bytes(self.tokens),
+            audit_detail_bytes(self.detail),
+        )
+
+
+# The parts of AuditRow.content(), separately: the rows of one call share their texts
+# and detail, so the store encodes those once per call, not once per token.
+def audit_texts_bytes(texts: tuple[str, ...]) -> bytes:
+    out: list[bytes] = []
+    for text in texts:
+        _field(out, text)
+    return b"".join(out)
+
+
+def audit_tokens_bytes(tokens: tuple[str, ...]) -> bytes:
+    out = [_U32.pack(len(tokens))]
+    for token in tokens:
+        _field(out, token)
+    return b"".join(out)
+
+
+def audit_detail_bytes(detail: tuple[tuple[str, str], ...]) -> bytes:
+    out = [_U32.pack(len(detail))]
+    for key, value in detail:
+        _field(out, key)
+        _field(out, value)
+    return b"".join(out)
+
+
+def audit_content(seq: int, time: float, texts: bytes, tokens: bytes, detail: bytes) -> bytes:
+    return _RECORD_START.pack(_AUDIT_FORMAT, seq, time) + texts + tokens + detail
 
 
 @dataclass(frozen=True, slots=True)

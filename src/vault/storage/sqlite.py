@@ -37,6 +37,10 @@ from vault.storage.base import (
     InsertStatus,
     KeyVersionRow,
     TokenRecord,
+    audit_content,
+    audit_detail_bytes,
+    audit_texts_bytes,
+    audit_tokens_bytes,
 )
 
 __all__ = ["SqliteStore", "migrations"]
@@ -272,24 +276,6 @@ def _tokens_json(tokens: tuple[str, ...]) -> str:
     return json.dumps(list(tokens), separators=(",", ":"))
 
 
-def _audit_params(r: AuditRow) -> tuple[Any, ...]:
-    return (
-        r.seq,
-        r.time,
-        r.caller,
-        r.tenant,
-        r.action,
-        _tokens_json(r.tokens),
-        r.purpose,
-        r.outcome,
-        r.reason,
-        r.request_id,
-        r.peer,
-        json.dumps([list(kv) for kv in r.detail], separators=(",", ":")),
-        r.mac,
-    )
-
-
 def _json_strings(text: Any) -> tuple[str, ...]:
     """A JSON array of strings; a row edited behind the store's back may hold anything,
     and reads it as such (the MAC check then names the row)."""
@@ -338,27 +324,45 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
     try:
         last = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
+        # Rows of one call share texts and detail: encode each distinct one once.
+        texts_cache: dict[tuple[str, ...], bytes] = {}
+        detail_cache: dict[tuple[tuple[str, str], ...], tuple[bytes, str]] = {}
+        params: list[tuple[Any, ...]] = []
         for op in ops:
             stored = []
             for row in op.rows:
                 seq += 1
-                placed = AuditRow(
-                    seq,
-                    row.time,
-                    row.caller,
-                    row.tenant,
-                    row.action,
-                    row.tokens,
-                    row.purpose,
-                    row.outcome,
-                    row.reason,
-                    row.request_id,
-                    row.peer,
-                    row.detail,
-                    b"",
+                texts = row.texts()
+                texts_b = texts_cache.get(texts)
+                if texts_b is None:
+                    texts_b = texts_cache[texts] = audit_texts_bytes(texts)
+                detail = detail_cache.get(row.detail)
+                if detail is None:
+                    detail = detail_cache[row.detail] = (
+                        audit_detail_bytes(row.detail),
+                        json.dumps([list(kv) for kv in row.detail], separators=(",", ":")),
+                    )
+                content = audit_content(
+                    seq, row.time, texts_b, audit_tokens_bytes(row.tokens), detail[0]
                 )
-                prev = op.seal(prev, placed.content())
-                # Positional again rather than dataclasses.replace: 0.7 us instead of 4.4.
+                prev = op.seal(prev, content)
+                params.append(
+                    (
+                        seq,
+                        row.time,
+                        row.caller,
+                        row.tenant,
+                        row.action,
+                        _tokens_json(row.tokens),
+                        row.purpose,
+                        row.outcome,
+                        row.reason,
+                        row.request_id,
+                        row.peer,
+                        detail[1],
+                        prev,
+                    )
+                )
                 stored.append(
                     AuditRow(
                         seq,
@@ -377,7 +381,7 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
                     )
                 )
             op.stored = stored
-        conn.executemany(_INSERT_AUDIT, [_audit_params(r) for op in ops for r in op.stored])
+        conn.executemany(_INSERT_AUDIT, params)
         conn.execute(
             "INSERT INTO audit_head (id, seq, mac) VALUES (1, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
