@@ -97,6 +97,11 @@ class CallerRow:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    cert_identity: str | None = None  # mTLS identity (SAN URI or subject CN), if bound
+    # DataKind names it may reveal (on top of the `detokenize` scope); () = every kind
+    reveal_kinds: tuple[str, ...] = ()
+    reveal_rate: float = 0.0  # reveals per second; 0 = unlimited
+    reveal_burst: int = 0  # token-bucket size; 0 = max(1, rate)
 
     def __repr__(self) -> str:
         return f"CallerRow(name={self.name!r}, tenant={self.tenant!r})"
@@ -268,6 +273,8 @@ class Store(Protocol):
         ...
 
     async def caller_by_key_id(self, key_id: str) -> CallerRow | None: ...
+
+    async def caller_by_cert_identity(self, identity: str) -> CallerRow | None: ...
 
     async def callers(self) -> list[CallerRow]: ...
 

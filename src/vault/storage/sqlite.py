@@ -139,10 +139,17 @@ def _caller_from_row(row: Sequence[Any]) -> CallerRow:
         created_at=row[5],
         expires_at=row[6],
         revoked_at=row[7],
+        cert_identity=row[8],
+        reveal_kinds=tuple(k for k in row[9].split(",") if k),
+        reveal_rate=float(row[10]),
+        reveal_burst=int(row[11]),
     )
 
 
-_CALLER_COLUMNS = "name, tenant, scopes, key_id, key_hash, created_at, expires_at, revoked_at"
+_CALLER_COLUMNS = (
+    "name, tenant, scopes, key_id, key_hash, created_at, expires_at, revoked_at, "
+    "cert_identity, reveal_kinds, reveal_rate, reveal_burst"
+)
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -948,7 +955,7 @@ class SqliteStore:
         def apply(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO callers ({_CALLER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                    f"INSERT INTO callers ({_CALLER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
                     (
                         caller.name,
                         caller.tenant,
@@ -958,11 +965,16 @@ class SqliteStore:
                         caller.created_at,
                         caller.expires_at,
                         caller.revoked_at,
+                        caller.cert_identity,
+                        ",".join(caller.reveal_kinds),
+                        caller.reveal_rate,
+                        caller.reveal_burst,
                     ),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExistsError(
-                    "a caller with that name already exists", reason="CALLER_EXISTS"
+                    "a caller with that name or certificate identity already exists",
+                    reason="CALLER_EXISTS",
                 ) from None
 
         await self._write(apply)
@@ -971,6 +983,13 @@ class SqliteStore:
         rows = await self._query(
             f"SELECT {_CALLER_COLUMNS} FROM callers WHERE key_id = ?",  # noqa: S608
             (key_id,),
+        )
+        return _caller_from_row(rows[0]) if rows else None
+
+    async def caller_by_cert_identity(self, identity: str) -> CallerRow | None:
+        rows = await self._query(
+            f"SELECT {_CALLER_COLUMNS} FROM callers WHERE cert_identity = ?",  # noqa: S608
+            (identity,),
         )
         return _caller_from_row(rows[0]) if rows else None
 
