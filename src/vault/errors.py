@@ -98,6 +98,8 @@ class UnauthenticatedError(VaultError):
 
 class ResourceExhaustedError(VaultError):
     reason = "RESOURCE_EXHAUSTED"
+    # Seconds after which a retry can succeed (sent as google.rpc.RetryInfo); None = unknown.
+    retry_after: float | None = None
 
 
 class UnavailableError(VaultError):

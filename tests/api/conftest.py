@@ -50,6 +50,7 @@ class Vault:
         *,
         tenant: str = "default",
         expires_at: float | None = None,
+        **policy: Any,
     ) -> tuple[tuple[str, str], ...]:
         """A new caller in the store; returns its call metadata."""
         key = mint_api_key()
@@ -63,6 +64,7 @@ class Vault:
                 created_at=self.clock.now(),
                 expires_at=expires_at,
                 revoked_at=None,
+                **policy,
             )
         )
         return bearer(key.text)

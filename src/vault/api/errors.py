@@ -6,7 +6,7 @@ Only this module knows the mapping. Messages are the errors' own value-free sent
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -58,5 +58,9 @@ def to_grpc_status(exc: errors.VaultError) -> grpc.Status:
                 )
             )
         )
+    if isinstance(exc, errors.ResourceExhaustedError) and exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(max(exc.retry_after, 0.001) * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
     return rpc_status.to_status(status)

@@ -12,7 +12,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from vault.auth.policy import Caller
+from vault.auth.policy import Caller, caller_from_row
 from vault.clock import Clock
 from vault.errors import UnauthenticatedError
 from vault.storage.base import CallerRow, Store
@@ -121,4 +121,4 @@ class Authenticator:
             raise UnauthenticatedError("the credential is not valid", reason="REVOKED_CREDENTIAL")
         if row.expires_at is not None and row.expires_at <= now:
             raise UnauthenticatedError("the credential is not valid", reason="EXPIRED_CREDENTIAL")
-        return Caller(row.name, row.tenant, frozenset(row.scopes)), row.expires_at
+        return caller_from_row(row), row.expires_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vault.errors import PermissionDeniedError
+from vault.storage.base import CallerRow
 
 __all__ = [
     "ALL_SCOPES",
@@ -15,6 +16,7 @@ __all__ = [
     "SCOPE_SUBJECTS",
     "SCOPE_TOKENIZE",
     "Caller",
+    "caller_from_row",
     "parse_scopes",
     "require",
     "require_any",
@@ -44,6 +46,24 @@ class Caller:
     name: str
     tenant: str
     scopes: frozenset[str]
+    # DataKind names it may reveal (with the detokenize scope); empty = every kind.
+    reveal_kinds: frozenset[str] = frozenset()
+    reveal_rate: float = 0.0  # reveals per second; 0 = unlimited
+    reveal_burst: int = 0  # reveals at once; 0 = max(1, rate)
+
+    def may_reveal(self, kind_name: str) -> bool:
+        return not self.reveal_kinds or kind_name in self.reveal_kinds
+
+
+def caller_from_row(row: CallerRow) -> Caller:
+    return Caller(
+        row.name,
+        row.tenant,
+        frozenset(row.scopes),
+        frozenset(row.reveal_kinds),
+        row.reveal_rate,
+        row.reveal_burst,
+    )
 
 
 def parse_scopes(text: str) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from vault.cli.common import existing_vault as _existing_vault
 from vault.cli.common import run_async as _run
 from vault.clock import SystemClock
 from vault.config import Config
+from vault.domain.model import DataKind
 from vault.errors import AlreadyExistsError, VaultError
 from vault.logs import setup_logging
 from vault.server import VaultServer, init_data_dir, open_store
@@ -132,12 +133,30 @@ def _parse_expiry(text: str | None) -> float | None:
     return when.timestamp()
 
 
+def _parse_reveal_kinds(text: str | None) -> tuple[str, ...]:
+    """`PAN,EMAIL` or `DATA_KIND_PAN,...` → DataKind names; None = every kind."""
+    if not text:
+        return ()
+    known = {k.name for k in DataKind if k is not DataKind.UNSPECIFIED}
+    names = tuple(
+        dict.fromkeys(n.strip().upper().removeprefix("DATA_KIND_") for n in text.split(","))
+    )
+    if not names or not set(names) <= known:
+        raise CommandError(
+            "--reveal-kinds must be a comma-separated subset of " + ",".join(sorted(known))
+        )
+    return names
+
+
 async def _callers_add(args: argparse.Namespace) -> int:
     try:
         scopes = parse_scopes(args.scopes)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     expires = _parse_expiry(args.expires)
+    reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
+    if args.reveal_rate < 0 or args.reveal_burst < 0:
+        raise CommandError("--reveal-rate and --reveal-burst must not be negative")
     cfg = _existing_vault(args)
     store = open_store(cfg)
     await store.open()
@@ -147,6 +166,8 @@ async def _callers_add(args: argparse.Namespace) -> int:
         "name": args.name,
         "scopes": ",".join(scopes),
         "expires": datetime.fromtimestamp(expires, UTC).isoformat() if expires else "",
+        "reveal_kinds": ",".join(reveal_kinds),
+        "reveal_rate": str(args.reveal_rate),
     }
     try:
         try:
@@ -160,6 +181,9 @@ async def _callers_add(args: argparse.Namespace) -> int:
                     created_at=SystemClock().now(),
                     expires_at=expires,
                     revoked_at=None,
+                    reveal_kinds=reveal_kinds,
+                    reveal_rate=args.reveal_rate,
+                    reveal_burst=args.reveal_burst,
                 )
             )
         except AlreadyExistsError as exc:
@@ -204,6 +228,9 @@ async def _callers_list(args: argparse.Namespace) -> int:
             "created": ts(r.created_at),
             "expires": ts(r.expires_at),
             "revoked": ts(r.revoked_at),
+            "reveal_kinds": list(r.reveal_kinds),
+            "reveal_rate": r.reveal_rate,
+            "reveal_burst": r.reveal_burst,
         }
         for r in rows
     ]
@@ -311,6 +338,15 @@ def _parser() -> argparse.ArgumentParser:
     c_add.add_argument("--tenant", required=True)
     c_add.add_argument("--scopes", required=True, help="comma-separated scopes")
     c_add.add_argument("--expires", help="ISO 8601 expiry of the key")
+    c_add.add_argument(
+        "--reveal-kinds", help="data kinds it may reveal, e.g. PAN,EMAIL (default: every kind)"
+    )
+    c_add.add_argument(
+        "--reveal-rate", type=float, default=0.0, help="reveals per second (default: no limit)"
+    )
+    c_add.add_argument(
+        "--reveal-burst", type=int, default=0, help="reveals at once (default: the rate, >= 1)"
+    )
     c_add.add_argument("--json", action="store_true")
     c_add.set_defaults(handler=_callers_add)
     c_list = c_sub.add_parser("list", help="callers (no secrets)")

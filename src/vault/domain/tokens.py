@@ -29,6 +29,7 @@ from vault.audit.base import (
 from vault.auth.policy import SCOPE_DETOKENIZE, SCOPE_REVEAL_MASKED, SCOPE_TOKENIZE, Caller
 from vault.auth.policy import require as require_scope
 from vault.auth.policy import require_any as require_any_scope
+from vault.auth.ratelimit import RevealLimiter
 from vault.clock import Clock
 from vault.crypto.aead import record_aad
 from vault.crypto.keyring import Fingerprinter
@@ -207,6 +208,7 @@ class TokenVault:
         self._clock = clock
         self.limits = limits or Limits()
         self._audit = audit
+        self._limiter = RevealLimiter(clock)
 
     def __repr__(self) -> str:
         return "TokenVault()"
@@ -560,7 +562,15 @@ class TokenVault:
             if batch:
                 self._check_batch_size(len(tokens), "tokens")
             self._check_purpose(purpose)
+            # Before any lookup, like the scope: a limited caller learns nothing more.
+            self._limiter.take(caller, len(tokens))
             rows = await self._load(caller, tokens, "tokens" if batch else "token")
+            if caller.reveal_kinds and not all(
+                caller.may_reveal(_KINDS[row.kind].name) for row in rows
+            ):
+                raise PermissionDeniedError(
+                    "the caller may not reveal this data kind", reason="KIND_NOT_ALLOWED"
+                )
             out = []
             for row in rows:
                 kind, value, subject, metadata = self._open(row)
