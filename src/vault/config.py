@@ -32,6 +32,12 @@ class Config:
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
     audit_sink: str = ""
+    # TLS (paths; "" = off). tls_cert + tls_key: the server speaks TLS only. client_ca:
+    # every connection must present a client certificate that chains to it (mTLS), and
+    # a caller may be named by it (see ``vaultctl callers add --cert-identity``).
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
 
     @property
     def master_key_path(self) -> Path:

@@ -24,6 +24,7 @@ from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
 from vault.audit.trail import AuditTrail, JsonLinesExporter
 from vault.auth.apikeys import Authenticator, hash_secret, mint_api_key
+from vault.auth.mtls import TlsMaterial, load_tls_material
 from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
 from vault.config import Config
@@ -100,6 +101,16 @@ async def create_dev_caller(config: Config, store: Store, clock: Clock) -> str |
     return key.text
 
 
+def _server_credentials(tls: TlsMaterial) -> grpc.ServerCredentials:
+    """TLS; with a client CA, mTLS: the handshake refuses a client without a certificate
+    that chains to it (expired, other CA, none), before any handler runs."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )
+
+
 @dataclass
 class _Running:
     server: grpc.aio.Server
@@ -132,9 +143,10 @@ class VaultServer:
                 "no master key in the data dir: run `vaultctl keys init` or serve with --dev",
                 reason="MASTER_KEY_MISSING",
             )
-        # Refuse a readable key file before touching the store.
+        # Refuse a readable key file (or bad TLS files) before touching the store.
         if cfg.master_key_path.exists():
             KeyFileKek.load(cfg.master_key_path)
+        tls = load_tls_material(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
         await self.store.open()
         try:
             if cfg.dev:
@@ -153,14 +165,14 @@ class VaultServer:
                 Limits(max_batch=cfg.max_batch),
                 audit=self.audit,
             )
-            await self._start_grpc(Authenticator(self.store, self.clock))
+            await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()
             if self.audit is not None:
                 self.audit.close()
             raise
 
-    async def _start_grpc(self, authenticator: Authenticator) -> None:
+    async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
         assert self.vault is not None  # noqa: S101 - set by start()
         server = grpc.aio.server(
@@ -197,7 +209,10 @@ class VaultServer:
             )
         )
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            if tls is None:
+                self.port = server.add_insecure_port(cfg.listen)
+            else:
+                self.port = server.add_secure_port(cfg.listen, _server_credentials(tls))
         except RuntimeError:
             raise FailedPreconditionError(
                 "cannot listen on the configured address", reason="LISTEN_FAILED"
@@ -224,7 +239,11 @@ class VaultServer:
         # SERVING only now: migrations ran and the keys are loaded.
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        log.info("vault serving on port %d", self.port)
+        log.info(
+            "vault serving on port %d (%s)",
+            self.port,
+            "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
+        )
 
     async def _every(self, seconds: float, job: Any) -> None:
         while True:

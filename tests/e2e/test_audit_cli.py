@@ -137,7 +137,14 @@ def test_tail_json_prints_valid_json_lines(trail_dir):
     reveal, added, revoked = records
     assert (added["action"], added["tenant"], added["outcome"]) == ("caller.add", "t1", "ok")
     assert added["caller"].startswith("vaultctl")
-    assert added["detail"] == {"expires": "", "name": "shop", "scopes": "tokenize"}
+    assert added["detail"] == {
+        "expires": "",
+        "name": "shop",
+        "scopes": "tokenize",
+        "cert_identity": "",
+        "reveal_kinds": "",
+        "reveal_rate": "0.0",
+    }
     assert "vk_" not in result.stdout
     assert (revoked["action"], revoked["tenant"], revoked["outcome"]) == (
         "caller.revoke",

@@ -30,6 +30,7 @@ from vault.audit.base import (
     AuditSink,
 )
 from vault.auth.apikeys import Authenticator
+from vault.auth.mtls import certificate_identity
 from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.domain.model import RequestContext
@@ -41,7 +42,7 @@ from vault.errors import (
     VaultError,
 )
 
-__all__ = ["MALFORMED", "Authenticated", "add_service", "request_context", "rpc"]
+__all__ = ["MALFORMED", "Authenticated", "add_service", "cert_identity", "request_context", "rpc"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,29 @@ def _authorization(context: Context) -> str | None:
     return None
 
 
+def _texts(values: Any) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def cert_identity(context: Context) -> str | None:
+    """The caller identity of the call's verified client certificate (see auth.mtls), or
+    None on a plaintext or server-only-TLS connection.
+
+    grpc names the certificate's URI SANs in ``peer_uri`` (grpc >= 1.62); older
+    releases only list every SAN (DNS, IP and URI alike) in
+    ``x509_subject_alternative_name``, of which the ones with a scheme are URIs.
+    """
+    try:
+        auth = context.auth_context() or {}
+    except Exception:  # noqa: BLE001 - no transport security: no certificate
+        return None
+    if "peer_uri" in auth:
+        uris = _texts(auth["peer_uri"])
+    else:
+        uris = [n for n in _texts(auth.get("x509_subject_alternative_name", ())) if "://" in n]
+    return certificate_identity(uris, _texts(auth.get("x509_common_name", ())))
+
+
 # A client's x-request-id is kept when it is short printable ASCII; otherwise (or when
 # absent) the vault makes one up, so every audited call has an id.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -103,6 +127,11 @@ async def _audit_refusal(
     if audit is None or exc.audited:
         return
     ctx = request_context(context)
+    detail = {"method": method}
+    # The connection's client certificate, if any: an identity is a name, not a secret.
+    identity = cert_identity(context) if caller is None else None
+    if identity:
+        detail["cert_identity"] = identity[:256]
     event = AuditEvent(
         servicer.clock.now(),
         caller.name if caller is not None else "",
@@ -112,7 +141,7 @@ async def _audit_refusal(
         reason=exc.reason,
         request_id=ctx.request_id,
         peer=ctx.peer,
-        detail={"method": method},
+        detail=detail,
     )
     try:
         await audit.record([event])
@@ -133,7 +162,10 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             start = time.perf_counter()
             caller: Caller | None = None
             try:
-                caller = await self.authenticator.authenticate(_authorization(context))
+                authorization = _authorization(context)
+                caller = await self.authenticator.authenticate(
+                    authorization, None if authorization else cert_identity(context)
+                )
                 if request is MALFORMED:
                     raise InvalidArgumentError(  # noqa: TRY301 - mapped below like any other
                         FieldViolation("", "the request is not a valid message"),

@@ -1,6 +1,9 @@
 """API keys: ``vk_<key id>_<secret>``. The key id finds the caller; only a SHA-256 of the
 secret is stored. The secret has 256 random bits, so a fast hash is enough (no password
 stretching is needed for keys nobody chose).
+
+The Authenticator also names callers by mTLS certificate identity (see ``auth.mtls``):
+the transport has verified the certificate, so the identity is only looked up.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from vault.auth.mtls import MAX_IDENTITY_CHARS
 from vault.auth.policy import Caller, caller_from_row
 from vault.clock import Clock
 from vault.errors import UnauthenticatedError
@@ -58,14 +62,24 @@ def parse_api_key(text: str) -> ApiKey | None:
     return ApiKey(match.group(1), match.group(2)) if match else None
 
 
+def _check_validity(row: CallerRow, now: float) -> None:
+    if row.revoked_at is not None and row.revoked_at <= now:
+        raise UnauthenticatedError("the credential is not valid", reason="REVOKED_CREDENTIAL")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise UnauthenticatedError("the credential is not valid", reason="EXPIRED_CREDENTIAL")
+
+
 class Authenticator:
-    """Turns an ``authorization`` header into a Caller, or refuses it."""
+    """Turns an ``authorization`` header, or failing that a verified client certificate's
+    identity, into a Caller; or refuses it."""
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
         # key id -> (row or None, monotonic time it was read)
         self._cache: dict[str, tuple[CallerRow | None, float]] = {}
+        # certificate identity -> (row or None, monotonic time it was read)
+        self._by_identity: dict[str, tuple[CallerRow | None, float]] = {}
         # SHA-256 of a header that authenticated -> (caller, its key's expiry, when
         # verified): the hot path is one hash and one lookup. Keyed by a hash so no
         # key is kept in memory longer than its request.
@@ -85,8 +99,26 @@ class Authenticator:
         self._cache[key_id] = (row, mono)
         return row
 
-    async def authenticate(self, authorization: str | None) -> Caller:
+    async def _lookup_identity(self, identity: str) -> CallerRow | None:
+        mono = time.monotonic()
+        hit = self._by_identity.get(identity)
+        if hit is not None and mono - hit[1] < CACHE_SECONDS:
+            return hit[0]
+        row = await self._store.caller_by_cert_identity(identity)
+        if len(self._by_identity) > _CACHE_MAX:
+            self._by_identity.clear()
+        self._by_identity[identity] = (row, mono)
+        return row
+
+    async def authenticate(
+        self, authorization: str | None, cert_identity: str | None = None
+    ) -> Caller:
+        """The caller of a call. A Bearer key wins when one is sent (a bad one is refused,
+        whatever certificate came with it); otherwise the identity of the client
+        certificate the transport verified, bound with ``callers add --cert-identity``."""
         if not authorization:
+            if cert_identity:
+                return await self._by_certificate(cert_identity)
             raise UnauthenticatedError("a credential is required", reason="NO_CREDENTIAL")
         if len(authorization) > _MAX_KEY_CHARS + 16:
             raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
@@ -116,9 +148,16 @@ class Authenticator:
             or not hmac.compare_digest(row.key_hash, hash_secret(key.secret))
         ):
             raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
-        now = self._clock.now()
-        if row.revoked_at is not None and row.revoked_at <= now:
-            raise UnauthenticatedError("the credential is not valid", reason="REVOKED_CREDENTIAL")
-        if row.expires_at is not None and row.expires_at <= now:
-            raise UnauthenticatedError("the credential is not valid", reason="EXPIRED_CREDENTIAL")
+        _check_validity(row, self._clock.now())
         return caller_from_row(row), row.expires_at
+
+    async def _by_certificate(self, identity: str) -> Caller:
+        if len(identity) > MAX_IDENTITY_CHARS:
+            raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
+        row = await self._lookup_identity(identity)
+        if row is None:
+            raise UnauthenticatedError(
+                "the certificate is not bound to a caller", reason="UNKNOWN_CERT_IDENTITY"
+            )
+        _check_validity(row, self._clock.now())
+        return caller_from_row(row)

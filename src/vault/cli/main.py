@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from vault import __version__
@@ -57,6 +58,9 @@ def _serve(args: argparse.Namespace) -> int:
         dev=True if args.dev else None,
         log_format=args.log_format,
         workers=args.workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
     )
     setup_logging(cfg.log_format, cfg.log_level)
     if cfg.workers > 1:
@@ -160,10 +164,11 @@ async def _callers_add(args: argparse.Namespace) -> int:
     cfg = _existing_vault(args)
     store = open_store(cfg)
     await store.open()
-    key = mint_api_key()
+    key = None if args.cert_identity else mint_api_key()
     # What the trail says about the new caller: never its key.
     detail = {
         "name": args.name,
+        "cert_identity": args.cert_identity or "",
         "scopes": ",".join(scopes),
         "expires": datetime.fromtimestamp(expires, UTC).isoformat() if expires else "",
         "reveal_kinds": ",".join(reveal_kinds),
@@ -176,8 +181,9 @@ async def _callers_add(args: argparse.Namespace) -> int:
                     name=args.name,
                     tenant=args.tenant,
                     scopes=scopes,
-                    key_id=key.key_id,
-                    key_hash=hash_secret(key.secret),
+                    key_id=key.key_id if key else None,
+                    key_hash=hash_secret(key.secret) if key else None,
+                    cert_identity=args.cert_identity,
                     created_at=SystemClock().now(),
                     expires_at=expires,
                     revoked_at=None,
@@ -201,7 +207,14 @@ async def _callers_add(args: argparse.Namespace) -> int:
         await audit_cmd.record_operator_event(cfg, store, ACTION_CALLER_ADD, args.tenant, detail)
     finally:
         await store.close()
-    if args.json:
+    if key is None:
+        bound = {"name": args.name, "tenant": args.tenant, "cert_identity": args.cert_identity}
+        print(
+            json.dumps(bound)
+            if args.json
+            else f"{args.name} is the caller with certificate identity {args.cert_identity}"
+        )
+    elif args.json:
         print(json.dumps({"name": args.name, "tenant": args.tenant, "api_key": key.text}))
     else:
         print(f"API key for {args.name} (shown once, store it now): {key.text}")
@@ -228,6 +241,7 @@ async def _callers_list(args: argparse.Namespace) -> int:
             "created": ts(r.created_at),
             "expires": ts(r.expires_at),
             "revoked": ts(r.revoked_at),
+            "cert_identity": r.cert_identity,
             "reveal_kinds": list(r.reveal_kinds),
             "reveal_rate": r.reveal_rate,
             "reveal_burst": r.reveal_burst,
@@ -239,7 +253,8 @@ async def _callers_list(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             state = "revoked" if r.revoked_at is not None else "active"
-            print(f"{r.name}\t{r.tenant}\t{','.join(r.scopes)}\t{state}")
+            who = f"\tcert:{r.cert_identity}" if r.cert_identity else ""
+            print(f"{r.name}\t{r.tenant}\t{','.join(r.scopes)}\t{state}{who}")
     return 0
 
 
@@ -270,12 +285,32 @@ async def _callers_revoke(args: argparse.Namespace) -> int:
 # -- health -----------------------------------------------------------------------------
 
 
+def _health_channel(grpc: Any, args: argparse.Namespace) -> Any:
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise CommandError("--tls-cert and --tls-key need --tls-ca")
+        return grpc.insecure_channel(args.address)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    try:
+        ca = Path(args.tls_ca).read_bytes()
+        cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
+        key = Path(args.tls_key).read_bytes() if args.tls_key else None
+    except OSError:
+        raise CommandError("a TLS file cannot be read") from None
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    return grpc.secure_channel(args.address, credentials, options=options)
+
+
 def _health(args: argparse.Namespace) -> int:
     """gRPC health check of a running vault: exit 0 when SERVING (for container probes)."""
     import grpc  # noqa: PLC0415 - only this command talks to a server
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
 
-    with grpc.insecure_channel(args.address) as channel:
+    with _health_channel(grpc, args) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -307,6 +342,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on an empty data dir, create a master key and a dev API key with every scope",
     )
     serve.add_argument("--log-format", choices=["plain", "json"])
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (mode 0600)")
+    serve.add_argument(
+        "--client-ca",
+        help="PEM CA: require a client certificate that chains to it (mTLS)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -328,6 +369,10 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the vault")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.add_argument("--tls-ca", help="PEM CA of the server's certificate: connect with TLS")
+    health.add_argument("--tls-cert", help="PEM client certificate, for a server with mTLS")
+    health.add_argument("--tls-key", help="PEM key of --tls-cert")
+    health.add_argument("--tls-server-name", help="name to check the server certificate for")
     health.set_defaults(handler=_health)
 
     callers = sub.add_parser("callers", help="API-key callers")
@@ -346,6 +391,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     c_add.add_argument(
         "--reveal-burst", type=int, default=0, help="reveals at once (default: the rate, >= 1)"
+    )
+    c_add.add_argument(
+        "--cert-identity",
+        help="bind this mTLS client-certificate identity (SAN URI or subject CN) instead "
+        "of minting an API key",
     )
     c_add.add_argument("--json", action="store_true")
     c_add.set_defaults(handler=_callers_add)
