@@ -179,8 +179,10 @@ class VaultServer:
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * cfg.max_message_bytes),
-                # Headers of absurd size are refused by the transport.
-                ("grpc.max_metadata_size", 16 * 1024),
+                # Headers up to 64 KiB reach the handler, so an oversized credential is
+                # refused as UNAUTHENTICATED and audited; beyond that the transport
+                # refuses the call before any handler runs (RESOURCE_EXHAUSTED).
+                ("grpc.max_metadata_size", 64 * 1024),
                 # One process per port unless --workers asks for sharing.
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ]

@@ -269,3 +269,20 @@ async def test_json_lines_sink_gets_each_committed_record(vault_factory, tmp_pat
     assert all(rec["tokens"] == [token] and rec["purpose"] == PURPOSE for rec in lines)
     assert NOTE not in sink.read_text(encoding="utf-8")
     assert oct(sink.stat().st_mode & 0o777) == oct(0o600)
+
+
+async def test_an_oversized_credential_is_unauthenticated_and_audited(vault):
+    big = "vk_" + "a" * (20 * 1024)
+    await expect_code(
+        vault.stub.Detokenize(
+            pb.DetokenizeRequest(token="tok_" + "c" * 32, purpose=PURPOSE), metadata=bearer(big)
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    [record] = audit_rows(vault)
+    assert (record["action"], record["outcome"], record["reason"]) == (
+        "auth.authenticate",
+        "denied",
+        "BAD_CREDENTIAL",
+    )
+    assert "a" * 64 not in json.dumps(record)

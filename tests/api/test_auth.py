@@ -275,9 +275,14 @@ async def test_other_tenant_in_a_batch_refuses_the_whole_batch(vault):
 # -- transport limits -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", ["authorization", "x-padding"])
-async def test_huge_header_is_refused_and_the_server_keeps_serving(vault, header):
-    big = "a" * (20 * 1024)
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [("authorization", 20 * 1024), ("authorization", 100 * 1024), ("x-padding", 100 * 1024)],
+)
+async def test_huge_header_is_refused_and_the_server_keeps_serving(vault, header, size):
+    # Up to 64 KiB of headers reach the vault (an oversized key is UNAUTHENTICATED);
+    # beyond that the transport refuses the call.
+    big = "a" * size
     md = (
         (("authorization", f"Bearer {big}"),)
         if header == "authorization"
