@@ -29,6 +29,7 @@ from typing import Any
 
 from workload import PURPOSE, machine_cpu, percentiles_ms, random_pans, read_tokens
 
+from vault.audit.trail import AuditTrail
 from vault.auth.policy import ALL_SCOPES, Caller
 from vault.clock import SystemClock
 from vault.config import Config
@@ -45,16 +46,20 @@ POOL_RATE = 100_000  # items/s the tokenize pool is sized for; past it values re
 
 @asynccontextmanager
 async def open_vault(data_dir: Path) -> AsyncIterator[TokenVault]:
-    """SqliteStore + master key + KeyMaterial + TokenVault, as the server wires them."""
+    """SqliteStore + master key + KeyMaterial + AuditTrail + TokenVault, as the server
+    wires them."""
     cfg = Config(data_dir=data_dir)
     clock = SystemClock()
     store = open_store(cfg)
     await store.open()
     try:
         await init_data_dir(cfg, store, clock)
-        keys = KeyMaterial(store, KeyFileKek.load(cfg.master_key_path), clock)
+        kek = KeyFileKek.load(cfg.master_key_path)
+        keys = KeyMaterial(store, kek, clock)
         await keys.load()
-        yield TokenVault(store, keys, clock, Limits(max_batch=cfg.max_batch))
+        # The audit trail as the server has it: every reveal writes its records.
+        audit = await AuditTrail.open(store, kek, clock, None)
+        yield TokenVault(store, keys, clock, Limits(max_batch=cfg.max_batch), audit=audit)
     finally:
         await store.close()
 
