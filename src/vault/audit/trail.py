@@ -13,6 +13,7 @@ inserted (a foreign row, or one past the sealed head).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -245,21 +246,7 @@ class AuditTrail:
     def _verifies(self, prev_mac: bytes, row: AuditRow, seq: int) -> bool:
         """Does ``row`` verify at position ``seq`` after a record whose MAC is prev_mac?"""
         try:
-            content = AuditRow(
-                seq,
-                row.time,
-                row.caller,
-                row.tenant,
-                row.action,
-                row.tokens,
-                row.purpose,
-                row.outcome,
-                row.reason,
-                row.request_id,
-                row.peer,
-                row.detail,
-                b"",
-            ).content()
+            content = dataclasses.replace(row, seq=seq).content()
         except (struct.error, TypeError, UnicodeError):
             return False  # a field edited to another type
         return hmac.compare_digest(self.seal(prev_mac, content), row.mac)

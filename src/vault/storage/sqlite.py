@@ -928,28 +928,43 @@ class SqliteStore:
 
         return await self._write(apply)
 
-    async def fingerprint_key(self, tenant: str) -> bytes | None:
+    # Wrapped keys kept by name (fingerprint keys by tenant, service keys by name): read,
+    # and put where the first writer wins. `table` and `column` are constants of ours.
+
+    async def _wrapped_key(self, table: str, column: str, name: str) -> bytes | None:
         rows = await self._query(
-            "SELECT wrapped_key FROM fingerprint_keys WHERE tenant = ?", (tenant,)
+            f"SELECT wrapped_key FROM {table} WHERE {column} = ?",  # noqa: S608
+            (name,),
         )
         return bytes(rows[0][0]) if rows else None
 
-    async def put_fingerprint_key(
-        self, tenant: str, wrapped_key: bytes, kek_id: str, created_at: float
+    async def _put_wrapped_key(
+        self, table: str, column: str, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
         def apply(conn: sqlite3.Connection) -> bytes:
             conn.execute(
-                "INSERT INTO fingerprint_keys (tenant, wrapped_key, kek_id, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant) DO NOTHING",
-                (tenant, wrapped_key, kek_id, created_at),
+                f"INSERT INTO {table} ({column}, wrapped_key, kek_id, created_at) "  # noqa: S608
+                f"VALUES (?, ?, ?, ?) ON CONFLICT ({column}) DO NOTHING",
+                (name, wrapped_key, kek_id, created_at),
             )
             row = conn.execute(
-                "SELECT wrapped_key FROM fingerprint_keys WHERE tenant = ?", (tenant,)
+                f"SELECT wrapped_key FROM {table} WHERE {column} = ?",  # noqa: S608
+                (name,),
             ).fetchone()
             assert row is not None  # noqa: S101 - inserted or present in this transaction
             return bytes(row[0])
 
         return await self._write(apply)
+
+    async def fingerprint_key(self, tenant: str) -> bytes | None:
+        return await self._wrapped_key("fingerprint_keys", "tenant", tenant)
+
+    async def put_fingerprint_key(
+        self, tenant: str, wrapped_key: bytes, kek_id: str, created_at: float
+    ) -> bytes:
+        return await self._put_wrapped_key(
+            "fingerprint_keys", "tenant", tenant, wrapped_key, kek_id, created_at
+        )
 
     async def add_caller(self, caller: CallerRow) -> None:
         def apply(conn: sqlite3.Connection) -> None:
@@ -998,25 +1013,14 @@ class SqliteStore:
         return [_caller_from_row(row) for row in rows]
 
     async def service_key(self, name: str) -> bytes | None:
-        rows = await self._query("SELECT wrapped_key FROM service_keys WHERE name = ?", (name,))
-        return bytes(rows[0][0]) if rows else None
+        return await self._wrapped_key("service_keys", "name", name)
 
     async def put_service_key(
         self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
-        def apply(conn: sqlite3.Connection) -> bytes:
-            conn.execute(
-                "INSERT INTO service_keys (name, wrapped_key, kek_id, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                (name, wrapped_key, kek_id, created_at),
-            )
-            row = conn.execute(
-                "SELECT wrapped_key FROM service_keys WHERE name = ?", (name,)
-            ).fetchone()
-            assert row is not None  # noqa: S101 - inserted or present in this transaction
-            return bytes(row[0])
-
-        return await self._write(apply)
+        return await self._put_wrapped_key(
+            "service_keys", "name", name, wrapped_key, kek_id, created_at
+        )
 
     async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
         if not rows:
