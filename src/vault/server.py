@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
+import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,14 @@ from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.storage.base import CallerRow, Store
 from vault.storage.sqlite import SqliteStore
 
-__all__ = ["DEV_CALLER", "VaultServer", "create_dev_caller", "init_data_dir", "open_store"]
+__all__ = [
+    "DEV_CALLER",
+    "VaultServer",
+    "create_dev_caller",
+    "harden_process",
+    "init_data_dir",
+    "open_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,16 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def harden_process() -> None:
+    """No core dumps, and (on Linux) no ptrace by other processes of the same user: a dump
+    or a debugger would see CVCs held in memory and unwrapped keys."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        pr_set_dumpable = 4
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
 
 
 def open_store(config: Config) -> Store:

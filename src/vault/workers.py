@@ -25,7 +25,7 @@ from vault.clock import SystemClock
 from vault.config import Config
 from vault.errors import FailedPreconditionError, VaultError
 from vault.logs import setup_logging
-from vault.server import VaultServer, create_dev_caller, init_data_dir, open_store
+from vault.server import VaultServer, create_dev_caller, harden_process, init_data_dir, open_store
 
 __all__ = ["prepare_data_dir", "run_workers"]
 
@@ -78,6 +78,7 @@ def _worker_main(
     cfg: Config, index: int, events: multiprocessing.queues.Queue[Any], parent: int
 ) -> None:
     setup_logging(cfg.log_format, cfg.log_level)
+    harden_process()
 
     async def run() -> None:
         server = VaultServer(cfg)

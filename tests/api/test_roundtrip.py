@@ -137,28 +137,6 @@ async def test_delete_pan_token(vault):
     assert_reason(exc, "TOKEN_NOT_FOUND")
 
 
-@pytest.mark.parametrize("cvc", ["123", "4567"])
-async def test_cvc_is_refused(vault, cvc):
-    exc = await expect_code(
-        vault.stub.Tokenize(tokenize_request("CVC", cvc), metadata=vault.md),
-        grpc.StatusCode.FAILED_PRECONDITION,
-    )
-    assert_reason(exc, "CVC_NOT_SUPPORTED")
-    assert cvc not in (exc.details() or "")
-    assert vault.count_tokens() == 0
-
-
-async def test_cvc_in_a_batch_refuses_the_batch(vault):
-    batch = pb.BatchTokenizeRequest(
-        requests=[tokenize_request("PAN", "4242424242424242"), tokenize_request("CVC", "123")]
-    )
-    exc = await expect_code(
-        vault.stub.BatchTokenize(batch, metadata=vault.md), grpc.StatusCode.FAILED_PRECONDITION
-    )
-    assert_reason(exc, "CVC_NOT_SUPPORTED")
-    assert vault.count_tokens() == 0
-
-
 async def test_tokens_survive_a_restart(vault_factory):
     """Acknowledged tokens are durable: a new server on the same data dir reveals them."""
     vault = await vault_factory()

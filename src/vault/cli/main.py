@@ -27,7 +27,7 @@ from vault.config import Config
 from vault.domain.model import DataKind
 from vault.errors import AlreadyExistsError, VaultError
 from vault.logs import setup_logging
-from vault.server import VaultServer, init_data_dir, open_store
+from vault.server import VaultServer, harden_process, init_data_dir, open_store
 from vault.storage.base import CallerRow
 from vault.workers import run_workers
 
@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         client_ca=args.client_ca,
     )
     setup_logging(cfg.log_format, cfg.log_level)
+    harden_process()
     if cfg.workers > 1:
         return run_workers(cfg, lambda port, key, ports: _announce(cfg, port, key, ports))
     return _run(_serve_one(cfg))

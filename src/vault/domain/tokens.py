@@ -34,10 +34,10 @@ from vault.clock import Clock
 from vault.crypto.aead import record_aad
 from vault.crypto.keyring import Fingerprinter
 from vault.domain import kinds
+from vault.domain.ephemeral import EphemeralEntry, EphemeralStore
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import ADDRESS_KINDS, DataKind, RequestContext, TokenFormat, Value
 from vault.errors import (
-    FailedPreconditionError,
     FieldViolation,
     InternalError,
     InvalidArgumentError,
@@ -75,6 +75,11 @@ class Limits:
     # Attempts at drawing an unused PAN token before giving up (the space for a short
     # PAN with BIN and last four kept can be a few dozen tokens).
     max_token_attempts: int = 16
+    # CVCs live in memory only: this long by default (ttl may ask for less, or more up to
+    # the maximum), and this many reveals.
+    cvc_ttl_seconds: float = 600.0
+    cvc_max_ttl_seconds: float = 3600.0
+    cvc_reveals: int = 1
 
 
 # Not frozen: built once per item on the hot path, where a frozen init costs ~2x.
@@ -209,6 +214,7 @@ class TokenVault:
         self.limits = limits or Limits()
         self._audit = audit
         self._limiter = RevealLimiter(clock)
+        self.ephemeral = EphemeralStore(clock)
 
     def __repr__(self) -> str:
         return "TokenVault()"
@@ -226,10 +232,7 @@ class TokenVault:
             violations.append(FieldViolation("kind", "must be a known data kind"))
         else:
             if kind is DataKind.CVC:
-                raise FailedPreconditionError(
-                    "CVC tokens need ephemeral storage, which this vault does not serve yet",
-                    reason="CVC_NOT_SUPPORTED",
-                )
+                violations.extend(self._check_cvc(item))
             try:
                 fmt = kinds.resolve_format(kind, TokenFormat(item.token_format))
             except ValueError:
@@ -259,6 +262,21 @@ class TokenVault:
         if violations or kind is None or value is None:
             raise InvalidArgumentError(violations)
         return kind, fmt, value
+
+    def _check_cvc(self, item: TokenizeItem) -> list[FieldViolation]:
+        """A CVC is held in memory for one authorisation: no deterministic token (its
+        fingerprint would index a 3-4 digit value), no idempotency record, a short TTL."""
+        out = []
+        if item.deterministic:
+            out.append(FieldViolation("deterministic", "is not allowed for DATA_KIND_CVC"))
+        if item.request_id:
+            out.append(FieldViolation("request_id", "is not allowed for DATA_KIND_CVC"))
+        max_ttl = self.limits.cvc_max_ttl_seconds
+        if item.ttl_seconds is not None and item.ttl_seconds > max_ttl:
+            out.append(
+                FieldViolation("ttl", f"must be at most {max_ttl:g} seconds for DATA_KIND_CVC")
+            )
+        return out
 
     def _check_extras(self, item: TokenizeItem) -> list[FieldViolation]:
         lim = self.limits
@@ -370,7 +388,52 @@ class TokenVault:
                 )
         if violations:
             raise InvalidArgumentError(violations)
+        cvc = [i for i, (kind, _, _) in enumerate(checked) if kind is DataKind.CVC]
+        if not cvc:
+            return await self._tokenize_stored(caller, items, checked, batch=batch)
+        stored_at = [i for i in range(len(items)) if i not in set(cvc)]
+        results: list[Tokenized | None] = [None] * len(items)
+        if stored_at:
+            stored = await self._tokenize_stored(
+                caller,
+                [items[i] for i in stored_at],
+                [checked[i] for i in stored_at],
+                batch=batch,
+                positions=stored_at,
+            )
+            for i, result in zip(stored_at, stored, strict=True):
+                results[i] = result
+        # Only once the stored part is durable: the call stays all or nothing.
+        for i in cvc:
+            item, value = items[i], checked[i][2]
+            entry = self.ephemeral.put(
+                caller.tenant,
+                str(value),
+                item.subject,
+                dict(item.metadata),
+                item.ttl_seconds or self.limits.cvc_ttl_seconds,
+                self.limits.cvc_reveals,
+            )
+            results[i] = Tokenized(
+                token=entry.token,
+                fingerprint="",  # none for a CVC: it would index a 3-4 digit value
+                masked=kinds.mask(DataKind.CVC, str(value)),
+                created=True,
+                expires_at=entry.expires_at,
+            )
+        metrics.TOKENS_CREATED.labels(DataKind.CVC.name).inc(len(cvc))
+        return [r for r in results if r is not None]
 
+    async def _tokenize_stored(
+        self,
+        caller: Caller,
+        items: Sequence[TokenizeItem],
+        checked: list[tuple[DataKind, TokenFormat, Value]],
+        *,
+        batch: bool,
+        positions: Sequence[int] | None = None,
+    ) -> list[Tokenized]:
+        """Encrypt and store validated items; ``positions`` are their indexes in the call."""
         tenant = caller.tenant
         fp = self._keys.cached_fingerprinter(tenant) or await self._keys.fingerprinter(tenant)
         keyring = self._keys.keyring
@@ -416,9 +479,10 @@ class TokenVault:
             encryptions = 0
             for i, o in enumerate(outcomes):
                 if o.status is InsertStatus.REQUEST_REUSED:
+                    at = positions[i] if positions is not None else i
                     raise InvalidArgumentError(
                         FieldViolation(
-                            f"requests[{i}].request_id" if batch else "request_id",
+                            f"requests[{at}].request_id" if batch else "request_id",
                             "was already used for a different request",
                         ),
                         reason="REQUEST_ID_REUSED",
@@ -564,22 +628,82 @@ class TokenVault:
             self._check_purpose(purpose)
             # Before any lookup, like the scope: a limited caller learns nothing more.
             self._limiter.take(caller, len(tokens))
-            rows = await self._load(caller, tokens, "tokens" if batch else "token")
-            if caller.reveal_kinds and not all(
-                caller.may_reveal(_KINDS[row.kind].name) for row in rows
-            ):
+            # CVCs in memory are spent now (no await in between), and given back below
+            # if the call reveals nothing after all.
+            held = {
+                i: entry
+                for i, token in enumerate(tokens)
+                if (entry := self.ephemeral.find(caller.tenant, token)) is not None
+            }
+            if held and not caller.may_reveal(DataKind.CVC.name):
                 raise PermissionDeniedError(
                     "the caller may not reveal this data kind", reason="KIND_NOT_ALLOWED"
                 )
-            out = []
-            for row in rows:
-                kind, value, subject, metadata = self._open(row)
-                out.append(Revealed(row.token, kind, value, metadata, subject))
+            taken = {i: self.ephemeral.take(entry) for i, entry in held.items()}
         except VaultError as exc:
+            await self._audit_refusal(caller, ACTION_REVEAL, tokens, purpose, ctx, exc)
+            raise
+        try:
+            out = await self._reveal(caller, tokens, held, taken, batch=batch)
+        except VaultError as exc:
+            self._give_back(held, taken)
             await self._audit_refusal(caller, ACTION_REVEAL, tokens, purpose, ctx, exc)
             raise
         now = self._clock.now()
         detail = {"batch_size": str(len(out))} if batch else {}
+        try:
+            await self._audit_reveals(caller, out, purpose, ctx, now, detail)
+        except BaseException:
+            self._give_back(held, taken)
+            raise
+        for kind, n in Counter(r.kind for r in out).items():
+            metrics.TOKENS_REVEALED.labels(kind.name).inc(n)
+        return out
+
+    async def _reveal(
+        self,
+        caller: Caller,
+        tokens: Sequence[str],
+        held: dict[int, EphemeralEntry],
+        taken: dict[int, str],
+        *,
+        batch: bool,
+    ) -> list[Revealed]:
+        """Values in order: CVCs from memory, the rest from the store."""
+        stored = [t for i, t in enumerate(tokens) if i not in held]
+        rows = iter(
+            await self._load(caller, stored, "tokens" if batch else "token") if stored else []
+        )
+        out = []
+        for i, token in enumerate(tokens):
+            if i in held:
+                entry = held[i]
+                out.append(
+                    Revealed(token, DataKind.CVC, taken[i], dict(entry.metadata), entry.subject)
+                )
+                continue
+            row = next(rows)
+            if not caller.may_reveal(_KINDS[row.kind].name):
+                raise PermissionDeniedError(
+                    "the caller may not reveal this data kind", reason="KIND_NOT_ALLOWED"
+                )
+            kind, value, subject, metadata = self._open(row)
+            out.append(Revealed(row.token, kind, value, metadata, subject))
+        return out
+
+    def _give_back(self, held: dict[int, EphemeralEntry], taken: dict[int, str]) -> None:
+        for i, entry in held.items():
+            self.ephemeral.give_back(entry, taken[i])
+
+    async def _audit_reveals(
+        self,
+        caller: Caller,
+        out: list[Revealed],
+        purpose: str,
+        ctx: RequestContext,
+        now: float,
+        detail: dict[str, str],
+    ) -> None:
         await self._audit_done(
             [
                 AuditEvent(
@@ -598,12 +722,24 @@ class TokenVault:
                 for r in out
             ]
         )
-        for kind, n in Counter(r.kind for r in out).items():
-            metrics.TOKENS_REVEALED.labels(kind.name).inc(n)
-        return out
 
     async def get_token(self, caller: Caller, token: str) -> TokenInfo:
         require_any_scope(caller, SCOPE_REVEAL_MASKED, SCOPE_DETOKENIZE)
+        entry = self.ephemeral.find(caller.tenant, token)
+        if entry is not None:
+            return TokenInfo(
+                token=token,
+                kind=DataKind.CVC,
+                token_format=TokenFormat.RANDOM,
+                masked=kinds.mask(DataKind.CVC, ""),
+                fingerprint="",
+                subject=entry.subject,
+                metadata=dict(entry.metadata),
+                deterministic=False,
+                created_at=entry.created_at,
+                expires_at=entry.expires_at,
+                key_version=0,  # never encrypted: held in memory only
+            )
         (row,) = await self._load(caller, [token], "token")
         kind, value, subject, metadata = self._open(row)
         return TokenInfo(
@@ -626,10 +762,11 @@ class TokenVault:
         ctx = request or _NO_CONTEXT
         try:
             require_scope(caller, SCOPE_TOKENIZE)
-            # Expired but not yet purged counts as gone, as for every other read.
-            await self._load(caller, [token], "token")
-            if not await self._store.delete_token(caller.tenant, token):
-                raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
+            if not self.ephemeral.remove(caller.tenant, token):
+                # Expired but not yet purged counts as gone, as for every other read.
+                await self._load(caller, [token], "token")
+                if not await self._store.delete_token(caller.tenant, token):
+                    raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
         except VaultError as exc:
             await self._audit_refusal(caller, ACTION_DELETE, [token], "", ctx, exc)
             raise
@@ -645,8 +782,9 @@ class TokenVault:
         await self._audit_done([event])
 
     async def purge_expired(self, limit: int = 1000) -> int:
-        """Delete expired tokens, up to ``limit`` per store transaction, until none is left."""
-        total = 0
+        """Delete expired tokens, up to ``limit`` per store transaction, until none is left
+        (and drop expired CVCs from memory)."""
+        total = self.ephemeral.purge()
         while True:
             n = await self._store.purge_expired(self._clock.now(), limit)
             total += n
