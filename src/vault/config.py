@@ -13,6 +13,9 @@ from vault.errors import FailedPreconditionError
 __all__ = ["ENV_PREFIX", "Config", "load_config"]
 
 ENV_PREFIX = "VAULT_"
+# A CVC is kept for one authorisation, never long: PCI DSS forbids storing it after.
+_CVC_MAX_TTL = 3600.0
+_CVC_MAX_REVEALS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,8 @@ class Config:
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight calls
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000
+    cvc_ttl: float = 600.0  # seconds a CVC is held in memory by default (at most 3600)
+    cvc_reveals: int = 1  # reveals a CVC allows before it is gone (1 to 10)
     workers: int = 1  # server processes sharing the listen port (SO_REUSEPORT)
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
@@ -95,6 +100,12 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
                     f"unknown configuration setting {key}", reason="BAD_CONFIG"
                 )
             cfg = replace(cfg, **{key: _coerce(key, raw, known[key])})
+    if not 0 < cfg.cvc_ttl <= _CVC_MAX_TTL:
+        raise FailedPreconditionError(
+            "cvc_ttl must be more than 0 and at most 3600 seconds", reason="BAD_CONFIG"
+        )
+    if not 1 <= cfg.cvc_reveals <= _CVC_MAX_REVEALS:
+        raise FailedPreconditionError("cvc_reveals must be 1 to 10", reason="BAD_CONFIG")
     if cfg.log_format not in {"plain", "json"}:
         raise FailedPreconditionError("log_format must be plain or json", reason="BAD_CONFIG")
     return cfg

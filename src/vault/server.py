@@ -182,7 +182,11 @@ class VaultServer:
                 self.store,
                 self.keys,
                 self.clock,
-                Limits(max_batch=cfg.max_batch),
+                Limits(
+                    max_batch=cfg.max_batch,
+                    cvc_ttl_seconds=cfg.cvc_ttl,
+                    cvc_reveals=cfg.cvc_reveals,
+                ),
                 audit=self.audit,
             )
             await self._start_grpc(Authenticator(self.store, self.clock), tls)

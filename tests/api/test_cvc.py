@@ -146,3 +146,12 @@ async def test_delete_drops_a_cvc(vault):
     resp = await vault.stub.Tokenize(tokenize_request("CVC", CVC), metadata=vault.md)
     await vault.stub.DeleteToken(pb.DeleteTokenRequest(token=resp.token), metadata=vault.md)
     await expect_code(_reveal(vault, resp.token), grpc.StatusCode.NOT_FOUND)
+
+
+async def test_reveals_and_ttl_are_configurable(vault_factory):
+    vault = await vault_factory(cvc_ttl=60.0, cvc_reveals=2)
+    resp = await vault.stub.Tokenize(tokenize_request("CVC", CVC), metadata=vault.md)
+    assert resp.expire_time.seconds == int(vault.clock.now() + 60)
+    for _ in range(2):
+        assert (await _reveal(vault, resp.token)).text == CVC
+    await expect_code(_reveal(vault, resp.token), grpc.StatusCode.NOT_FOUND)

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.slow
 CVCS = ["8317", "9052", "7408", "6391"]
 
 
-def _status(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines()
-    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
-
-
 def test_cvcs_leave_no_trace_outside_memory(launcher, tmp_path):
     data = tmp_path / "data"
     vault = launcher.start(data, metrics_listen=None)
@@ -47,12 +42,10 @@ def test_cvcs_leave_no_trace_outside_memory(launcher, tmp_path):
                 pb.TokenizeRequest(kind=types_pb2.DATA_KIND_CVC, text="83a7"), metadata=md
             )
         assert "83a7" not in (refused.value.details() or "")
-        # No core dumps, not dumpable (no ptrace by the same user).
-        status = _status(vault.pid)
+        # No core dumps.
         limits = Path(f"/proc/{vault.pid}/limits").read_text(encoding="ascii")
         core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
         assert core.split()[4:6] == ["0", "0"], core
-        assert status.get("Name")
     assert vault.terminate() == 0
 
     db = sqlite3.connect(data / "vault.db")
