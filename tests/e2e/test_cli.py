@@ -333,7 +333,9 @@ def test_keys_status_counts_every_encryption_as_it_commits(deployment, stub):
     assert deployment.encryptions() == before + 30
     text = deployment.vaultctl("keys", "status")
     assert text.returncode == 0
-    assert re.search(rf"^v1\tprimary\t.*\t{before + 30} encryptions$", text.stdout, re.MULTILINE)
+    assert re.search(
+        rf"^v1\tprimary\t.*\t{before + 30} encryptions\t\d+ records$", text.stdout, re.MULTILINE
+    )
 
 
 # -- SIGTERM under load --------------------------------------------------------------------

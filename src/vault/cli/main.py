@@ -16,7 +16,7 @@ from vault import __version__
 from vault.audit.base import ACTION_CALLER_ADD, ACTION_CALLER_REVOKE, OUTCOME_ERROR, OUTCOME_OK
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import parse_scopes
-from vault.cli import audit_cmd
+from vault.cli import audit_cmd, keys_cmd
 from vault.cli.common import EXIT_FAILURE, CommandError
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
@@ -27,7 +27,7 @@ from vault.config import Config
 from vault.domain.model import DataKind
 from vault.errors import AlreadyExistsError, VaultError
 from vault.logs import setup_logging
-from vault.server import VaultServer, harden_process, init_data_dir, open_store
+from vault.server import VaultServer, harden_process, open_store
 from vault.storage.base import CallerRow
 from vault.workers import run_workers
 
@@ -79,47 +79,6 @@ async def _serve_one(cfg: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
-    return 0
-
-
-# -- keys -------------------------------------------------------------------------------
-
-
-async def _keys_init(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        created = await init_data_dir(cfg, store, SystemClock())
-    finally:
-        await store.close()
-    print("master key and data key created" if created else "keys already initialised")
-    return 0
-
-
-async def _keys_status(args: argparse.Namespace) -> int:
-    cfg = _existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        rows = await store.key_versions()
-    finally:
-        await store.close()
-    data = [
-        {
-            "version": r.version,
-            "state": r.state,
-            "created": datetime.fromtimestamp(r.created_at, UTC).isoformat(),
-            "encryptions": r.encryptions,
-            "kek": r.kek_id,
-        }
-        for r in rows
-    ]
-    if args.json:
-        print(json.dumps({"versions": data}, indent=2))
-    else:
-        for d in data:
-            print(f"v{d['version']}\t{d['state']}\t{d['created']}\t{d['encryptions']} encryptions")
     return 0
 
 
@@ -356,15 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    keys = sub.add_parser("keys", help="master key and data-key versions")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    k_init = keys_sub.add_parser("init", help="create the master key file and data key v1")
-    _add_store_args(k_init)
-    k_init.set_defaults(handler=_keys_init)
-    k_status = keys_sub.add_parser("status", help="data-key versions and their use")
-    _add_store_args(k_status)
-    k_status.add_argument("--json", action="store_true")
-    k_status.set_defaults(handler=_keys_status)
+    keys_cmd.register(sub)
 
     health = sub.add_parser("health", help="check a running vault's gRPC health")
     health.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the vault")

@@ -92,6 +92,9 @@ class Keyring:
     def versions(self) -> list[int]:
         return sorted(self._keys)
 
+    def has(self, version: int) -> bool:
+        return version in self._keys
+
     def key(self, version: int) -> RecordKey:
         """The key a record names; a missing or retired version fails like a bad tag."""
         try:

@@ -548,6 +548,11 @@ class TokenVault:
                 where = f" (tokens[{i}])" if batch else ""
                 raise NotFoundError(f"token not found{where}", reason="TOKEN_NOT_FOUND")
             found.append(row)
+        keyring = self._keys.keyring
+        if any(not keyring.has(row.key_version) for row in found):
+            # A version newer than this process's keyring (a rotation, then a rewrap,
+            # before the periodic refresh): reload now rather than fail the read.
+            await self._keys.load()
         return found
 
     def _open(self, row: TokenRecord) -> tuple[DataKind, Value, str, dict[str, str]]:

@@ -23,6 +23,9 @@ __all__ = [
     "InsertOutcome",
     "InsertStatus",
     "KeyVersionRow",
+    "RetireOutcome",
+    "RewrapRow",
+    "RewrapUpdate",
     "Store",
     "TokenRecord",
     "audit_content",
@@ -85,6 +88,36 @@ class KeyVersionRow:
 
     def __repr__(self) -> str:
         return f"KeyVersionRow(version={self.version}, state={self.state})"
+
+
+class RetireOutcome(enum.Enum):
+    RETIRED = "retired"  # state retired, wrapped key destroyed
+    UNKNOWN = "unknown"  # no such version
+    PRIMARY = "primary"  # the primary is never retired
+    ALREADY_RETIRED = "already_retired"
+    IN_USE = "in_use"  # records still name it
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapRow:
+    """A stored record to re-encrypt, with its insertion position (the scan cursor)."""
+
+    position: int
+    record: TokenRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapUpdate:
+    """A compare-and-set: replace (old_version, old_ciphertext) of the token's row."""
+
+    token: str
+    old_version: int
+    old_ciphertext: bytes
+    new_version: int
+    new_ciphertext: bytes
+
+    def __repr__(self) -> str:
+        return f"RewrapUpdate(v{self.old_version}->v{self.new_version})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +291,38 @@ class Store(Protocol):
         self, wrapped_key: bytes, kek_id: str, created_at: float, *, primary: bool
     ) -> int:
         """Add a version (the next number); with ``primary`` the old primary becomes active."""
+        ...
+
+    async def add_next_key_version(
+        self, version: int, wrapped_key: bytes, kek_id: str, created_at: float
+    ) -> bool:
+        """Add ``version`` as the primary (the old primary becomes active) if it is the
+        next number; False (nothing written) if another version took that number."""
+        ...
+
+    async def records_by_key_version(self) -> dict[int, int]:
+        """How many token rows name each key version (versions without rows absent)."""
+        ...
+
+    async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
+        """Up to ``limit`` rows not under ``primary``, past position ``after``, in order."""
+        ...
+
+    async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
+        """Apply each update only if the row still has its old version and ciphertext;
+        add ``encryptions`` to the new version's counter in the same transaction.
+        Returns how many rows were updated."""
+        ...
+
+    async def take_rewrap_lease(self, holder: str, now: float, expires_at: float) -> bool:
+        """Take or renew the store's one rewrap lease; False if another holder's is live."""
+        ...
+
+    async def release_rewrap_lease(self, holder: str) -> None: ...
+
+    async def retire_key_version(self, version: int) -> RetireOutcome:
+        """In one transaction: refuse (nothing changed) unknown, primary, retired or
+        in-use versions; otherwise set it retired and destroy its wrapped key."""
         ...
 
     async def fingerprint_key(self, tenant: str) -> bytes | None: ...

@@ -36,6 +36,9 @@ from vault.storage.base import (
     InsertOutcome,
     InsertStatus,
     KeyVersionRow,
+    RetireOutcome,
+    RewrapRow,
+    RewrapUpdate,
     TokenRecord,
     audit_content,
     audit_detail_bytes,
@@ -925,6 +928,103 @@ class SqliteStore:
                 (version, "primary" if primary else "active", wrapped_key, kek_id, created_at),
             )
             return version
+
+        return await self._write(apply)
+
+    async def add_next_key_version(
+        self, version: int, wrapped_key: bytes, kek_id: str, created_at: float
+    ) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM key_versions").fetchone()
+            if row is None or int(row[0]) != version:
+                return False
+            conn.execute("UPDATE key_versions SET state = 'active' WHERE state = 'primary'")
+            conn.execute(
+                "INSERT INTO key_versions (version, state, wrapped_key, kek_id, created_at) "
+                "VALUES (?, 'primary', ?, ?, ?)",
+                (version, wrapped_key, kek_id, created_at),
+            )
+            return True
+
+        return await self._write(apply)
+
+    async def records_by_key_version(self) -> dict[int, int]:
+        rows = await self._query(
+            "SELECT key_version, count(*) FROM tokens GROUP BY key_version ORDER BY key_version"
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
+        # Through tokens_key_version: only the older versions' rows are visited.
+        rows = await self._query(
+            f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+            "WHERE key_version IN (SELECT version FROM key_versions WHERE version <> ?) "
+            "AND id > ? ORDER BY id LIMIT ?",
+            (primary, after, limit),
+        )
+        return [RewrapRow(int(r[0]), _row_to_record(r[1:])) for r in rows]
+
+    async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
+        def apply(conn: sqlite3.Connection) -> int:
+            done = 0
+            for u in updates:
+                cur = conn.execute(
+                    "UPDATE tokens SET ciphertext = ?, key_version = ? "
+                    "WHERE token = ? AND key_version = ? AND ciphertext = ?",
+                    (u.new_ciphertext, u.new_version, u.token, u.old_version, u.old_ciphertext),
+                )
+                done += cur.rowcount
+            if updates and encryptions:
+                conn.execute(
+                    "UPDATE key_versions SET encryptions = encryptions + ? WHERE version = ?",
+                    (encryptions, updates[0].new_version),
+                )
+            return done
+
+        return await self._write(apply)
+
+    async def take_rewrap_lease(self, holder: str, now: float, expires_at: float) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "INSERT INTO rewrap_lease (id, holder, expires_at) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                "WHERE rewrap_lease.holder = excluded.holder OR rewrap_lease.expires_at <= ?",
+                (holder, expires_at, now),
+            )
+            row = conn.execute("SELECT holder FROM rewrap_lease WHERE id = 1").fetchone()
+            return row is not None and row[0] == holder
+
+        return await self._write(apply)
+
+    async def release_rewrap_lease(self, holder: str) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM rewrap_lease WHERE id = 1 AND holder = ?", (holder,))
+
+        await self._write(apply)
+
+    async def retire_key_version(self, version: int) -> RetireOutcome:
+        def apply(conn: sqlite3.Connection) -> RetireOutcome:
+            row = conn.execute(
+                "SELECT state FROM key_versions WHERE version = ?", (version,)
+            ).fetchone()
+            if row is None:
+                return RetireOutcome.UNKNOWN
+            if row[0] == "primary":
+                return RetireOutcome.PRIMARY
+            if row[0] == "retired":
+                return RetireOutcome.ALREADY_RETIRED
+            # Inside the write transaction: no record can be added under it meanwhile.
+            used = conn.execute(
+                "SELECT 1 FROM tokens WHERE key_version = ? LIMIT 1", (version,)
+            ).fetchone()
+            if used is not None:
+                return RetireOutcome.IN_USE
+            conn.execute(
+                "UPDATE key_versions SET state = 'retired', wrapped_key = NULL WHERE version = ?",
+                (version,),
+            )
+            return RetireOutcome.RETIRED
 
         return await self._write(apply)
 

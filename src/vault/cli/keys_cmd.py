@@ -1,0 +1,229 @@
+"""``vaultctl keys init|status|rotate|rewrap|retire``: the data-key lifecycle.
+
+Each change is recorded in the audit trail (versions and counts, never key material).
+Running servers pick up a new primary at their next keyring refresh (every few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from vault.audit.base import (
+    ACTION_KEY_RETIRE,
+    ACTION_KEY_REWRAP,
+    ACTION_KEY_ROTATE,
+    OUTCOME_DENIED,
+    OUTCOME_ERROR,
+)
+from vault.cli import audit_cmd
+from vault.cli.common import CommandError, add_store_args, config_for, existing_vault
+from vault.clock import SystemClock
+from vault.config import Config
+from vault.crypto.keyfile import KeyFileKek
+from vault.domain import rotation
+from vault.errors import VaultError
+from vault.server import init_data_dir, open_store
+from vault.storage.base import Store
+
+__all__ = ["register"]
+
+
+async def _audit_failure(
+    cfg: Config, store: Store, action: str, detail: Mapping[str, str], exc: VaultError
+) -> None:
+    outcome = OUTCOME_DENIED if exc.reason.startswith("KEY_VERSION_") else OUTCOME_ERROR
+    await audit_cmd.record_operator_event(
+        cfg, store, action, "", detail, outcome=outcome, reason=exc.reason
+    )
+
+
+async def _init(args: argparse.Namespace) -> int:
+    cfg = config_for(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        created = await init_data_dir(cfg, store, SystemClock())
+    finally:
+        await store.close()
+    print("master key and data key created" if created else "keys already initialised")
+    return 0
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+async def _status(args: argparse.Namespace) -> int:
+    cfg = existing_vault(args)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        versions = await rotation.key_status(store)
+    finally:
+        await store.close()
+    data = [
+        {
+            "version": v.version,
+            "state": v.state,
+            "created": _iso(v.created_at),
+            "encryptions": v.encryptions,
+            "records": v.records,
+            "kek": v.kek_id,
+        }
+        for v in versions
+    ]
+    if args.json:
+        print(json.dumps({"versions": data}, indent=2))
+    else:
+        for d in data:
+            print(
+                f"v{d['version']}\t{d['state']}\t{d['created']}\t"
+                f"{d['encryptions']} encryptions\t{d['records']} records"
+            )
+    return 0
+
+
+async def _rotate(args: argparse.Namespace) -> int:
+    cfg = existing_vault(args)
+    kek = KeyFileKek.load(cfg.master_key_path)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        try:
+            old, new = await rotation.rotate(store, kek, SystemClock())
+        except VaultError as exc:
+            await _audit_failure(cfg, store, ACTION_KEY_ROTATE, {}, exc)
+            raise
+        await audit_cmd.record_operator_event(
+            cfg, store, ACTION_KEY_ROTATE, "", {"old_primary": str(old), "primary": str(new)}
+        )
+    finally:
+        await store.close()
+    print(f"v{new} is the primary; v{old} is active (decrypt only)")
+    return 0
+
+
+async def _settle(cfg: Config, store: Store) -> None:
+    """Give running servers one keyring refresh to start writing under a new primary,
+    so records they add are not left behind on the old version."""
+    rows = await store.key_versions()
+    primary = next((r for r in rows if r.state == "primary"), None)
+    if primary is None:
+        return
+    wait = primary.created_at + cfg.key_refresh_interval + 1.0 - SystemClock().now()
+    if wait > 0:
+        print(f"waiting {wait:.0f} s for servers to load v{primary.version}", flush=True)
+        await asyncio.sleep(wait)
+
+
+async def _rewrap(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise CommandError("--batch must be at least 1")
+    if args.rate < 0:
+        raise CommandError("--rate must not be negative")
+    cfg = existing_vault(args)
+    kek = KeyFileKek.load(cfg.master_key_path)
+    store = open_store(cfg)
+    await store.open()
+
+    def show(p: rotation.RewrapProgress) -> None:
+        print(
+            f"batch {p.batches}: {p.rewrapped} rewrapped to v{p.primary}, "
+            f"{p.remaining} on older versions",
+            flush=True,
+        )
+
+    detail: dict[str, str] = {"batch": str(args.batch), "rate": str(args.rate)}
+    try:
+        await _settle(cfg, store)
+        try:
+            result = await rotation.rewrap(
+                store, kek, SystemClock(), batch=args.batch, rate=args.rate, progress=show
+            )
+        except VaultError as exc:
+            if exc.reason != "REWRAP_RUNNING":
+                await _audit_failure(cfg, store, ACTION_KEY_REWRAP, detail, exc)
+            raise
+        detail |= {
+            "primary": str(result.primary),
+            "rewrapped": str(result.rewrapped),
+            "skipped": str(result.skipped),
+            "failed": str(result.failed),
+            "remaining": str(result.remaining),
+        }
+        ok = result.failed == 0
+        await audit_cmd.record_operator_event(
+            cfg,
+            store,
+            ACTION_KEY_REWRAP,
+            "",
+            detail,
+            outcome="ok" if ok else OUTCOME_ERROR,
+            reason="" if ok else "UNDECRYPTABLE_RECORDS",
+        )
+    finally:
+        await store.close()
+    if result.failed:
+        raise CommandError(f"{result.failed} records did not decrypt and were left as they are")
+    print(
+        f"rewrap done: {result.rewrapped} records moved to v{result.primary}, "
+        f"{result.remaining} left on older versions"
+    )
+    return 0
+
+
+async def _retire(args: argparse.Namespace) -> int:
+    cfg = existing_vault(args)
+    store = open_store(cfg)
+    await store.open()
+    detail = {"version": str(args.version)}
+    try:
+        try:
+            await rotation.retire(store, args.version)
+        except VaultError as exc:
+            await _audit_failure(cfg, store, ACTION_KEY_RETIRE, detail, exc)
+            raise
+        await audit_cmd.record_operator_event(cfg, store, ACTION_KEY_RETIRE, "", detail)
+    finally:
+        await store.close()
+    print(f"v{args.version} retired; its key is destroyed")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``keys ...`` to vaultctl's parser."""
+    keys = subparsers.add_parser("keys", help="master key and data-key versions")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    k_init = keys_sub.add_parser("init", help="create the master key file and data key v1")
+    add_store_args(k_init)
+    k_init.set_defaults(handler=_init)
+    k_status = keys_sub.add_parser("status", help="data-key versions and their use")
+    add_store_args(k_status)
+    k_status.add_argument("--json", action="store_true")
+    k_status.set_defaults(handler=_status)
+    k_rotate = keys_sub.add_parser("rotate", help="a new primary data key; the old one decrypts")
+    add_store_args(k_rotate)
+    k_rotate.set_defaults(handler=_rotate)
+    k_rewrap = keys_sub.add_parser(
+        "rewrap", help="re-encrypt records of older versions under the primary, online"
+    )
+    add_store_args(k_rewrap)
+    k_rewrap.add_argument(
+        "--batch",
+        type=int,
+        default=rotation.DEFAULT_BATCH,
+        help=f"records per batch (default {rotation.DEFAULT_BATCH})",
+    )
+    k_rewrap.add_argument(
+        "--rate", type=float, default=0.0, help="records per second (default: no limit)"
+    )
+    k_rewrap.set_defaults(handler=_rewrap)
+    k_retire = keys_sub.add_parser("retire", help="destroy a version no record uses any more")
+    add_store_args(k_retire)
+    k_retire.add_argument("version", type=int)
+    k_retire.set_defaults(handler=_retire)

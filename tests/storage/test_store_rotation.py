@@ -1,0 +1,79 @@
+"""Contract: the rotation primitives (record counts, rewrap compare-and-set, the rewrap
+lease, retirement), on every store."""
+
+from __future__ import annotations
+
+from vault.storage.base import RetireOutcome, RewrapUpdate
+
+NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
+
+
+async def test_add_next_key_version_takes_only_the_next_number(store):
+    assert not await store.add_next_key_version(3, b"w3", "kek", NOW)
+    assert await store.add_next_key_version(2, b"w2", "kek", NOW)
+    assert not await store.add_next_key_version(2, b"w2b", "kek", NOW)
+    states = {r.version: (r.state, r.wrapped_key) for r in await store.key_versions()}
+    assert states == {1: ("active", b"wrapped-dek-1"), 2: ("primary", b"w2")}
+
+
+async def test_records_by_key_version_and_rewrap_scan(store, make_record):
+    await store.add_next_key_version(2, b"w2", "kek", NOW)
+    recs = [make_record(key_version=1) for _ in range(5)] + [make_record(key_version=2)]
+    await store.insert_tokens(recs, NOW, {})
+    assert await store.records_by_key_version() == {1: 5, 2: 1}
+    first = await store.tokens_to_rewrap(2, 0, 3)
+    assert [r.record.token for r in first] == [r.token for r in recs[:3]]
+    rest = await store.tokens_to_rewrap(2, first[-1].position, 3)
+    assert [r.record.token for r in rest] == [r.token for r in recs[3:5]]
+
+
+async def test_rewrap_is_a_compare_and_set(store, make_record):
+    await store.add_next_key_version(2, b"w2", "kek", NOW)
+    a, b, c = (make_record(key_version=1) for _ in range(3))
+    await store.insert_tokens([a, b, c], NOW, {})
+    # b is deleted concurrently; c's ciphertext no longer matches: neither is written.
+    assert await store.delete_token(b.tenant, b.token)
+    updates = [
+        RewrapUpdate(a.token, 1, a.ciphertext, 2, b"new-a"),
+        RewrapUpdate(b.token, 1, b.ciphertext, 2, b"new-b"),
+        RewrapUpdate(c.token, 1, b"stale", 2, b"new-c"),
+    ]
+    assert await store.rewrap_tokens(updates, len(updates)) == 1
+    got = await store.get_tokens([a.token, b.token, c.token])
+    assert got[0] is not None
+    assert (got[0].key_version, got[0].ciphertext) == (2, b"new-a")
+    assert got[1] is None  # not resurrected
+    assert got[2] is not None
+    assert (got[2].key_version, got[2].ciphertext) == (1, c.ciphertext)
+    # Applied twice, nothing changes (no double encryption of a rewrapped row).
+    assert await store.rewrap_tokens(updates[:1], 1) == 0
+    enc = {r.version: r.encryptions for r in await store.key_versions()}
+    assert enc[2] == 4
+
+
+async def test_rewrap_lease(store):
+    assert await store.take_rewrap_lease("a", NOW, NOW + 5)
+    assert await store.take_rewrap_lease("a", NOW + 1, NOW + 6)  # renewal
+    assert not await store.take_rewrap_lease("b", NOW + 2, NOW + 7)  # live
+    assert await store.take_rewrap_lease("b", NOW + 6, NOW + 11)  # a's expired
+    assert not await store.take_rewrap_lease("a", NOW + 7, NOW + 12)
+    await store.release_rewrap_lease("a")  # not a's: no effect
+    assert not await store.take_rewrap_lease("c", NOW + 7, NOW + 12)
+    await store.release_rewrap_lease("b")
+    assert await store.take_rewrap_lease("c", NOW + 7, NOW + 12)
+
+
+async def test_retire_refusals_change_nothing(store, make_record):
+    await store.add_next_key_version(2, b"w2", "kek", NOW)
+    rec = make_record(key_version=1)
+    await store.insert_tokens([rec], NOW, {})
+    before = await store.key_versions()
+    assert await store.retire_key_version(2) is RetireOutcome.PRIMARY
+    assert await store.retire_key_version(1) is RetireOutcome.IN_USE
+    assert await store.retire_key_version(7) is RetireOutcome.UNKNOWN
+    assert await store.key_versions() == before
+    assert await store.delete_token(rec.tenant, rec.token)
+    assert await store.retire_key_version(1) is RetireOutcome.RETIRED
+    assert await store.retire_key_version(1) is RetireOutcome.ALREADY_RETIRED
+    rows = {r.version: r for r in await store.key_versions()}
+    assert (rows[1].state, rows[1].wrapped_key) == ("retired", None)
