@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "add_store_args",
     "config_for",
     "existing_vault",
+    "iso_time",
     "run_async",
 ]
 
@@ -27,6 +29,11 @@ EXIT_USAGE = 2
 
 class CommandError(Exception):
     """A one-line reason for the user; the command exits non-zero."""
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC, for people and JSON; None stays None."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from vault.audit.base import (
@@ -21,7 +20,7 @@ from vault.audit.base import (
     OUTCOME_ERROR,
 )
 from vault.cli import audit_cmd
-from vault.cli.common import CommandError, add_store_args, config_for, existing_vault
+from vault.cli.common import CommandError, add_store_args, config_for, existing_vault, iso_time
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
@@ -54,10 +53,6 @@ async def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
-
-
 async def _status(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
     store = open_store(cfg)
@@ -70,7 +65,7 @@ async def _status(args: argparse.Namespace) -> int:
         {
             "version": v.version,
             "state": v.state,
-            "created": _iso(v.created_at),
+            "created": iso_time(v.created_at),
             "encryptions": v.encryptions,
             "records": v.records,
             "kek": v.kek_id,

@@ -17,7 +17,7 @@ from vault.audit.base import ACTION_CALLER_ADD, ACTION_CALLER_REVOKE, OUTCOME_ER
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import parse_scopes
 from vault.cli import audit_cmd, keys_cmd
-from vault.cli.common import EXIT_FAILURE, CommandError
+from vault.cli.common import EXIT_FAILURE, CommandError, iso_time
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
 from vault.cli.common import existing_vault as _existing_vault
@@ -130,7 +130,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
         "name": args.name,
         "cert_identity": args.cert_identity or "",
         "scopes": ",".join(scopes),
-        "expires": datetime.fromtimestamp(expires, UTC).isoformat() if expires else "",
+        "expires": iso_time(expires) or "",
         "reveal_kinds": ",".join(reveal_kinds),
         "reveal_rate": str(args.reveal_rate),
     }
@@ -190,17 +190,14 @@ async def _callers_list(args: argparse.Namespace) -> int:
     finally:
         await store.close()
 
-    def ts(v: float | None) -> str | None:
-        return datetime.fromtimestamp(v, UTC).isoformat() if v is not None else None
-
     data = [
         {
             "name": r.name,
             "tenant": r.tenant,
             "scopes": list(r.scopes),
-            "created": ts(r.created_at),
-            "expires": ts(r.expires_at),
-            "revoked": ts(r.revoked_at),
+            "created": iso_time(r.created_at),
+            "expires": iso_time(r.expires_at),
+            "revoked": iso_time(r.revoked_at),
             "cert_identity": r.cert_identity,
             "reveal_kinds": list(r.reveal_kinds),
             "reveal_rate": r.reveal_rate,
