@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vault.auth.mtls import MAX_IDENTITY_CHARS
@@ -88,27 +89,28 @@ class Authenticator:
     def __repr__(self) -> str:
         return "Authenticator()"
 
-    async def _lookup(self, key_id: str) -> CallerRow | None:
+    @staticmethod
+    async def _cached(
+        cache: dict[str, tuple[CallerRow | None, float]],
+        key: str,
+        fetch: Callable[[str], Awaitable[CallerRow | None]],
+    ) -> CallerRow | None:
+        """A caller row (or its absence) trusted for CACHE_SECONDS, then asked again."""
         mono = time.monotonic()
-        hit = self._cache.get(key_id)
+        hit = cache.get(key)
         if hit is not None and mono - hit[1] < CACHE_SECONDS:
             return hit[0]
-        row = await self._store.caller_by_key_id(key_id)
-        if len(self._cache) > _CACHE_MAX:
-            self._cache.clear()
-        self._cache[key_id] = (row, mono)
+        row = await fetch(key)
+        if len(cache) > _CACHE_MAX:
+            cache.clear()
+        cache[key] = (row, mono)
         return row
 
+    async def _lookup(self, key_id: str) -> CallerRow | None:
+        return await self._cached(self._cache, key_id, self._store.caller_by_key_id)
+
     async def _lookup_identity(self, identity: str) -> CallerRow | None:
-        mono = time.monotonic()
-        hit = self._by_identity.get(identity)
-        if hit is not None and mono - hit[1] < CACHE_SECONDS:
-            return hit[0]
-        row = await self._store.caller_by_cert_identity(identity)
-        if len(self._by_identity) > _CACHE_MAX:
-            self._by_identity.clear()
-        self._by_identity[identity] = (row, mono)
-        return row
+        return await self._cached(self._by_identity, identity, self._store.caller_by_cert_identity)
 
     async def authenticate(
         self, authorization: str | None, cert_identity: str | None = None
