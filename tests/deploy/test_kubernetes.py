@@ -4,6 +4,7 @@ matters holds: ports, probes, env names, selectors, the Secret, the security con
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,15 @@ def test_every_manifest_is_valid_kubernetes(path, version):
 def test_kustomization_lists_every_manifest_but_the_secret_template():
     listed = set(yaml_document(KUSTOMIZATION)["resources"])
     assert listed == {p.name for p in MANIFESTS} - {SECRET_TEMPLATE.name}
+
+
+def test_the_readme_applies_the_same_files_without_kustomize():
+    readme = (KUBERNETES.parent / "README.md").read_text(encoding="utf-8")
+    [command] = [
+        block for block in readme.split("```") if "kubectl apply -f namespace.yaml" in block
+    ]
+    applied = set(re.findall(r"-f\s+(\S+\.yaml)", command))
+    assert applied == set(yaml_document(KUSTOMIZATION)["resources"])
 
 
 def test_everything_lives_in_the_vault_namespace():
