@@ -21,6 +21,7 @@ from deploy_helpers import (
     image_env,
     image_user,
     port_of,
+    seconds,
     vaultctl_args,
     yaml_document,
 )
@@ -174,6 +175,8 @@ def test_every_vault_service_runs_as_the_image_user_read_only_without_capabiliti
         assert svc["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in svc["security_opt"], name
     for name, svc in _vaults().items():
+        # Docker's SIGKILL comes after the vault's own drain.
+        assert seconds(svc["stop_grace_period"]) > _config(svc).shutdown_grace, name
         assert svc["ulimits"]["core"] == 0, name
         assert "mem_limit" in svc, name
         assert svc.get("entrypoint") is None, "the image's `vaultctl serve` runs"
