@@ -6,9 +6,7 @@ wiring is checked against the vault's own code instead of being deployed."""
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import dockerfile
 import yaml
 
 from vault.cli.main import _parser
@@ -38,49 +37,42 @@ def port_of(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
-# -- Containerfile ------------------------------------------------------------------------
+# -- Containerfile (parsed by BuildKit's own parser, through the `dockerfile` package) ----
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, rest) pairs, continuation lines joined, comments dropped."""
-    text = CONTAINERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
-    out = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            word, _, rest = stripped.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+def instructions() -> list[dockerfile.Command]:
+    return list(dockerfile.parse_file(str(CONTAINERFILE)))
 
 
-def final_stage() -> list[tuple[str, str]]:
+def final_stage() -> list[dockerfile.Command]:
     steps = instructions()
-    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    last_from = max(i for i, step in enumerate(steps) if step.cmd == "FROM")
     return steps[last_from:]
 
 
+def values(instruction: str) -> list[str]:
+    """The arguments of every ``instruction`` of the final stage, in order."""
+    return [v for step in final_stage() if step.cmd == instruction.upper() for v in step.value]
+
+
 def image_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for word, rest in final_stage():
-        if word == "ENV":
-            for item in shlex.split(rest):
-                key, _, value = item.partition("=")
-                env[key] = value
-    return env
+    pairs = values("ENV")  # KEY, VALUE, KEY, VALUE, ...
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
 
 def image_user() -> tuple[int, int]:
-    [user] = [rest for word, rest in final_stage() if word == "USER"]
+    [user] = values("USER")
     uid, _, gid = user.partition(":")
     return int(uid), int(gid or uid)
 
 
 def healthcheck() -> tuple[dict[str, str], list[str]]:
-    """The HEALTHCHECK's options (--timeout=5s, ...) and its exec-form command."""
-    [rest] = [rest for word, rest in final_stage() if word == "HEALTHCHECK"]
-    options_text, _, command = rest.partition("CMD ")
-    options = dict(opt.removeprefix("--").split("=", 1) for opt in options_text.split())
-    return options, json.loads(command)
+    """The HEALTHCHECK's options (timeout=5s, ...) and its exec-form command."""
+    [step] = [step for step in final_stage() if step.cmd == "HEALTHCHECK"]
+    assert step.json, "exec form: no shell in between"
+    assert step.value[0] == "CMD"
+    options = dict(flag.removeprefix("--").split("=", 1) for flag in step.flags)
+    return options, list(step.value[1:])
 
 
 def seconds(duration: str) -> float:

@@ -3,8 +3,6 @@ here, so the file is parsed and checked rather than built)."""
 
 from __future__ import annotations
 
-import json
-
 from deploy_helpers import (
     VAULT_ENV_NAMES,
     effective_config,
@@ -15,6 +13,7 @@ from deploy_helpers import (
     instructions,
     port_of,
     seconds,
+    values,
     vaultctl_args,
 )
 
@@ -30,12 +29,7 @@ def test_every_vault_env_name_is_a_config_setting():
 
 def test_exposed_ports_are_the_ones_the_vault_listens_on():
     cfg = effective_config(image_env())
-    exposed = {
-        int(p.split("/")[0])
-        for word, rest in final_stage()
-        if word == "EXPOSE"
-        for p in rest.split()
-    }
+    exposed = {int(port.split("/")[0]) for port in values("EXPOSE")}
     assert exposed == {port_of(cfg.listen), port_of(cfg.metrics_listen)}
     # Reachable from outside the container's network namespace.
     assert cfg.listen.startswith("0.0.0.0:")
@@ -56,22 +50,21 @@ def test_healthcheck_is_a_vaultctl_health_call_on_the_listen_port():
 
 
 def test_runs_as_a_non_root_user_with_data_on_a_volume():
-    stage = final_stage()
     uid, gid = image_user()
     assert uid != 0
     assert gid != 0
-    volumes = " ".join(rest for word, rest in stage if word == "VOLUME")
-    assert str(effective_config(image_env()).data_dir) in volumes
-    [entry] = [rest for word, rest in stage if word == "ENTRYPOINT"]
-    assert json.loads(entry) == ["vaultctl", "serve"]
+    assert str(effective_config(image_env()).data_dir) in values("VOLUME")
+    [entry] = [step for step in final_stage() if step.cmd == "ENTRYPOINT"]
+    assert entry.json
+    assert list(entry.value) == ["vaultctl", "serve"]
 
 
 def test_the_final_image_installs_wheels_only_and_drops_pip():
     build = instructions()[: len(instructions()) - len(final_stage())]
-    wheel_steps = [rest for word, rest in build if word == "RUN" and "pip wheel" in rest]
+    wheel_steps = [s.value[0] for s in build if s.cmd == "RUN" and "pip wheel" in s.value[0]]
     assert wheel_steps, "the build stage makes the wheels"
     assert all("--only-binary=:all:" in step for step in wheel_steps)
-    runs = " ".join(rest for word, rest in final_stage() if word == "RUN")
+    runs = " ".join(values("RUN"))
     assert "--no-index" in runs
     assert "pip uninstall" in runs
     assert "apt-get" not in runs
