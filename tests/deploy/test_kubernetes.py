@@ -5,11 +5,14 @@ matters holds: ports, probes, env names, selectors, the Secret, the security con
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from deploy_helpers import (
     KUBERNETES,
     SECRET_TEMPLATE,
@@ -128,6 +131,28 @@ def test_every_manifest_is_valid_kubernetes(path, version):
 def test_kustomization_lists_every_manifest_but_the_secret_template():
     listed = set(yaml_document(KUSTOMIZATION)["resources"])
     assert listed == {p.name for p in MANIFESTS} - {SECRET_TEMPLATE.name}
+
+
+def test_kustomize_builds_the_same_objects():
+    # kubectl is not installed by the project (Debian's is years old): where one is on
+    # PATH, its kustomize must accept the kustomization and yield exactly these objects.
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl on PATH")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    objects = [d for d in yaml.safe_load_all(built.stdout) if d]
+    assert sorted(objects, key=_identity) == sorted(_resources(), key=_identity)
+
+
+def _identity(doc: dict[str, Any]) -> tuple[str, str]:
+    return doc["kind"], doc["metadata"]["name"]
 
 
 def test_the_readme_applies_the_same_files_without_kustomize():
