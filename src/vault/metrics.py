@@ -39,7 +39,7 @@ COMMIT_BATCH = Histogram(
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
 )
-# Every failed audit append: a reveal it belonged to was refused (fail closed).
+# Every failed audit append. Its call was refused: a reveal fails closed, a refusal stays one.
 AUDIT_WRITE_FAILURES = Counter(
     "vault_audit_write_failures", "Audit appends that failed (their calls were refused)"
 )
