@@ -43,6 +43,7 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
+    database_url: str = ""  # PostgreSQL URL; empty = the SQLite file in data_dir
 
     @property
     def master_key_path(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "AUDIT_WRITE_FAILURES",
     "AUTH_FAILURES",
     "COMMIT_BATCH",
     "KEY_ENCRYPTIONS",
@@ -37,4 +38,8 @@ COMMIT_BATCH = Histogram(
 )
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
+)
+# Every failed audit append. Its call was refused: a reveal fails closed, a refusal stays one.
+AUDIT_WRITE_FAILURES = Counter(
+    "vault_audit_write_failures", "Audit appends that failed (their calls were refused)"
 )

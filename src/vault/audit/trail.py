@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from vault import metrics
 from vault.audit.base import AuditEvent
 from vault.clock import Clock
 from vault.crypto.base import KekProvider
@@ -230,7 +231,11 @@ class AuditTrail:
             )
             for e in events
         ]
-        stored = await self._store.append_audit(rows, self.seal)
+        try:
+            stored = await self._store.append_audit(rows, self.seal)
+        except Exception:
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            raise
         if self._exporter is not None and stored:
             try:
                 self._exporter.write(stored)

@@ -1,0 +1,46 @@
+"""The probe and healthcheck service names against a real server: what the kubelet and
+Docker would ask is answered SERVING, and a name outside the health contract is not
+(so a typo in a manifest cannot pass by accident)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from deploy_helpers import KUBERNETES, healthcheck, yaml_documents
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vault.cli.main import main
+
+
+def _probes() -> dict[str, dict]:
+    [deployment] = yaml_documents(KUBERNETES / "deployment.yaml")
+    [vault] = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "vault"
+    ]
+    return {k: vault[k]["grpc"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+
+
+async def test_every_probe_service_is_serving_on_a_running_vault(deployed_vault):
+    target = f"127.0.0.1:{deployed_vault.port}"
+    async with grpc.aio.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name, probe in _probes().items():
+            reply = await health.Check(
+                health_pb2.HealthCheckRequest(service=probe["service"]), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await health.Check(
+                health_pb2.HealthCheckRequest(service="vault.v1.TokenServic"), timeout=5
+            )
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_image_healthcheck_command_passes_on_a_running_vault(deployed_vault, capsys):
+    _, command = healthcheck()
+    argv = command[1:]
+    argv[argv.index("--address") + 1] = f"127.0.0.1:{deployed_vault.port}"
+    assert await asyncio.to_thread(main, argv) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
