@@ -7,7 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "AUTH_FAILURES",
     "COMMIT_BATCH",
+    "KEY_AGE",
     "KEY_ENCRYPTIONS",
+    "KEY_USAGE_RATIO",
+    "REWRAP_LAST_PROGRESS",
+    "REWRAP_RECORDS",
+    "REWRAP_REMAINING",
     "RPC_CALLS",
     "RPC_LATENCY",
     "TOKENS_CREATED",
@@ -37,4 +42,18 @@ COMMIT_BATCH = Histogram(
 )
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
+)
+# Key rotation and rewrap (names used by the deploy alert rules). Rewrap progress is
+# read from the store, so every server exports the progress of a rewrap any process runs.
+KEY_USAGE_RATIO = Gauge(
+    "vault_key_usage_ratio", "Encryptions of the primary data key / key_max_encryptions"
+)
+KEY_AGE = Gauge("vault_key_age_seconds", "Age of the primary data key")
+REWRAP_REMAINING = Gauge(
+    "vault_rewrap_remaining_records", "Records the latest rewrap run has still to move"
+)
+REWRAP_RECORDS = Counter("vault_rewrap_records", "Records moved to the primary by rewraps")
+REWRAP_LAST_PROGRESS = Gauge(
+    "vault_rewrap_last_progress_timestamp_seconds",
+    "Unix time of the latest rewrap run's last batch (or of its start or end)",
 )
