@@ -212,7 +212,7 @@ class VaultServer:
                 after_rotate=self._reload_keys,
                 key_metrics=self._key_metrics,
             )
-            await self._reload_keys()
+            await self._refresh_keys()
             await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()

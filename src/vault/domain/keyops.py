@@ -141,6 +141,7 @@ class KeyMetrics:
     def __init__(self) -> None:
         self._holder = ""
         self._rewrapped = 0
+        self._primed = False
 
     def observe_versions(
         self, rows: list[KeyVersionRow], limits: RotationLimits, now: float
@@ -153,10 +154,15 @@ class KeyMetrics:
             metrics.KEY_AGE.set(max(0.0, now - primary.created_at))
 
     def observe_rewrap(self, progress: RewrapProgressRow | None) -> None:
+        """Call once at start (the baseline: what ran before this process is not
+        counted), then at every refresh and after every batch this process runs."""
+        primed, self._primed = self._primed, True
         if progress is None:
             return
         done = progress.rewrapped
-        if progress.holder != self._holder:
+        if not primed:
+            self._holder, self._rewrapped = progress.holder, done
+        elif progress.holder != self._holder:
             self._holder, self._rewrapped = progress.holder, 0
         if done > self._rewrapped:
             metrics.REWRAP_RECORDS.inc(done - self._rewrapped)
