@@ -12,7 +12,9 @@ from typing import Any
 import grpc
 import pytest
 from api_helpers import PURPOSE, assert_invalid, assert_reason, expect_code, tokenize_request
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from vault.auth.policy import ALL_SCOPES, SCOPE_KEYS
 from vault.config import Config
@@ -318,3 +320,86 @@ async def test_a_rewrap_held_by_another_process_is_refused(vault):
     )
     assert_reason(exc, "REWRAP_RUNNING")
     assert not await vault.server.store.take_rewrap_lease("third", now, now + 60)
+
+
+async def test_reflection_lists_and_describes_the_key_service(vault):
+    stub = reflection_pb2_grpc.ServerReflectionStub(vault.channel)
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="vault.v1.KeyService"),
+    ]
+    listed, described = [r async for r in stub.ServerReflectionInfo(iter(requests))]
+    assert "vault.v1.KeyService" in {s.name for s in listed.list_services_response.service}
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    methods = {m.name for f in files for s in f.service if s.name == "KeyService" for m in s.method}
+    assert methods == set(METHODS)
+
+
+async def test_clients_keep_working_through_rpc_rotate_and_rewrap(vault):
+    """A client tokenizes and reveals without pause while RotateKey and RewrapKeys run;
+    no call fails, every record ends on the new version, and the old one retires."""
+    stub = keys_stub(vault)
+    seeded = await seed(vault, 40, "seed")
+    failures: list[str] = []
+    made: dict[str, str] = {}
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        i = 0
+        while not stop.is_set():
+            value = f"loop-{i}@example.com"
+            i += 1
+            try:
+                resp = await vault.stub.Tokenize(
+                    tokenize_request("EMAIL", value), metadata=vault.md
+                )
+                back = await vault.stub.Detokenize(
+                    pb.DetokenizeRequest(token=resp.token, purpose=PURPOSE), metadata=vault.md
+                )
+                if back.text != value:
+                    failures.append("wrong value")
+                made[resp.token] = value
+            except grpc.aio.AioRpcError as exc:
+                failures.append(exc.code().name)
+
+    task = asyncio.create_task(client())
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while len(made) < 10:  # the client is under way before the rotation
+            assert time.monotonic() < deadline, failures
+            await asyncio.sleep(0.01)
+        await stub.RotateKey(kpb.RotateKeyRequest(), metadata=vault.md)
+        vault.clock.advance(SETTLED)
+        await stub.RewrapKeys(kpb.RewrapKeysRequest(batch_size=8), metadata=vault.md)
+        done = await wait_rewrap(stub, vault.md, kpb.REWRAP_STATE_FINISHED)
+        assert done.rewrap.failed_records == 0
+    finally:
+        stop.set()
+        await task
+    assert failures == []
+    assert len(made) >= 10
+    # Records written after the rotation were already on v2; the rewrap moved the rest.
+    assert versions_on_disk(vault) == {2: len(seeded) + len(made)}
+    await stub.RetireKeyVersion(kpb.RetireKeyVersionRequest(version=1), metadata=vault.md)
+    await reveal_all(vault, seeded)
+    await reveal_all(vault, dict(list(made.items())[:500]))
+
+
+async def test_no_value_or_key_in_what_the_key_service_shows_or_records(vault):
+    pan = "4111111111111111"
+    await vault.stub.Tokenize(tokenize_request("PAN", pan), metadata=vault.md)
+    stub = keys_stub(vault)
+    await stub.RotateKey(kpb.RotateKeyRequest(), metadata=vault.md)
+    vault.clock.advance(SETTLED)
+    await stub.RewrapKeys(kpb.RewrapKeysRequest(), metadata=vault.md)
+    status = await wait_rewrap(stub, vault.md, kpb.REWRAP_STATE_FINISHED)
+    wrapped = [w for (w,) in vault.sql("SELECT wrapped_key FROM key_versions") if w]
+    shown = status.SerializeToString()
+    recorded = json.dumps(key_audit(vault)).encode()
+    progress = repr(vault.sql("SELECT * FROM rewrap_progress")).encode()
+    for blob in (shown, recorded, progress):
+        assert pan[-8:].encode() not in blob
+        assert all(w not in blob and w.hex().encode() not in blob for w in wrapped)
