@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from vault.auth.policy import ALL_SCOPES, SCOPE_KEYS
 from vault.config import Config
+from vault.errors import StoreUnavailableError
 from vault.server import VaultServer
 from vault.v1 import key_service_pb2 as kpb
 from vault.v1 import key_service_pb2_grpc as kpb_grpc
@@ -403,3 +404,24 @@ async def test_no_value_or_key_in_what_the_key_service_shows_or_records(vault):
     for blob in (shown, recorded, progress):
         assert pan[-8:].encode() not in blob
         assert all(w not in blob and w.hex().encode() not in blob for w in wrapped)
+
+
+async def test_key_operations_fail_when_the_trail_cannot_be_written(vault, monkeypatch):
+    # The store's audit append fails (injected: SQLite has no "disk down" switch).
+    async def unavailable(rows, seal):
+        raise StoreUnavailableError("the store could not commit")
+
+    monkeypatch.setattr(vault.server.store, "append_audit", unavailable)
+    stub = keys_stub(vault)
+    for call in (
+        stub.GetKeyStatus(kpb.GetKeyStatusRequest(), metadata=vault.md),
+        stub.RotateKey(kpb.RotateKeyRequest(), metadata=vault.md),
+    ):
+        exc = await expect_code(call, grpc.StatusCode.UNAVAILABLE)
+        assert_reason(exc, "AUDIT_UNAVAILABLE")
+    # A refusal keeps its own status when its record cannot be written.
+    exc = await expect_code(
+        stub.RetireKeyVersion(kpb.RetireKeyVersionRequest(version=9), metadata=vault.md),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert_reason(exc, "KEY_VERSION_UNKNOWN")

@@ -36,7 +36,7 @@ from vault.crypto.base import KekProvider
 from vault.crypto.keyring import KeyState
 from vault.domain import rotation
 from vault.domain.model import RequestContext
-from vault.errors import VaultError
+from vault.errors import UnavailableError, VaultError
 from vault.storage.base import KeyVersionRow, RewrapProgressRow, Store
 
 __all__ = [
@@ -234,12 +234,22 @@ class KeyOperations:
             peer=actor.request.peer,
             detail=detail,
         )
-        await self._audit.record([event])
+        try:
+            await self._audit.record([event])
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the caller is told
+            log.error("audit append failed: %s", type(exc).__name__)
+            raise UnavailableError(
+                "the audit trail cannot be written; retry later", reason="AUDIT_UNAVAILABLE"
+            ) from None
 
     async def _refused(
         self, actor: Actor, action: str, detail: Mapping[str, str], exc: VaultError
     ) -> None:
-        await self._record(actor, action, detail, outcome=_outcome(exc), reason=exc.reason)
+        """Record a refusal (best effort: the operation fails with its own error)."""
+        try:
+            await self._record(actor, action, detail, outcome=_outcome(exc), reason=exc.reason)
+        except UnavailableError:
+            return
         exc.audited = True
 
     # -- status ----------------------------------------------------------------------
