@@ -209,7 +209,7 @@ class VaultServer:
                 kek,
                 self.clock,
                 self.audit,
-                after_rotate=self._reload_keys,
+                reload_keys=self._reload_keys,
                 key_metrics=self._key_metrics,
             )
             await self._refresh_keys()

@@ -178,6 +178,8 @@ async def test_status_rotate_rewrap_retire_through_the_rpcs(vault):
     retired = await stub.RetireKeyVersion(kpb.RetireKeyVersionRequest(version=1), metadata=ops)
     assert (retired.key_version.version, retired.key_version.state) == (1, kpb.KEY_STATE_RETIRED)
     assert vault.sql("SELECT wrapped_key FROM key_versions WHERE version = 1") == [(None,)]
+    assert vault.server.keys is not None
+    assert vault.server.keys.keyring.versions == [2]  # gone from this server's memory too
     await reveal_all(vault, old | new)
 
     audited = [r for r in key_audit(vault) if r["action"].startswith("key.")]

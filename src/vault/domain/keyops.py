@@ -182,8 +182,9 @@ def _outcome(exc: VaultError) -> str:
 class KeyOperations:
     """The audited key lifecycle over a store and a master key.
 
-    ``after_rotate`` runs once a new primary is in the store (the server reloads its
-    keyring there, so its next write uses it at once). ``audit`` None: not recorded
+    ``reload_keys`` runs once a change is in the store: the server reloads its keyring
+    there, so its next write uses a new primary at once, and a retired key leaves its
+    memory at once. ``audit`` None: not recorded
     (only where nothing is served).
     """
 
@@ -194,14 +195,14 @@ class KeyOperations:
         clock: Clock,
         audit: AuditSink | None,
         *,
-        after_rotate: Callable[[], Awaitable[None]] | None = None,
+        reload_keys: Callable[[], Awaitable[None]] | None = None,
         key_metrics: KeyMetrics | None = None,
     ) -> None:
         self._store = store
         self._kek = kek
         self._clock = clock
         self._audit = audit
-        self._after_rotate = after_rotate
+        self._reload_keys = reload_keys
         self._metrics = key_metrics
         self._background: asyncio.Task[None] | None = None
 
@@ -275,13 +276,13 @@ class KeyOperations:
         except VaultError as exc:
             await self._refused(actor, ACTION_KEY_ROTATE, {}, exc)
             raise
-        await self._rotated()
+        await self._reload()
         await self._record(actor, ACTION_KEY_ROTATE, {"old_primary": str(old), "primary": str(new)})
         return old, new
 
-    async def _rotated(self) -> None:
-        if self._after_rotate is not None:
-            await self._after_rotate()
+    async def _reload(self) -> None:
+        if self._reload_keys is not None:
+            await self._reload_keys()
 
     async def auto_rotate(self, limits: RotationLimits) -> AutoRotation | None:
         """Rotate if the primary is due (by age or encryptions), as the vault itself.
@@ -297,7 +298,7 @@ class KeyOperations:
         version = await rotation.add_primary(self._store, self._kek, self._clock, rows)
         if version is None:
             return None
-        await self._rotated()
+        await self._reload()
         await self._record(
             VAULT_ACTOR,
             ACTION_KEY_ROTATE,
@@ -364,13 +365,14 @@ class KeyOperations:
         progress at once (the lease is held when this returns). Progress shows in status.
         ``settle_seconds``: if the primary is younger than this, the run first waits until
         it is this old (servers load a new primary within their key refresh)."""
-        run = await self.start_rewrap(actor, batch=batch, rate=rate)
         wait = 0.0
         if settle_seconds > 0:
             rows = await self._store.key_versions()
             primary = next((r for r in rows if r.state == KeyState.PRIMARY), None)
             if primary is not None:
                 wait = primary.created_at + settle_seconds - self._clock.now()
+        # Nothing may fail between taking the lease and the task that releases it.
+        run = await self.start_rewrap(actor, batch=batch, rate=rate)
 
         async def work() -> None:
             try:
@@ -399,6 +401,7 @@ class KeyOperations:
         except VaultError as exc:
             await self._refused(actor, ACTION_KEY_RETIRE, detail, exc)
             raise
+        await self._reload()
         await self._record(actor, ACTION_KEY_RETIRE, detail)
 
 
