@@ -339,11 +339,13 @@ class VaultServer:
         """Rotate if the primary reached key_max_age or key_max_encryptions (the job below
         runs this every key refresh, and at once when tokenizes cross the limit)."""
         assert self.key_ops is not None  # noqa: S101
+        assert self.keys is not None  # noqa: S101
+        woken = self.usage.due.is_set()
         self.usage.due.clear()
-        done = await self.key_ops.auto_rotate(self.rotation_limits)
-        if done is None:
-            # Not due, or another server rotated first: load its version.
-            await self._reload_keys()
+        loaded = self.keys.keyring.primary.version
+        done = await self.key_ops.auto_rotate(self.rotation_limits, loaded)
+        if done is None and woken:
+            await self._reload_keys()  # rebase the watch on the store's count
         return done
 
     async def _auto_rotate_loop(self) -> None:

@@ -141,3 +141,18 @@ async def test_servers_racing_to_rotate_add_one_version(vault_factory):
     finally:
         for other in others:
             await other.stop(grace=1.0)
+
+
+async def test_the_background_job_rotates_by_itself(vault_factory):
+    vault = await vault_factory(key_max_age=100.0, key_refresh_interval=0.05)
+    vault.clock.advance(100)
+    assert vault.server.keys is not None
+    deadline = time.monotonic() + WAIT_SECONDS
+    while vault.server.keys.keyring.primary.version != 2:
+        assert time.monotonic() < deadline, key_versions(vault)
+        await asyncio.sleep(0.01)
+    # Once: the new primary is young, and later checks leave it be.
+    for _ in range(5):
+        await asyncio.sleep(0.06)
+    assert [v for v, _, _ in key_versions(vault)] == [1, 2]
+    assert [c for c, _, _ in rotations(vault)] == ["vault"]

@@ -284,12 +284,19 @@ class KeyOperations:
         if self._reload_keys is not None:
             await self._reload_keys()
 
-    async def auto_rotate(self, limits: RotationLimits) -> AutoRotation | None:
+    async def auto_rotate(
+        self, limits: RotationLimits, loaded_primary: int | None = None
+    ) -> AutoRotation | None:
         """Rotate if the primary is due (by age or encryptions), as the vault itself.
-        None if it is not due or another process rotated first."""
+        None if it is not due or another process rotated first; then, if the store's
+        primary is not ``loaded_primary`` (the caller's keyring), keys are reloaded."""
         rows = await self._store.key_versions()
         primary = next((r for r in rows if r.state == KeyState.PRIMARY), None)
         if primary is None:
+            return None
+        if loaded_primary is not None and primary.version != loaded_primary:
+            # Another process rotated since this one loaded: use its (young) version.
+            await self._reload()
             return None
         trigger = rotation_due(primary, limits, self._clock.now())
         if trigger is None:
@@ -297,6 +304,7 @@ class KeyOperations:
         # Decided and written on the same read: of servers racing, one adds the version.
         version = await rotation.add_primary(self._store, self._kek, self._clock, rows)
         if version is None:
+            await self._reload()  # lost the race: load the winner's version
             return None
         await self._reload()
         await self._record(
