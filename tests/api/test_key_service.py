@@ -427,3 +427,25 @@ async def test_key_operations_fail_when_the_trail_cannot_be_written(vault, monke
         grpc.StatusCode.NOT_FOUND,
     )
     assert_reason(exc, "KEY_VERSION_UNKNOWN")
+
+
+async def test_concurrent_rotations_each_add_one_version_or_abort(vault):
+    stub = keys_stub(vault)
+    calls = [stub.RotateKey(kpb.RotateKeyRequest(), metadata=vault.md) for _ in range(6)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    done = [r for r in results if isinstance(r, kpb.RotateKeyResponse)]
+    aborted = [r for r in results if not isinstance(r, kpb.RotateKeyResponse)]
+    for exc in aborted:
+        assert isinstance(exc, grpc.aio.AioRpcError), exc
+        assert exc.code() == grpc.StatusCode.ABORTED
+        assert_reason(exc, "ROTATION_CONFLICT")
+    assert done
+    # Versions stay numbered without gaps, one per rotation that succeeded, one primary.
+    rows = vault.sql("SELECT version, state FROM key_versions ORDER BY version")
+    assert [v for v, _ in rows] == list(range(1, len(done) + 2))
+    assert [s for _, s in rows].count("primary") == 1
+    assert sorted(r.primary.version for r in done) == list(range(2, len(done) + 2))
+    rotates = [r for r in key_audit(vault) if r["action"] == "key.rotate"]
+    assert sorted((r["outcome"], r["reason"]) for r in rotates) == sorted(
+        [("ok", "")] * len(done) + [("error", "ROTATION_CONFLICT")] * len(aborted)
+    )

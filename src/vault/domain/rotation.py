@@ -20,7 +20,7 @@ from vault.clock import Clock
 from vault.crypto.aead import record_aad
 from vault.crypto.base import KekProvider
 from vault.crypto.keyring import Keyring, KeyState, WrappedKeyVersion, dek_label, new_data_key
-from vault.errors import DecryptionError, FailedPreconditionError, NotFoundError
+from vault.errors import AbortedError, DecryptionError, FailedPreconditionError, NotFoundError
 from vault.storage.base import (
     KeyVersionRow,
     RetireOutcome,
@@ -118,7 +118,7 @@ async def rotate(store: Store, kek: KekProvider, clock: Clock) -> tuple[int, int
     old = next((r.version for r in rows if r.state == KeyState.PRIMARY), 0)
     version = await add_primary(store, kek, clock, rows)
     if version is None:
-        raise FailedPreconditionError(
+        raise AbortedError(
             "another rotation added a version at the same time; run it again",
             reason="ROTATION_CONFLICT",
         )
