@@ -195,3 +195,22 @@ def test_reflection_describes_every_service_it_lists(vault):
     ):
         assert f"vault.v1.TokenService/{rpc}" in methods
     assert "grpc.health.v1.Health/Check" in methods
+    for rpc in ("GetKeyStatus", "RotateKey", "RewrapKeys", "RetireKeyVersion"):
+        assert f"vault.v1.KeyService/{rpc}" in methods
+
+
+def test_key_service_rotate_and_status(vault):
+    """The README's KeyService calls: rotate, then status shows both versions."""
+    buf = require_buf()
+    before = ok_json(curl(buf, vault, "vault.v1.KeyService/GetKeyStatus", {}))
+    newest = max(int(v["version"]) for v in before["versions"])
+    rotated = ok_json(curl(buf, vault, "vault.v1.KeyService/RotateKey", {}))
+    assert rotated["previousPrimaryVersion"] == newest
+    assert rotated["primary"]["version"] == newest + 1
+    assert rotated["primary"]["state"] == "KEY_STATE_PRIMARY"
+    after = ok_json(curl(buf, vault, "vault.v1.KeyService/GetKeyStatus", {}))
+    states = {int(v["version"]): v["state"] for v in after["versions"]}
+    assert states[newest] == "KEY_STATE_ACTIVE"
+    assert states[newest + 1] == "KEY_STATE_PRIMARY"
+    refused = curl(buf, vault, "vault.v1.KeyService/RetireKeyVersion", {"version": 99})
+    assert json.loads(refused.stderr)["code"] == "not_found"

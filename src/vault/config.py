@@ -16,6 +16,9 @@ ENV_PREFIX = "VAULT_"
 # A CVC is kept for one authorisation, never long: PCI DSS forbids storing it after.
 _CVC_MAX_TTL = 3600.0
 _CVC_MAX_REVEALS = 10
+# At most half of 2^32, the most AES-GCM invocations with random 96-bit nonces under one
+# key (NIST SP 800-38D): room for the overshoot bounded in domain.keyops.UsageWatch.
+_KEY_MAX_ENCRYPTIONS = 2**31
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,10 @@ class Config:
     tls_key: str = ""
     client_ca: str = ""
     database_url: str = ""  # PostgreSQL URL; empty = the SQLite file in data_dir
+    # Auto-rotation: the vault makes a new primary data key once the primary is this many
+    # seconds old (the cryptoperiod; 0 = no age limit) or has done this many encryptions.
+    key_max_age: float = 365 * 86400.0
+    key_max_encryptions: int = 2**30  # 1 to 2^31
 
     @property
     def master_key_path(self) -> Path:
@@ -107,6 +114,14 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
         )
     if not 1 <= cfg.cvc_reveals <= _CVC_MAX_REVEALS:
         raise FailedPreconditionError("cvc_reveals must be 1 to 10", reason="BAD_CONFIG")
+    if cfg.key_max_age < 0:
+        raise FailedPreconditionError(
+            "key_max_age must be 0 (off) or a number of seconds", reason="BAD_CONFIG"
+        )
+    if not 1 <= cfg.key_max_encryptions <= _KEY_MAX_ENCRYPTIONS:
+        raise FailedPreconditionError(
+            "key_max_encryptions must be 1 to 2147483648 (2^31)", reason="BAD_CONFIG"
+        )
     if cfg.log_format not in {"plain", "json"}:
         raise FailedPreconditionError("log_format must be plain or json", reason="BAD_CONFIG")
     return cfg

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AbortedError",
     "AlreadyExistsError",
     "DecryptionError",
     "FailedPreconditionError",
@@ -86,6 +87,12 @@ class FailedPreconditionError(VaultError):
     """The request is valid but the system is not in a state to serve it."""
 
     reason = "FAILED_PRECONDITION"
+
+
+class AbortedError(VaultError):
+    """A concurrent change won (e.g. two rotations at once); retrying may succeed."""
+
+    reason = "ABORTED"
 
 
 class PermissionDeniedError(VaultError):

@@ -8,7 +8,12 @@ __all__ = [
     "AUDIT_WRITE_FAILURES",
     "AUTH_FAILURES",
     "COMMIT_BATCH",
+    "KEY_AGE",
     "KEY_ENCRYPTIONS",
+    "KEY_USAGE_RATIO",
+    "REWRAP_LAST_PROGRESS",
+    "REWRAP_RECORDS",
+    "REWRAP_REMAINING",
     "RPC_CALLS",
     "RPC_LATENCY",
     "TOKENS_CREATED",
@@ -42,4 +47,18 @@ KEY_ENCRYPTIONS = Gauge(
 # Every failed audit append. Its call was refused: a reveal fails closed, a refusal stays one.
 AUDIT_WRITE_FAILURES = Counter(
     "vault_audit_write_failures", "Audit appends that failed (their calls were refused)"
+)
+# Key rotation and rewrap (names used by the deploy alert rules). Rewrap progress is
+# read from the store, so every server exports the progress of a rewrap any process runs.
+KEY_USAGE_RATIO = Gauge(
+    "vault_key_usage_ratio", "Encryptions of the primary data key / key_max_encryptions"
+)
+KEY_AGE = Gauge("vault_key_age_seconds", "Age of the primary data key")
+REWRAP_REMAINING = Gauge(
+    "vault_rewrap_remaining_records", "Records the latest rewrap run has still to move"
+)
+REWRAP_RECORDS = Counter("vault_rewrap_records", "Records moved to the primary by rewraps")
+REWRAP_LAST_PROGRESS = Gauge(
+    "vault_rewrap_last_progress_timestamp_seconds",
+    "Unix time of the latest rewrap run's last batch (or of its start or end)",
 )

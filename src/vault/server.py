@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
 from vault import metrics
+from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
+from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
@@ -32,6 +34,13 @@ from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.keyops import (
+    AutoRotation,
+    KeyMetrics,
+    KeyOperations,
+    RotationLimits,
+    UsageWatch,
+)
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.tokens import Limits, TokenVault
 from vault.errors import AlreadyExistsError, FailedPreconditionError
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 DEV_CALLER = "dev"
 DEV_TENANT = "default"
 TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
+KEY_SERVICE = KEY_SERVICE_DESCRIPTOR.full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -154,6 +164,10 @@ class VaultServer:
         self.keys: KeyMaterial | None = None
         self.vault: TokenVault | None = None
         self.audit: AuditTrail | None = None
+        self.key_ops: KeyOperations | None = None
+        self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
+        self.usage = UsageWatch(config.key_max_encryptions)
+        self._key_metrics = KeyMetrics()
 
     async def start(self) -> None:
         cfg = self.config
@@ -188,7 +202,17 @@ class VaultServer:
                     cvc_reveals=cfg.cvc_reveals,
                 ),
                 audit=self.audit,
+                on_encrypt=self.usage.encrypted,
             )
+            self.key_ops = KeyOperations(
+                self.store,
+                kek,
+                self.clock,
+                self.audit,
+                reload_keys=self._reload_keys,
+                key_metrics=self._key_metrics,
+            )
+            await self._refresh_keys()
             await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()
@@ -213,11 +237,21 @@ class VaultServer:
         )
         servicer = TokenServicer(self.vault, authenticator, self.audit, self.clock)
         add_service(server, TOKEN_SERVICE_DESCRIPTOR, servicer)
+        assert self.key_ops is not None  # noqa: S101 - set by start()
+        key_servicer = KeyServicer(
+            self.key_ops,
+            authenticator,
+            self.audit,
+            self.clock,
+            # Servers load a new primary within one refresh; a rewrap waits that out.
+            settle_seconds=cfg.key_refresh_interval + 1.0,
+        )
+        add_service(server, KEY_SERVICE_DESCRIPTOR, key_servicer)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
         # only ones grpcio-reflection ships, and a listed service must be describable.
-        names = [TOKEN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        names = [TOKEN_SERVICE, KEY_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflector = ReflectionServicer(names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
         server.add_generic_rpc_handlers(
@@ -260,11 +294,13 @@ class VaultServer:
             asyncio.create_task(
                 self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
             ),
+            asyncio.create_task(self._auto_rotate_loop(), name="key-auto-rotate"),
         ]
         self._running = _Running(server, health, tasks, metrics_server)
         # SERVING only now: migrations ran and the keys are loaded.
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await health.set(KEY_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "vault serving on port %d (%s)",
             self.port,
@@ -286,10 +322,40 @@ class VaultServer:
             log.info("purged %d expired tokens", purged)
 
     async def _refresh_keys(self) -> None:
+        await self._reload_keys()
+        self._key_metrics.observe_rewrap(await self.store.rewrap_progress())
+
+    async def _reload_keys(self) -> None:
+        """Reload the keyring; export key usage; rebase the encryption-limit watch."""
         assert self.keys is not None  # noqa: S101
         await self.keys.load()
-        for row in await self.store.key_versions():
-            metrics.KEY_ENCRYPTIONS.labels(str(row.version)).set(row.encryptions)
+        rows = await self.store.key_versions()
+        self._key_metrics.observe_versions(rows, self.rotation_limits, self.clock.now())
+        primary = next((r for r in rows if r.state == "primary"), None)
+        if primary is not None:
+            self.usage.observe(primary.version, primary.encryptions)
+
+    async def auto_rotate(self) -> AutoRotation | None:
+        """Rotate if the primary reached key_max_age or key_max_encryptions (the job below
+        runs this every key refresh, and at once when tokenizes cross the limit)."""
+        assert self.key_ops is not None  # noqa: S101
+        assert self.keys is not None  # noqa: S101
+        woken = self.usage.due.is_set()
+        self.usage.due.clear()
+        loaded = self.keys.keyring.primary.version
+        done = await self.key_ops.auto_rotate(self.rotation_limits, loaded)
+        if done is None and woken:
+            await self._reload_keys()  # rebase the watch on the store's count
+        return done
+
+    async def _auto_rotate_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.usage.due.wait(), self.config.key_refresh_interval)
+            try:
+                await self.auto_rotate()
+            except Exception as exc:  # noqa: BLE001 - a background job must keep running
+                log.warning("key auto-rotation failed: %s", type(exc).__name__)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, flush commits, close the store."""
@@ -303,6 +369,8 @@ class VaultServer:
             if running.metrics_server is not None:
                 running.metrics_server.shutdown()
                 running.metrics_server.server_close()
+        if self.key_ops is not None:
+            await self.key_ops.close()  # a background rewrap stops, its lease released
         await self.store.close()
         if self.audit is not None:
             self.audit.close()

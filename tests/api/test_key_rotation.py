@@ -12,7 +12,7 @@ from api_helpers import PURPOSE, tokenize_request
 from vault.clock import SystemClock
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain import rotation
-from vault.errors import DecryptionError, FailedPreconditionError
+from vault.errors import DecryptionError, FailedPreconditionError, NotFoundError
 from vault.v1 import token_service_pb2 as pb
 
 
@@ -64,12 +64,12 @@ async def test_rotation_walks_the_states(vault):
 
     # v1 is still in use: retiring it is refused and changes nothing.
     before = await store.key_versions()
-    for version, reason in (
-        (1, "KEY_VERSION_IN_USE"),
-        (2, "KEY_VERSION_PRIMARY"),
-        (9, "KEY_VERSION_UNKNOWN"),
+    for version, error, reason in (
+        (1, FailedPreconditionError, "KEY_VERSION_IN_USE"),
+        (2, FailedPreconditionError, "KEY_VERSION_PRIMARY"),
+        (9, NotFoundError, "KEY_VERSION_UNKNOWN"),
     ):
-        with pytest.raises(FailedPreconditionError) as err:
+        with pytest.raises(error) as err:
             await rotation.retire(store, version)
         assert err.value.reason == reason
     assert await store.key_versions() == before

@@ -504,8 +504,18 @@ def test_config_file_then_environment_then_flags(launcher, tmp_path):
         ('shutdown_grace = "soon"\n', {}),
         ("", {"VAULT_SHUTDOWN_GRACE": "soon"}),
         ('log_format = "xml"\n', {}),
+        ("key_max_encryptions = 4294967296\n", {}),
+        ("", {"VAULT_KEY_MAX_AGE": "-5"}),
     ],
-    ids=["unknown-setting", "not-toml", "wrong-type", "env-wrong-type", "bad-log-format"],
+    ids=[
+        "unknown-setting",
+        "not-toml",
+        "wrong-type",
+        "env-wrong-type",
+        "bad-log-format",
+        "key-max-encryptions-over-2^31",
+        "negative-key-max-age",
+    ],
 )
 def test_bad_configuration_is_refused_in_one_line(tmp_path, content, env):
     config = tmp_path / "vault.toml"

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -60,6 +61,33 @@ def _status(data_dir: Path) -> dict[int, dict[str, object]]:
     result = run_vaultctl("keys", "status", "--json", "--data-dir", data_dir)
     assert result.returncode == 0, result.stderr
     return {v["version"]: v for v in json.loads(result.stdout)["versions"]}
+
+
+def _rewrap_status(data_dir: Path) -> dict[str, object]:
+    result = run_vaultctl("keys", "status", "--json", "--data-dir", data_dir)
+    assert result.returncode == 0, result.stderr
+    rewrap = json.loads(result.stdout)["rewrap"]
+    assert rewrap is not None
+    return rewrap
+
+
+def _metric(vault, name: str) -> float | None:
+    """An unlabelled sample from the server's metrics port (None if absent)."""
+    url = f"http://{vault.metrics_host}:{vault.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=CALL_TIMEOUT) as resp:
+        body = resp.read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def _wait_metric(vault, name: str, value: float) -> None:
+    """Until the server's next key refresh (every 5 s) exports ``value``; bounded."""
+    deadline = time.monotonic() + 30
+    while (seen := _metric(vault, name)) != value:
+        assert time.monotonic() < deadline, (name, seen, value)
+        time.sleep(0.2)
 
 
 class _ClientLoop(threading.Thread):
@@ -210,10 +238,25 @@ def test_rewrap_killed_midway_resumes(launcher, tmp_path):
         # The dead run's lease is still live: a new run is refused, one line.
         refused = run_vaultctl("keys", "rewrap", "--data-dir", data_dir)
         assert "another rewrap" in assert_one_line_failure(refused)
+        killed = _rewrap_status(data_dir)
+        assert killed["state"] == "running"  # until its lease runs out
+        assert killed["batches"] >= 8
+        assert killed["rewrapped"] == mixed[2]
+        assert killed["remaining"] == 2000 - killed["rewrapped"]
+        assert (killed["batch_size"], killed["rate"], killed["finished"]) == (50, 200.0, None)
         time.sleep(5.5)  # the lease expires (5 s after its last renewal)
+        assert _rewrap_status(data_dir)["state"] == "interrupted"
+        # The server exports the progress of the run it did not run itself.
+        _wait_metric(vault, "vault_rewrap_remaining_records", float(killed["remaining"]))
         resumed = run_vaultctl("keys", "rewrap", "--batch", "500", "--data-dir", data_dir)
         assert resumed.returncode == 0, resumed.stderr
         assert _versions(data_dir) == {2: 2000}
+        finished = _rewrap_status(data_dir)
+        assert finished["state"] == "finished"
+        assert (finished["rewrapped"], finished["remaining"]) == (2000 - mixed[2], 0)
+        text = run_vaultctl("keys", "status", "--data-dir", data_dir)
+        assert "rewrap to v2: finished" in text.stdout
+        _wait_metric(vault, "vault_rewrap_remaining_records", 0.0)
         # No row was encrypted twice: v2 encrypted each record once.
         assert _status(data_dir)[2]["encryptions"] == 2000
         _reveal_all(stub, md, seeded)

@@ -3,7 +3,7 @@ lease, retirement), on every store."""
 
 from __future__ import annotations
 
-from vault.storage.base import RetireOutcome, RewrapUpdate
+from vault.storage.base import RetireOutcome, RewrapProgressRow, RewrapUpdate
 
 NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
 
@@ -77,3 +77,61 @@ async def test_retire_refusals_change_nothing(store, make_record):
     assert await store.retire_key_version(1) is RetireOutcome.ALREADY_RETIRED
     rows = {r.version: r for r in await store.key_versions()}
     assert (rows[1].state, rows[1].wrapped_key) == ("retired", None)
+
+
+def _progress(holder: str, **changes) -> RewrapProgressRow:
+    fields = {
+        "holder": holder,
+        "primary_version": 2,
+        "batch_size": 500,
+        "rate": 0.0,
+        "started_at": NOW,
+        "last_batch_at": NOW,
+        "finished_at": None,
+        "batches": 0,
+        "rewrapped": 0,
+        "skipped": 0,
+        "failed": 0,
+        "remaining": 10,
+    }
+    return RewrapProgressRow(**(fields | changes))
+
+
+async def test_rewrap_progress_is_kept_and_names_its_lease(store, backend):
+    assert await store.rewrap_progress() is None
+    assert await store.take_rewrap_lease("a", NOW, NOW + 5)
+    await store.put_rewrap_progress(_progress("a"))
+    later = _progress("a", last_batch_at=NOW + 1, batches=1, rewrapped=4, skipped=1, remaining=5)
+    await store.put_rewrap_progress(later)
+    # Another process on the same store sees it, with the lease its run holds.
+    other = backend.new_store()
+    await other.open()
+    try:
+        assert await other.rewrap_progress() == RewrapProgressRow(
+            **{**_fields(later), "lease_expires_at": NOW + 5}
+        )
+    finally:
+        await other.close()
+    # Released (or taken by another run): the row stays, without a lease.
+    await store.release_rewrap_lease("a")
+    got = await store.rewrap_progress()
+    assert got is not None
+    assert (got.rewrapped, got.lease_expires_at) == (4, None)
+    assert await store.take_rewrap_lease("b", NOW + 2, NOW + 7)
+    got = await store.rewrap_progress()
+    assert got is not None
+    assert (got.holder, got.lease_expires_at) == ("a", None)
+    # A new run replaces it; finished_at marks completion.
+    await store.put_rewrap_progress(_progress("b", finished_at=NOW + 3, remaining=0))
+    got = await store.rewrap_progress()
+    assert got is not None
+    assert (got.holder, got.finished_at, got.remaining, got.lease_expires_at) == (
+        "b",
+        NOW + 3,
+        0,
+        NOW + 7,
+    )
+
+
+def _fields(row: RewrapProgressRow) -> dict:
+    return {f: getattr(row, f) for f in RewrapProgressRow.__dataclass_fields__}

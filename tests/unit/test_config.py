@@ -22,3 +22,32 @@ def test_cvc_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("VAULT_CVC_REVEALS", "3")
     cfg = load_config(None, {})
     assert (cfg.cvc_ttl, cfg.cvc_reveals) == (120.0, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"key_max_age": -1},
+        {"key_max_encryptions": 0},
+        {"key_max_encryptions": 2**31 + 1},
+        {"key_max_encryptions": 2**32},
+    ],
+)
+def test_key_rotation_bounds_are_enforced(overrides):
+    with pytest.raises(FailedPreconditionError, match="key_max_") as err:
+        load_config(None, overrides)
+    assert err.value.reason == "BAD_CONFIG"
+
+
+def test_key_rotation_defaults_and_limits():
+    cfg = load_config(None, {})
+    assert (cfg.key_max_age, cfg.key_max_encryptions) == (365 * 86400.0, 2**30)
+    cfg = load_config(None, {"key_max_age": 0, "key_max_encryptions": 2**31})
+    assert (cfg.key_max_age, cfg.key_max_encryptions) == (0.0, 2**31)
+
+
+def test_key_rotation_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("VAULT_KEY_MAX_AGE", "86400")
+    monkeypatch.setenv("VAULT_KEY_MAX_ENCRYPTIONS", "1000000")
+    cfg = load_config(None, {})
+    assert (cfg.key_max_age, cfg.key_max_encryptions) == (86400.0, 1_000_000)

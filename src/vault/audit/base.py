@@ -20,6 +20,7 @@ __all__ = [
     "ACTION_KEY_RETIRE",
     "ACTION_KEY_REWRAP",
     "ACTION_KEY_ROTATE",
+    "ACTION_KEY_STATUS",
     "ACTION_REVEAL",
     "OUTCOME_DENIED",
     "OUTCOME_ERROR",
@@ -34,9 +35,10 @@ ACTION_AUTHENTICATE = "auth.authenticate"  # a credential was refused
 ACTION_AUTHORIZE = "auth.authorize"  # a caller lacked the permission for a method
 ACTION_CALLER_ADD = "caller.add"  # vaultctl callers add
 ACTION_CALLER_REVOKE = "caller.revoke"  # vaultctl callers revoke
-ACTION_KEY_ROTATE = "key.rotate"  # vaultctl keys rotate
-ACTION_KEY_REWRAP = "key.rewrap"  # vaultctl keys rewrap
-ACTION_KEY_RETIRE = "key.retire"  # vaultctl keys retire
+ACTION_KEY_ROTATE = "key.rotate"  # vaultctl keys rotate, RotateKey, or the vault itself
+ACTION_KEY_REWRAP = "key.rewrap"  # vaultctl keys rewrap, RewrapKeys
+ACTION_KEY_RETIRE = "key.retire"  # vaultctl keys retire, RetireKeyVersion
+ACTION_KEY_STATUS = "key.status"  # KeyService.GetKeyStatus
 
 OUTCOME_OK = "ok"  # done
 OUTCOME_DENIED = "denied"  # refused: credential, permission, or a token the caller cannot see

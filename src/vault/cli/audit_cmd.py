@@ -19,7 +19,7 @@ from vault.errors import FailedPreconditionError
 from vault.server import open_store
 from vault.storage.base import Store
 
-__all__ = ["record_operator_event", "register"]
+__all__ = ["open_operator_trail", "operator_name", "record_operator_event", "register"]
 
 _TAIL_DEFAULT = 20
 _FOLLOW_SECONDS = 1.0
@@ -41,6 +41,16 @@ async def _open_trail(cfg: Config, store: Store, *, create: bool) -> AuditTrail:
         JsonLinesExporter.from_setting(cfg.audit_sink) if cfg.audit_sink != "stdout" else None
     )
     return await AuditTrail.open(store, kek, SystemClock(), exporter, create=create)
+
+
+def operator_name() -> str:
+    """The audit trail's name for whoever runs this vaultctl."""
+    return _operator()
+
+
+async def open_operator_trail(cfg: Config, store: Store) -> AuditTrail:
+    """The audit trail for records vaultctl adds (created if absent); close it after."""
+    return await _open_trail(cfg, store, create=True)
 
 
 async def record_operator_event(

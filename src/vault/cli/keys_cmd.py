@@ -8,37 +8,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
-from vault.audit.base import (
-    ACTION_KEY_RETIRE,
-    ACTION_KEY_REWRAP,
-    ACTION_KEY_ROTATE,
-    OUTCOME_DENIED,
-    OUTCOME_ERROR,
-)
 from vault.cli import audit_cmd
 from vault.cli.common import CommandError, add_store_args, config_for, existing_vault, iso_time
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain import rotation
-from vault.errors import VaultError
+from vault.domain.keyops import Actor, KeyOperations
 from vault.server import init_data_dir, open_store
 from vault.storage.base import Store
 
 __all__ = ["register"]
 
 
-async def _audit_failure(
-    cfg: Config, store: Store, action: str, detail: Mapping[str, str], exc: VaultError
-) -> None:
-    outcome = OUTCOME_DENIED if exc.reason.startswith("KEY_VERSION_") else OUTCOME_ERROR
-    await audit_cmd.record_operator_event(
-        cfg, store, action, "", detail, outcome=outcome, reason=exc.reason
-    )
+@contextlib.asynccontextmanager
+async def _key_operations(cfg: Config) -> AsyncIterator[tuple[KeyOperations, Actor]]:
+    """The audited key operations on the vault's store, as this operator."""
+    kek = KeyFileKek.load(cfg.master_key_path)
+    store = open_store(cfg)
+    await store.open()
+    try:
+        trail = await audit_cmd.open_operator_trail(cfg, store)
+        try:
+            yield KeyOperations(store, kek, SystemClock(), trail), Actor(audit_cmd.operator_name())
+        finally:
+            trail.close()
+    finally:
+        await store.close()
 
 
 async def _init(args: argparse.Namespace) -> int:
@@ -53,12 +54,34 @@ async def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rewrap_dict(status: rotation.RewrapStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    p = status.progress
+    return {
+        "state": status.state,
+        "primary": p.primary_version,
+        "started": iso_time(p.started_at),
+        "last_batch": iso_time(p.last_batch_at),
+        "finished": iso_time(p.finished_at),
+        "batches": p.batches,
+        "rewrapped": p.rewrapped,
+        "skipped": p.skipped,
+        "failed": p.failed,
+        "remaining": p.remaining,
+        "batch_size": p.batch_size,
+        "rate": p.rate,
+        "holder": p.holder,
+    }
+
+
 async def _status(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
     store = open_store(cfg)
     await store.open()
     try:
         versions = await rotation.key_status(store)
+        rewrap = _rewrap_dict(await rotation.rewrap_status(store, SystemClock()))
     finally:
         await store.close()
     data = [
@@ -73,32 +96,26 @@ async def _status(args: argparse.Namespace) -> int:
         for v in versions
     ]
     if args.json:
-        print(json.dumps({"versions": data}, indent=2))
+        print(json.dumps({"versions": data, "rewrap": rewrap}, indent=2))
     else:
         for d in data:
             print(
                 f"v{d['version']}\t{d['state']}\t{d['created']}\t"
                 f"{d['encryptions']} encryptions\t{d['records']} records"
             )
+        if rewrap is not None:
+            print(
+                f"rewrap to v{rewrap['primary']}: {rewrap['state']}, started {rewrap['started']}, "
+                f"{rewrap['rewrapped']} done, {rewrap['remaining']} remaining, "
+                f"last batch {rewrap['last_batch']}, holder {rewrap['holder']}"
+            )
     return 0
 
 
 async def _rotate(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
-    kek = KeyFileKek.load(cfg.master_key_path)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        try:
-            old, new = await rotation.rotate(store, kek, SystemClock())
-        except VaultError as exc:
-            await _audit_failure(cfg, store, ACTION_KEY_ROTATE, {}, exc)
-            raise
-        await audit_cmd.record_operator_event(
-            cfg, store, ACTION_KEY_ROTATE, "", {"old_primary": str(old), "primary": str(new)}
-        )
-    finally:
-        await store.close()
+    async with _key_operations(cfg) as (ops, actor):
+        old, new = await ops.rotate(actor)
     print(f"v{new} is the primary; v{old} is active (decrypt only)")
     return 0
 
@@ -122,9 +139,6 @@ async def _rewrap(args: argparse.Namespace) -> int:
     if args.rate < 0:
         raise CommandError("--rate must not be negative")
     cfg = existing_vault(args)
-    kek = KeyFileKek.load(cfg.master_key_path)
-    store = open_store(cfg)
-    await store.open()
 
     def show(p: rotation.RewrapProgress) -> None:
         print(
@@ -133,36 +147,10 @@ async def _rewrap(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    detail: dict[str, str] = {"batch": str(args.batch), "rate": str(args.rate)}
-    try:
-        await _settle(cfg, store)
-        try:
-            result = await rotation.rewrap(
-                store, kek, SystemClock(), batch=args.batch, rate=args.rate, progress=show
-            )
-        except VaultError as exc:
-            if exc.reason != "REWRAP_RUNNING":
-                await _audit_failure(cfg, store, ACTION_KEY_REWRAP, detail, exc)
-            raise
-        detail |= {
-            "primary": str(result.primary),
-            "rewrapped": str(result.rewrapped),
-            "skipped": str(result.skipped),
-            "failed": str(result.failed),
-            "remaining": str(result.remaining),
-        }
-        ok = result.failed == 0
-        await audit_cmd.record_operator_event(
-            cfg,
-            store,
-            ACTION_KEY_REWRAP,
-            "",
-            detail,
-            outcome="ok" if ok else OUTCOME_ERROR,
-            reason="" if ok else "UNDECRYPTABLE_RECORDS",
-        )
-    finally:
-        await store.close()
+    async with _key_operations(cfg) as (ops, actor):
+        await _settle(cfg, ops.store)
+        run = await ops.start_rewrap(actor, batch=args.batch, rate=args.rate)
+        result = await ops.finish_rewrap(actor, run, progress=show)
     if result.failed:
         raise CommandError(f"{result.failed} records did not decrypt and were left as they are")
     print(
@@ -174,18 +162,8 @@ async def _rewrap(args: argparse.Namespace) -> int:
 
 async def _retire(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    detail = {"version": str(args.version)}
-    try:
-        try:
-            await rotation.retire(store, args.version)
-        except VaultError as exc:
-            await _audit_failure(cfg, store, ACTION_KEY_RETIRE, detail, exc)
-            raise
-        await audit_cmd.record_operator_event(cfg, store, ACTION_KEY_RETIRE, "", detail)
-    finally:
-        await store.close()
+    async with _key_operations(cfg) as (ops, actor):
+        await ops.retire(actor, args.version)
     print(f"v{args.version} retired; its key is destroyed")
     return 0
 

@@ -13,7 +13,7 @@ import re
 import struct
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vault import metrics
@@ -207,8 +207,12 @@ class TokenVault:
         limits: Limits | None = None,
         *,
         audit: AuditSink | None = None,
+        on_encrypt: Callable[[int, int], None] | None = None,
     ) -> None:
         self._store = store
+        # Told (key version, count) after each store write of new records: the key
+        # auto-rotation notices the encryption limit between its checks.
+        self._on_encrypt = on_encrypt
         self._keys = keys
         self._clock = clock
         self.limits = limits or Limits()
@@ -476,6 +480,8 @@ class TokenVault:
         records = [seal(i, self._new_token(k, f, v)) for i, (k, f, v) in enumerate(checked)]
         for _attempt in range(self.limits.max_token_attempts):
             outcomes = await self._store.insert_tokens(records, now, {primary.version: encryptions})
+            if self._on_encrypt is not None:
+                self._on_encrypt(primary.version, encryptions)
             encryptions = 0
             for i, o in enumerate(outcomes):
                 if o.status is InsertStatus.REQUEST_REUSED:

@@ -24,6 +24,7 @@ __all__ = [
     "InsertStatus",
     "KeyVersionRow",
     "RetireOutcome",
+    "RewrapProgressRow",
     "RewrapRow",
     "RewrapUpdate",
     "Store",
@@ -118,6 +119,26 @@ class RewrapUpdate:
 
     def __repr__(self) -> str:
         return f"RewrapUpdate(v{self.old_version}->v{self.new_version})"
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapProgressRow:
+    """The latest rewrap run's progress, as stored (one row per store)."""
+
+    holder: str  # random id of the run (its rewrap lease holder)
+    primary_version: int  # the version records are moved to
+    batch_size: int  # records per batch asked for
+    rate: float  # records per second it was limited to; 0 = no limit
+    started_at: float  # unix seconds
+    last_batch_at: float  # unix seconds of the last progress (a batch, or the start)
+    finished_at: float | None  # unix seconds it completed; None while running or if killed
+    batches: int  # batches done
+    rewrapped: int  # rows moved to primary_version
+    skipped: int  # rows changed or deleted meanwhile
+    failed: int  # rows that did not decrypt
+    remaining: int  # rows still on older versions (estimate while running)
+    # Read only (ignored by put): expiry of the rewrap lease if this run holds it, else None.
+    lease_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +340,15 @@ class Store(Protocol):
         ...
 
     async def release_rewrap_lease(self, holder: str) -> None: ...
+
+    async def put_rewrap_progress(self, progress: RewrapProgressRow) -> None:
+        """Replace the stored progress with ``progress`` (one write)."""
+        ...
+
+    async def rewrap_progress(self) -> RewrapProgressRow | None:
+        """The stored progress with the lease's expiry if its run holds the lease (one
+        read); None if no rewrap ever ran."""
+        ...
 
     async def retire_key_version(self, version: int) -> RetireOutcome:
         """In one transaction: refuse (nothing changed) unknown, primary, retired or

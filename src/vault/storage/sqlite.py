@@ -37,6 +37,7 @@ from vault.storage.base import (
     InsertStatus,
     KeyVersionRow,
     RetireOutcome,
+    RewrapProgressRow,
     RewrapRow,
     RewrapUpdate,
     TokenRecord,
@@ -63,6 +64,11 @@ _TOKEN_COLUMNS = (
     "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
     "deterministic, subject_ref, request_id, request_hash, created_at, expires_at"
 )
+_PROGRESS_COLUMNS = (
+    "holder, primary_version, batch_size, rate, started_at, last_batch_at, finished_at, "
+    "batches, rewrapped, skipped, failed, remaining"
+)
+_P_PROGRESS_COLUMNS = ", ".join("p." + c.strip() for c in _PROGRESS_COLUMNS.split(","))
 _INSERTED = InsertOutcome(InsertStatus.INSERTED)
 _T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
 _INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
@@ -1002,6 +1008,38 @@ class SqliteStore:
             conn.execute("DELETE FROM rewrap_lease WHERE id = 1 AND holder = ?", (holder,))
 
         await self._write(apply)
+
+    async def put_rewrap_progress(self, progress: RewrapProgressRow) -> None:
+        p = progress
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT OR REPLACE INTO rewrap_progress (id, {_PROGRESS_COLUMNS}) "  # noqa: S608 - constant
+                "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    p.holder,
+                    p.primary_version,
+                    p.batch_size,
+                    p.rate,
+                    p.started_at,
+                    p.last_batch_at,
+                    p.finished_at,
+                    p.batches,
+                    p.rewrapped,
+                    p.skipped,
+                    p.failed,
+                    p.remaining,
+                ),
+            )
+
+        await self._write(apply)
+
+    async def rewrap_progress(self) -> RewrapProgressRow | None:
+        rows = await self._query(
+            f"SELECT {_P_PROGRESS_COLUMNS}, l.expires_at FROM rewrap_progress p "  # noqa: S608 - constant
+            "LEFT JOIN rewrap_lease l ON l.id = 1 AND l.holder = p.holder WHERE p.id = 1"
+        )
+        return RewrapProgressRow(*rows[0]) if rows else None
 
     async def retire_key_version(self, version: int) -> RetireOutcome:
         def apply(conn: sqlite3.Connection) -> RetireOutcome:
