@@ -23,6 +23,8 @@ from prometheus_client import start_http_server
 
 from vault import metrics
 from vault.api.rpc import add_service
+from vault.api.seal_service import SEAL_SERVICE as SEAL_SERVICE_DESCRIPTOR
+from vault.api.seal_service import SealedGate, SealServicer
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
 from vault.audit.trail import AuditTrail, JsonLinesExporter
@@ -31,10 +33,13 @@ from vault.auth.mtls import TlsMaterial, load_tls_material
 from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
 from vault.config import Config
+from vault.crypto.base import KekProvider
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.tokens import Limits, TokenVault
+from vault.domain.unseal import Unsealer
 from vault.errors import AlreadyExistsError, FailedPreconditionError
+from vault.master_key import open_kek, open_pkcs11
 from vault.storage.base import CallerRow, Store
 from vault.storage.sqlite import SqliteStore
 
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 DEV_CALLER = "dev"
 DEV_TENANT = "default"
 TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
+SEAL_SERVICE = SEAL_SERVICE_DESCRIPTOR.full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -78,18 +84,28 @@ def _check_data_dir(path: Path) -> None:
 
 
 async def init_data_dir(config: Config, store: Store, clock: Clock) -> bool:
-    """Master key file and data-key version 1, if absent. True if anything was created."""
+    """The master key (a key file, or a key on the HSM) and data-key version 1, if absent.
+    True if anything was created. Custodian shares are made by `keys init --shares`."""
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     created = False
-    if not config.master_key_path.exists():
-        if await store.key_versions():
-            raise FailedPreconditionError(
-                "the store has data keys but the master key file is missing",
-                reason="MASTER_KEY_MISSING",
-            )
-        KeyFileKek.create(config.master_key_path)
-        created = True
-    kek = KeyFileKek.load(config.master_key_path)
+    kek: KekProvider
+    if config.kek_provider == "pkcs11":
+        kek = open_pkcs11(config, create=True)
+    elif config.kek_provider == "shares":
+        raise FailedPreconditionError(
+            "a split master key is made by `vaultctl keys init --shares N --threshold K`",
+            reason="BAD_CONFIG",
+        )
+    else:
+        if not config.master_key_path.exists():
+            if await store.key_versions():
+                raise FailedPreconditionError(
+                    "the store has data keys but the master key file is missing",
+                    reason="MASTER_KEY_MISSING",
+                )
+            KeyFileKek.create(config.master_key_path)
+            created = True
+        kek = KeyFileKek.load(config.master_key_path)
     created |= await init_keyring(store, kek, clock)
     return created
 
@@ -137,6 +153,8 @@ class _Running:
     health: HealthServicer
     tasks: list[asyncio.Task[None]]
     metrics_server: Any
+    gate: SealedGate  # TokenService while sealed
+    authenticator: Authenticator
 
 
 class VaultServer:
@@ -154,17 +172,25 @@ class VaultServer:
         self.keys: KeyMaterial | None = None
         self.vault: TokenVault | None = None
         self.audit: AuditTrail | None = None
+        self.unsealer = Unsealer(None)
+        self.seal_servicer: SealServicer | None = None
 
     async def start(self) -> None:
         cfg = self.config
         _check_data_dir(cfg.data_dir)
-        if not cfg.dev and not cfg.master_key_path.exists():
+        file_kek = cfg.kek_provider == "file"
+        if file_kek and not cfg.dev and not cfg.master_key_path.exists():
             raise FailedPreconditionError(
                 "no master key in the data dir: run `vaultctl keys init` or serve with --dev",
                 reason="MASTER_KEY_MISSING",
             )
+        if cfg.kek_provider == "shares" and (cfg.dev or cfg.workers > 1):
+            raise FailedPreconditionError(
+                "kek_provider shares needs one server process per unseal (no --dev, --workers)",
+                reason="BAD_CONFIG",
+            )
         # Refuse a readable key file (or bad TLS files) before touching the store.
-        if cfg.master_key_path.exists():
+        if file_kek and cfg.master_key_path.exists():
             KeyFileKek.load(cfg.master_key_path)
         tls = load_tls_material(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
         await self.store.open()
@@ -172,23 +198,17 @@ class VaultServer:
             if cfg.dev:
                 await init_data_dir(cfg, self.store, self.clock)
                 self.dev_key = await create_dev_caller(cfg, self.store, self.clock)
-            kek = KeyFileKek.load(cfg.master_key_path)
-            self.keys = KeyMaterial(self.store, kek, self.clock)
-            await self.keys.load()
-            self.audit = await AuditTrail.open(
-                self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
-            )
-            self.vault = TokenVault(
-                self.store,
-                self.keys,
-                self.clock,
-                Limits(
-                    max_batch=cfg.max_batch,
-                    cvc_ttl_seconds=cfg.cvc_ttl,
-                    cvc_reveals=cfg.cvc_reveals,
-                ),
-                audit=self.audit,
-            )
+            self.unsealer = Unsealer(None)
+            if cfg.kek_provider == "shares":
+                self.unsealer = Unsealer(await self.store.share_scheme())
+                if not self.unsealer.progress().sealed:
+                    raise FailedPreconditionError(  # noqa: TRY301 - cleaned up below
+                        "kek_provider is shares but the store's master key is not split "
+                        "(run `vaultctl keys init --shares N --threshold K`)",
+                        reason="BAD_CONFIG",
+                    )
+            else:
+                await self._load_keys(await open_kek(cfg, self.store))
             await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()
@@ -196,9 +216,52 @@ class VaultServer:
                 self.audit.close()
             raise
 
+    async def _load_keys(self, kek: KekProvider) -> AuditTrail:
+        """Keys, audit trail and use cases under the master key; raises (nothing kept) if
+        the data keys do not unwrap."""
+        cfg = self.config
+        keys = KeyMaterial(self.store, kek, self.clock)
+        await keys.load()
+        audit = await AuditTrail.open(
+            self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
+        )
+        self.keys, self.audit = keys, audit
+        self.vault = TokenVault(
+            self.store,
+            keys,
+            self.clock,
+            Limits(
+                max_batch=cfg.max_batch,
+                cvc_ttl_seconds=cfg.cvc_ttl,
+                cvc_reveals=cfg.cvc_reveals,
+            ),
+            audit=audit,
+        )
+        return audit
+
+    async def _unseal(self, kek: KekProvider) -> AuditTrail:
+        """SealService's last share: load under the rebuilt key, then serve tokens."""
+        audit = await self._load_keys(kek)
+        running = self._running
+        assert running is not None  # noqa: S101 - serving sealed
+        assert self.vault is not None  # noqa: S101 - just loaded
+        running.gate.open(TokenServicer(self.vault, running.authenticator, self.audit, self.clock))
+        running.tasks.extend(self._background_tasks())
+        await running.health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info("vault unsealed")
+        return audit
+
+    def _background_tasks(self) -> list[asyncio.Task[None]]:
+        cfg = self.config
+        return [
+            asyncio.create_task(self._every(cfg.purge_interval, self._purge), name="ttl-purge"),
+            asyncio.create_task(
+                self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
+            ),
+        ]
+
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
-        assert self.vault is not None  # noqa: S101 - set by start()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -211,13 +274,23 @@ class VaultServer:
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ]
         )
-        servicer = TokenServicer(self.vault, authenticator, self.audit, self.clock)
-        add_service(server, TOKEN_SERVICE_DESCRIPTOR, servicer)
+        # Sealed (kek_provider = shares), TokenService answers VAULT_SEALED through the
+        # gate until the last share; otherwise the servicer is registered directly.
+        gate = SealedGate()
+        if self.vault is None:
+            add_service(server, TOKEN_SERVICE_DESCRIPTOR, gate)
+        else:
+            servicer = TokenServicer(self.vault, authenticator, self.audit, self.clock)
+            add_service(server, TOKEN_SERVICE_DESCRIPTOR, servicer)
+        self.seal_servicer = SealServicer(
+            authenticator, self.clock, self.unsealer, self._unseal, self.audit
+        )
+        add_service(server, SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
         # only ones grpcio-reflection ships, and a listed service must be describable.
-        names = [TOKEN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        names = [TOKEN_SERVICE, SEAL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflector = ReflectionServicer(names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
         server.add_generic_rpc_handlers(
@@ -255,18 +328,21 @@ class VaultServer:
                     "cannot listen on the metrics address", reason="LISTEN_FAILED"
                 ) from None
             self.metrics_port = metrics_server.server_port
-        tasks = [
-            asyncio.create_task(self._every(cfg.purge_interval, self._purge), name="ttl-purge"),
-            asyncio.create_task(
-                self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
-            ),
-        ]
-        self._running = _Running(server, health, tasks, metrics_server)
-        # SERVING only now: migrations ran and the keys are loaded.
+        sealed = self.vault is None
+        tasks = [] if sealed else self._background_tasks()
+        self._running = _Running(server, health, tasks, metrics_server, gate, authenticator)
+        # "" is liveness; TokenService is SERVING only now that migrations ran and the
+        # keys are loaded, or once the last custodian share is in (sealed).
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await health.set(
+            TOKEN_SERVICE,
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if sealed
+            else health_pb2.HealthCheckResponse.SERVING,
+        )
         log.info(
-            "vault serving on port %d (%s)",
+            "vault %s on port %d (%s)",
+            "sealed, waiting for custodian shares," if sealed else "serving",
             self.port,
             "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
         )

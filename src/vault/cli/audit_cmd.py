@@ -12,9 +12,10 @@ from typing import Any
 from vault.audit.base import OUTCOME_OK, AuditEvent
 from vault.audit.trail import AuditTrail, JsonLinesExporter, record_dict, record_line
 from vault.cli.common import CommandError, add_store_args, existing_vault
+from vault.cli.kek import master_key
 from vault.clock import SystemClock
 from vault.config import Config
-from vault.crypto.keyfile import KeyFileKek
+from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
 from vault.server import open_store
 from vault.storage.base import Store
@@ -34,8 +35,11 @@ def _operator() -> str:
         return "vaultctl"
 
 
-async def _open_trail(cfg: Config, store: Store, *, create: bool) -> AuditTrail:
-    kek = KeyFileKek.load(cfg.master_key_path)
+async def _open_trail(
+    cfg: Config, store: Store, *, create: bool, kek: KekProvider | None = None
+) -> AuditTrail:
+    if kek is None:
+        kek = await master_key(cfg, store)
     # A sink on stdout would mix records into the command's own output: files only here.
     exporter = (
         JsonLinesExporter.from_setting(cfg.audit_sink) if cfg.audit_sink != "stdout" else None
@@ -52,9 +56,11 @@ async def record_operator_event(
     *,
     outcome: str = OUTCOME_OK,
     reason: str = "",
+    kek: KekProvider | None = None,
 ) -> None:
-    """Append one record of a change made with vaultctl (durable when this returns)."""
-    trail = await _open_trail(cfg, store, create=True)
+    """Append one record of a change made with vaultctl (durable when this returns);
+    ``kek``: the master key to open the trail with (default: the configured one)."""
+    trail = await _open_trail(cfg, store, create=True, kek=kek)
     try:
         await trail.record(
             [

@@ -19,11 +19,11 @@ from vault.audit.base import (
     OUTCOME_DENIED,
     OUTCOME_ERROR,
 )
-from vault.cli import audit_cmd
+from vault.cli import audit_cmd, master_cmd
 from vault.cli.common import CommandError, add_store_args, config_for, existing_vault, iso_time
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.config import Config
-from vault.crypto.keyfile import KeyFileKek
 from vault.domain import rotation
 from vault.errors import VaultError
 from vault.server import init_data_dir, open_store
@@ -42,7 +42,9 @@ async def _audit_failure(
 
 
 async def _init(args: argparse.Namespace) -> int:
-    cfg = config_for(args)
+    if args.shares is not None or args.kek == "shares":
+        return await master_cmd.init_shares(args)
+    cfg = config_for(args, kek_provider=args.kek)
     store = open_store(cfg)
     await store.open()
     try:
@@ -85,10 +87,10 @@ async def _status(args: argparse.Namespace) -> int:
 
 async def _rotate(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
-    kek = KeyFileKek.load(cfg.master_key_path)
     store = open_store(cfg)
     await store.open()
     try:
+        kek = await master_key(cfg, store, args)
         try:
             old, new = await rotation.rotate(store, kek, SystemClock())
         except VaultError as exc:
@@ -122,7 +124,6 @@ async def _rewrap(args: argparse.Namespace) -> int:
     if args.rate < 0:
         raise CommandError("--rate must not be negative")
     cfg = existing_vault(args)
-    kek = KeyFileKek.load(cfg.master_key_path)
     store = open_store(cfg)
     await store.open()
 
@@ -135,6 +136,7 @@ async def _rewrap(args: argparse.Namespace) -> int:
 
     detail: dict[str, str] = {"batch": str(args.batch), "rate": str(args.rate)}
     try:
+        kek = await master_key(cfg, store, args)
         await _settle(cfg, store)
         try:
             result = await rotation.rewrap(
@@ -196,6 +198,7 @@ def register(subparsers: Any) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     k_init = keys_sub.add_parser("init", help="create the master key file and data key v1")
     add_store_args(k_init)
+    master_cmd.add_init_args(k_init)
     k_init.set_defaults(handler=_init)
     k_status = keys_sub.add_parser("status", help="data-key versions and their use")
     add_store_args(k_status)
@@ -203,11 +206,13 @@ def register(subparsers: Any) -> None:
     k_status.set_defaults(handler=_status)
     k_rotate = keys_sub.add_parser("rotate", help="a new primary data key; the old one decrypts")
     add_store_args(k_rotate)
+    add_shares_arg(k_rotate)
     k_rotate.set_defaults(handler=_rotate)
     k_rewrap = keys_sub.add_parser(
         "rewrap", help="re-encrypt records of older versions under the primary, online"
     )
     add_store_args(k_rewrap)
+    add_shares_arg(k_rewrap)
     k_rewrap.add_argument(
         "--batch",
         type=int,
@@ -222,3 +227,4 @@ def register(subparsers: Any) -> None:
     add_store_args(k_retire)
     k_retire.add_argument("version", type=int)
     k_retire.set_defaults(handler=_retire)
+    master_cmd.register(subparsers, keys_sub)
