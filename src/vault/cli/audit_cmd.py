@@ -12,7 +12,7 @@ from typing import Any
 from vault.audit.base import OUTCOME_OK, AuditEvent
 from vault.audit.trail import AuditTrail, JsonLinesExporter, record_dict, record_line
 from vault.cli.common import CommandError, add_store_args, existing_vault
-from vault.cli.kek import master_key
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
@@ -151,6 +151,7 @@ def register(subparsers: Any) -> None:
         help="walk the chain; exit 0 when intact, 1 naming the first bad record",
     )
     add_store_args(verify)
+    add_shares_arg(verify)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify)
     tail = a_sub.add_parser("tail", help="print the newest records")

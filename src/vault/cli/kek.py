@@ -21,13 +21,29 @@ from vault.storage.base import Store
 __all__ = ["add_shares_arg", "master_key", "read_shares"]
 
 _MAX_SHARE_LINES = 255
+# This run's rebuilt key, and whether --shares-from - was given (recorded when parsed,
+# so helpers that open the audit trail without the parsed arguments see it too).
 _rebuilt: dict[str, KekProvider] = {}
+_asked: dict[str, bool] = {}
+
+
+class _SharesFrom(argparse.Action):
+    def __call__(
+        self,
+        _parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        _option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        _asked["stdin"] = values == "-"
 
 
 def add_shares_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shares-from",
         choices=["-"],
+        action=_SharesFrom,
         help="with kek_provider = shares: read K custodian shares from stdin, one a line",
     )
 
@@ -43,11 +59,7 @@ async def read_shares(store: Store) -> KekProvider:
 async def master_key(cfg: Config, store: Store, args: argparse.Namespace | None = None) -> KekRing:
     """The configured master key (with any other the store's rows still name)."""
     shares_kek = _rebuilt.get("shares")
-    if (
-        cfg.kek_provider == "shares"
-        and shares_kek is None
-        and args is not None
-        and getattr(args, "shares_from", None) == "-"
-    ):
+    asked = _asked.get("stdin", False) or getattr(args, "shares_from", None) == "-"
+    if cfg.kek_provider == "shares" and shares_kek is None and asked:
         shares_kek = await read_shares(store)
     return await open_kek(cfg, store, shares_kek)
