@@ -34,13 +34,14 @@ from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
+from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.tokens import Limits, TokenVault
 from vault.domain.unseal import Unsealer
 from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.master_key import open_kek, open_pkcs11
-from vault.storage.base import CallerRow, Store
+from vault.storage.base import CallerRow, KeyVersionRow, Store
 from vault.storage.sqlite import SqliteStore
 
 __all__ = [
@@ -363,9 +364,27 @@ class VaultServer:
 
     async def _refresh_keys(self) -> None:
         assert self.keys is not None  # noqa: S101
+        rows = await self.store.key_versions()
+        if self.config.kek_provider != "shares":
+            await self._follow_master_key(rows)
         await self.keys.load()
-        for row in await self.store.key_versions():
+        for row in rows:
             metrics.KEY_ENCRYPTIONS.labels(str(row.version)).set(row.encryptions)
+
+    async def _follow_master_key(self, rows: list[KeyVersionRow]) -> None:
+        """After (or during) a rotate-master: load the master keys the rows now name,
+        and wrap new keys under the one the primary data key is under, so a server
+        running through the rotation never writes a key under the retired master key."""
+        assert self.keys is not None  # noqa: S101
+        kek = self.keys.kek
+        named = {r.kek_id for r in rows if r.wrapped_key is not None}
+        current = next((r.kek_id for r in rows if r.state == "primary"), kek.kek_id)
+        covered = all(kek.has(i) for i in named) if isinstance(kek, KekRing) else False
+        if kek.kek_id == current and (covered or named <= {kek.kek_id}):
+            return
+        ring = await open_kek(self.config, self.store)
+        self.keys.use_kek(ring.promote(current) if ring.has(current) else ring)
+        log.info("master key now %s", self.keys.kek.kek_id)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, flush commits, close the store."""

@@ -33,7 +33,13 @@ from vault.secrets import SecretBytes
 from vault.server import open_store
 from vault.storage.base import Store
 
-__all__ = ["ACTION_KEY_ROTATE_MASTER", "add_init_args", "init_shares", "register"]
+__all__ = [
+    "ACTION_KEY_ROTATE_MASTER",
+    "add_init_args",
+    "init_shares",
+    "move_key_files",
+    "register",
+]
 
 ACTION_KEY_ROTATE_MASTER = "key.rotate_master"  # vaultctl keys rotate-master (kek ids only)
 _KEY_BYTES = 32
@@ -135,7 +141,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _move_files(cfg: Config, target: str) -> str:
+def move_key_files(cfg: Config, target: str) -> str:
     """Every row is under the new key: the key files change places. The retired file is
     kept (0600) so a store backup from before the rotation can still be restored; delete
     it once no such backup is kept. Returns the line telling the operator what to do."""
@@ -184,7 +190,7 @@ async def _rotate_master(args: argparse.Namespace) -> int:
     if new.kek_id == ring.kek_id and args.to != "file":
         print(f"every key is already under {new.kek_id}")
         return 0
-    advice = _move_files(cfg, args.to)
+    advice = move_key_files(cfg, args.to)
     print(f"master key rotated to {new.kek_id}: {result.moved} keys re-wrapped; {advice}")
     return 0
 

@@ -48,6 +48,11 @@ class KekRing:
     def has(self, kek_id: str) -> bool:
         return kek_id in self._by_id
 
+    def promote(self, kek_id: str) -> KekRing:
+        """The same KEKs with ``kek_id``'s as the primary."""
+        chosen = self._by_id[kek_id]
+        return KekRing(chosen, [k for k in self._order if k is not chosen])
+
     def wrap(self, key: SecretBytes, label: bytes) -> bytes:
         return self._primary.wrap(key, label)
 
