@@ -282,6 +282,7 @@ def test_custodian_shares_end_to_end(tmp_path, launcher):
     mistyped = shares[2][:-1] + ("1" if shares[2][-1] != "1" else "2")
     wrong = unseal(vault.target, custodian[0], mistyped)
     assert "SHARE_MALFORMED" in assert_one_line_failure(wrong)
+    assert mistyped.split(":")[2] not in wrong.stdout + wrong.stderr
     denied = unseal(vault.target, app, shares[0])
     assert "MISSING_SCOPE" in assert_one_line_failure(denied)
     assert health(vault.target) == "NOT_SERVING"
