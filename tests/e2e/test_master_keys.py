@@ -339,3 +339,24 @@ def test_share_files_and_rotating_while_sealed(tmp_path):
     assert rotated.returncode == 0, rotated.stderr
     assert sorted(status(data_dir, env=env)) == [1, 2]
     assert all(t not in rotated.stdout + rotated.stderr for t in texts)
+
+
+def test_rotate_master_from_one_hsm_key_to_another(tmp_path, launcher, softhsm):
+    data_dir = tmp_path / "vault"
+    first, second = (f"{n}-{uuid.uuid4().hex[:8]}" for n in ("first", "second"))
+    env = hsm_env(softhsm, first, VAULT_KEK_PROVIDER="pkcs11")
+    assert run_vaultctl("keys", "init", "--data-dir", data_dir, env=env).returncode == 0
+    md = bearer(add_caller(data_dir, "checkout", "tokenize,detokenize", env=env))
+    vault = launcher.start(data_dir, dev=False, env=env)
+    tokens = tokenize(vault.target, md, ["one hsm key", "to another"])
+    assert vault.terminate() == 0
+    moved = run_vaultctl(
+        "keys", "rotate-master", "--to", "pkcs11", "--pkcs11-key-label", second,
+        "--data-dir", data_dir, env=env,
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    assert f"set pkcs11_key_label = {second}" in moved.stdout
+    assert kek_ids(data_dir) == {f"pkcs11:{softhsm.token_label}/{second}"}
+    vault = launcher.start(data_dir, dev=False, env=env | {"VAULT_PKCS11_KEY_LABEL": second})
+    reveal(vault.target, md, tokens)
+    assert vault.terminate() == 0

@@ -141,7 +141,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def move_key_files(cfg: Config, target: str) -> str:
+def move_key_files(cfg: Config, target: str, key_label: str | None = None) -> str:
     """Every row is under the new key: the key files change places. The retired file is
     kept (0600) so a store backup from before the rotation can still be restored; delete
     it once no such backup is kept. Returns the line telling the operator what to do."""
@@ -157,9 +157,12 @@ def move_key_files(cfg: Config, target: str) -> str:
     elif current.exists():
         current.unlink()
     _fsync_dir(cfg.data_dir)
-    if target == cfg.kek_provider:
+    settings = [] if target == cfg.kek_provider else [f"kek_provider = {target}"]
+    if target == "pkcs11" and key_label and key_label != cfg.pkcs11_key_label:
+        settings.append(f"pkcs11_key_label = {key_label}")
+    if not settings:
         return "servers pick the new master key up when restarted"
-    return f"set kek_provider = {target} in the config and restart the servers"
+    return f"set {' and '.join(settings)} in the config and restart the servers"
 
 
 async def _rotate_master(args: argparse.Namespace) -> int:
@@ -190,7 +193,7 @@ async def _rotate_master(args: argparse.Namespace) -> int:
     if new.kek_id == ring.kek_id and args.to != "file":
         print(f"every key is already under {new.kek_id}")
         return 0
-    advice = move_key_files(cfg, args.to)
+    advice = move_key_files(cfg, args.to, args.pkcs11_key_label)
     print(f"master key rotated to {new.kek_id}: {result.moved} keys re-wrapped; {advice}")
     return 0
 

@@ -34,6 +34,16 @@ from vault.secrets import SecretBytes
 __all__ = ["Pkcs11Kek", "Pkcs11Settings"]
 
 _NONCE_BYTES = 12
+# The HSM, not the wrapped key, is the problem: unavailable, never "decryption failed".
+_HSM_GONE = (
+    p11.DeviceRemoved,
+    p11.DeviceError,
+    p11.DeviceMemory,
+    p11.SessionClosed,
+    p11.SessionHandleInvalid,
+    p11.TokenNotPresent,
+    p11.UserNotLoggedIn,
+)
 _TAG_BITS = 128
 _KEY_BITS = 256
 
@@ -233,7 +243,7 @@ class Pkcs11Kek:
                 plain = self._key.decrypt(
                     wrapped[_NONCE_BYTES:], mechanism=Mechanism.AES_GCM, mechanism_param=params
                 )
-            except (p11.DeviceRemoved, p11.DeviceError, p11.SessionClosed, p11.TokenNotPresent):
+            except _HSM_GONE:
                 raise UnavailableError(
                     "the HSM could not unwrap a key", reason="HSM_UNAVAILABLE"
                 ) from None

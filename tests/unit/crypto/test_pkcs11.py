@@ -12,7 +12,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 
 from vault.config import Config
 from vault.crypto.pkcs11 import Pkcs11Kek, Pkcs11Settings
-from vault.errors import DecryptionError, FailedPreconditionError
+from vault.errors import DecryptionError, FailedPreconditionError, UnavailableError
 from vault.master_key import PIN_ENV, open_pkcs11
 from vault.secrets import SecretBytes
 
@@ -166,3 +166,14 @@ def test_pkcs11_settings_must_be_complete(tmp_path, monkeypatch):
     cfg = Config(data_dir=tmp_path, kek_provider="pkcs11")
     assert refusal(lambda: open_pkcs11(cfg)).reason == "BAD_CONFIG"
     assert os.environ[PIN_ENV] == "x"
+
+
+def test_a_lost_session_is_unavailable_not_a_bad_key(softhsm):
+    kek = opened(softhsm)
+    wrapped = kek.wrap(DEK, b"dek:1")
+    kek.close()
+    with pytest.raises(UnavailableError) as raised:
+        kek.unwrap(wrapped, b"dek:1")
+    assert raised.value.reason == "HSM_UNAVAILABLE"
+    with pytest.raises(UnavailableError):
+        kek.wrap(DEK, b"dek:1")
