@@ -10,6 +10,7 @@ __all__ = [
     "KEY_ENCRYPTIONS",
     "RPC_CALLS",
     "RPC_LATENCY",
+    "SEALED",
     "TOKENS_CREATED",
     "TOKENS_PURGED",
     "TOKENS_REVEALED",
@@ -38,3 +39,4 @@ COMMIT_BATCH = Histogram(
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
 )
+SEALED = Gauge("vault_sealed", "1 while the vault waits for custodian shares (unseal), else 0")

@@ -17,6 +17,7 @@ import pytest
 from api_helpers import PURPOSE, assert_reason, bearer, expect_code, tokenize_request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vault import metrics
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.clock import ManualClock
 from vault.config import Config
@@ -152,6 +153,7 @@ async def _assert_sealed(v: Sealed) -> None:
 
 async def test_starts_sealed_serving_only_health_and_seal_status(sealed):
     await _assert_sealed(sealed)
+    assert metrics.SEALED._value.get() == 1
     status = await sealed.status()
     assert (status.sealed, status.threshold, status.shares_submitted, status.share_count) == (
         True,
@@ -171,6 +173,7 @@ async def test_k_of_n_unseal_and_then_serve(sealed, pick):
     assert (reply.sealed, reply.shares_submitted) == (False, 2)
     assert await sealed.serving() == health_pb2.HealthCheckResponse.SERVING
     assert (await sealed.status()).sealed is False
+    assert metrics.SEALED._value.get() == 0
     made = await sealed.tokens.Tokenize(
         tokenize_request("TEXT", "after unseal"), metadata=sealed.app
     )
@@ -247,6 +250,10 @@ async def test_shares_that_do_not_unwrap_the_data_keys_load_nothing(sealed):
 
 async def test_submissions_are_audited_after_unseal_without_the_shares(sealed):
     await expect_code(
+        sealed.seal.SubmitUnsealShare(seal_pb.SubmitUnsealShareRequest(share=sealed.shares[0])),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    await expect_code(
         sealed.submit(sealed.shares[0], sealed.app), grpc.StatusCode.PERMISSION_DENIED
     )
     await sealed.submit(sealed.shares[0], sealed.custodians[0])
@@ -254,6 +261,7 @@ async def test_submissions_are_audited_after_unseal_without_the_shares(sealed):
     await sealed.submit(sealed.shares[2], sealed.custodians[2])
     rows = sealed.sql("SELECT caller, action, outcome, reason, detail FROM audit_log ORDER BY seq")
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("", "auth.authenticate", "denied", "NO_CREDENTIAL"),
         ("checkout", "key.unseal_share", "denied", "MISSING_SCOPE"),
         ("custodian-0", "key.unseal_share", "ok", ""),
         ("custodian-0", "key.unseal_share", "error", "SHARE_ALREADY_SUBMITTED"),

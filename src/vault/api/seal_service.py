@@ -6,17 +6,19 @@ reason VAULT_SEALED. Custodians submit shares with SubmitUnsealShare, each with 
 credential that has the ``keys`` scope (dual control: a share alone, or a credential
 alone, unseals nothing). Callers are rows of the store, readable without the master key.
 
-The audit trail needs the master key, so while sealed each submission is remembered
-(caller, outcome, share index: never the share) and recorded once the vault unseals.
+The audit trail needs the master key, so while sealed each submission (caller, outcome,
+share index: never the share) and each refused credential is kept in memory and
+recorded once the vault unseals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from vault import metrics
 from vault.api.errors import to_grpc_status
 from vault.api.rpc import request_context, rpc
 from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, OUTCOME_OK, AuditEvent, AuditSink
@@ -34,6 +36,7 @@ __all__ = [
     "ACTION_UNSEAL",
     "ACTION_UNSEAL_SHARE",
     "SEAL_SERVICE",
+    "PendingAudit",
     "SealServicer",
     "SealedGate",
 ]
@@ -81,6 +84,29 @@ class SealedGate:
         return handler
 
 
+class PendingAudit:
+    """The AuditSink while sealed: keeps events (refused credentials too, recorded by
+    ``rpc``) until the trail can be written, then writes them first, in order."""
+
+    def __init__(self) -> None:
+        self._trail: AuditSink | None = None
+        self._events: list[AuditEvent] = []
+
+    def __repr__(self) -> str:
+        return f"PendingAudit(kept={len(self._events)})"
+
+    def attach(self, trail: AuditSink) -> None:
+        self._trail = trail
+
+    async def record(self, events: Sequence[AuditEvent]) -> None:
+        if self._trail is None:
+            room = max(_MAX_PENDING_EVENTS - len(self._events), 0)
+            self._events.extend(events[:room])
+            return
+        kept, self._events = self._events, []
+        await self._trail.record([*kept, *events])
+
+
 class SealServicer(pb_grpc.SealServiceServicer):
     def __init__(
         self,
@@ -92,11 +118,13 @@ class SealServicer(pb_grpc.SealServiceServicer):
     ) -> None:
         self.authenticator = authenticator
         self.clock = clock
-        self.audit = audit  # None while sealed (no master key, no audit key)
+        # The trail; while sealed (no master key, so no audit key) a PendingAudit.
+        self._pending = PendingAudit()
+        self.audit: AuditSink = audit if audit is not None else self._pending
         self._unsealer = unsealer
         self._on_unseal = on_unseal
         self._lock = asyncio.Lock()
-        self._pending_events: list[AuditEvent] = []
+        metrics.SEALED.set(1 if unsealer.progress().sealed else 0)
 
     def __repr__(self) -> str:
         return f"SealServicer({self._unsealer!r})"
@@ -178,9 +206,10 @@ class SealServicer(pb_grpc.SealServiceServicer):
                 "unsealing starts over",
                 reason="UNSEAL_FAILED",
             ) from None
-        self.audit = trail
+        self._pending.attach(trail)
         await audit(OUTCOME_OK, "")
         self._unsealer.mark_unsealed()
+        metrics.SEALED.set(0)
         await self._record(
             [
                 AuditEvent(
@@ -196,13 +225,8 @@ class SealServicer(pb_grpc.SealServiceServicer):
         )
 
     async def _record(self, events: list[AuditEvent]) -> None:
-        """Into the trail if it is open (flushing what was remembered first), else kept."""
-        if self.audit is None:
-            room = _MAX_PENDING_EVENTS - len(self._pending_events)
-            self._pending_events.extend(events[: max(room, 0)])
-            return
-        pending, self._pending_events = self._pending_events, []
+        """Into the trail (or kept until the vault unseals)."""
         try:
-            await self.audit.record([*pending, *events])
-        except Exception as exc:  # noqa: BLE001 - the unseal itself has happened
+            await self.audit.record(events)
+        except Exception as exc:  # noqa: BLE001 - the submission's outcome stands
             log.error("audit of unseal submissions failed: %s", type(exc).__name__)
