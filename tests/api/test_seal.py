@@ -24,6 +24,7 @@ from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import init_keyring
 from vault.domain.unseal import SHARES_SOURCE, new_share_scheme
+from vault.errors import FailedPreconditionError
 from vault.secrets import SecretBytes
 from vault.server import VaultServer
 from vault.storage.base import CallerRow
@@ -288,3 +289,27 @@ async def test_a_vault_with_a_key_file_is_not_sealed(vault):
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert_reason(exc, "SHARE_MALFORMED")
+
+
+@pytest.mark.parametrize("extra", [{"workers": 2}, {"dev": True}])
+async def test_a_split_master_key_needs_one_plain_server_process(tmp_path, extra):
+    data_dir = _new_dir(tmp_path / "data")
+    await _init(data_dir, 2, 2)
+    config = Config(
+        data_dir=data_dir, listen="127.0.0.1:0", metrics_listen="", kek_provider="shares", **extra
+    )
+    with pytest.raises(FailedPreconditionError) as raised:
+        await VaultServer(config, clock=ManualClock()).start()
+    assert raised.value.reason == "BAD_CONFIG"
+
+
+async def test_shares_provider_on_a_store_that_is_not_split(vault):
+    config = Config(
+        data_dir=vault.server.config.data_dir,
+        listen="127.0.0.1:0",
+        metrics_listen="",
+        kek_provider="shares",
+    )
+    with pytest.raises(FailedPreconditionError) as raised:
+        await VaultServer(config, clock=ManualClock()).start()
+    assert raised.value.reason == "BAD_CONFIG"

@@ -42,6 +42,8 @@ async def _audit_failure(
 
 
 async def _init(args: argparse.Namespace) -> int:
+    if args.shares is not None and args.kek not in {None, "shares"}:
+        raise CommandError("--shares splits the master key: it goes with --kek shares or alone")
     if args.shares is not None or args.kek == "shares":
         return await master_cmd.init_shares(args)
     cfg = config_for(args, kek_provider=args.kek)
