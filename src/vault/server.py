@@ -199,7 +199,6 @@ class VaultServer:
             if cfg.dev:
                 await init_data_dir(cfg, self.store, self.clock)
                 self.dev_key = await create_dev_caller(cfg, self.store, self.clock)
-            self.unsealer = Unsealer(None)
             if cfg.kek_provider == "shares":
                 self.unsealer = Unsealer(await self.store.share_scheme())
                 if not self.unsealer.progress().sealed:
