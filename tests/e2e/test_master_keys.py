@@ -360,3 +360,20 @@ def test_rotate_master_from_one_hsm_key_to_another(tmp_path, launcher, softhsm):
     vault = launcher.start(data_dir, dev=False, env=env | {"VAULT_PKCS11_KEY_LABEL": second})
     reveal(vault.target, md, tokens)
     assert vault.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--shares", "3", "--threshold", "1"],
+        ["--shares", "2", "--threshold", "3"],
+        ["--shares", "256", "--threshold", "2"],
+        ["--shares", "3"],
+        ["--shares", "3", "--threshold", "2", "--kek", "file"],
+    ],
+)
+def test_bad_share_splits_are_one_line_and_create_nothing(tmp_path, args):
+    data_dir = tmp_path / "vault"
+    line = assert_one_line_failure(run_vaultctl("keys", "init", *args, "--data-dir", data_dir))
+    assert "--shares" in line or "--threshold" in line
+    assert not (data_dir / "vault.db").exists()
