@@ -10,9 +10,10 @@ from typing import Any
 
 from vault.errors import FailedPreconditionError
 
-__all__ = ["ENV_PREFIX", "Config", "load_config"]
+__all__ = ["ENV_PREFIX", "KEK_PROVIDERS", "Config", "load_config"]
 
 ENV_PREFIX = "VAULT_"
+KEK_PROVIDERS = ("file", "pkcs11", "shares")
 # A CVC is kept for one authorisation, never long: PCI DSS forbids storing it after.
 _CVC_MAX_TTL = 3600.0
 _CVC_MAX_REVEALS = 10
@@ -51,6 +52,14 @@ class Config:
     # seconds old (the cryptoperiod; 0 = no age limit) or has done this many encryptions.
     key_max_age: float = 365 * 86400.0
     key_max_encryptions: int = 2**30  # 1 to 2^31
+    # Where the master key (KEK) lives: file (master.key in the data dir), pkcs11 (an AES
+    # key on an HSM token that never leaves it) or shares (k-of-n custodian shares; the
+    # server starts sealed). The PKCS#11 PIN comes from VAULT_PKCS11_PIN or pkcs11_pin_file.
+    kek_provider: str = "file"
+    pkcs11_module: str = ""  # path of the token's PKCS#11 library (.so)
+    pkcs11_token_label: str = ""  # label of the token holding the master key
+    pkcs11_key_label: str = "vault-master-key"  # label of the AES key on the token
+    pkcs11_pin_file: str = ""  # a 0600 file holding the user PIN ("" = VAULT_PKCS11_PIN)
 
     @property
     def master_key_path(self) -> Path:
@@ -121,6 +130,10 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
     if not 1 <= cfg.key_max_encryptions <= _KEY_MAX_ENCRYPTIONS:
         raise FailedPreconditionError(
             "key_max_encryptions must be 1 to 2147483648 (2^31)", reason="BAD_CONFIG"
+        )
+    if cfg.kek_provider not in KEK_PROVIDERS:
+        raise FailedPreconditionError(
+            "kek_provider must be file, pkcs11 or shares", reason="BAD_CONFIG"
         )
     if cfg.log_format not in {"plain", "json"}:
         raise FailedPreconditionError("log_format must be plain or json", reason="BAD_CONFIG")

@@ -16,6 +16,7 @@ __all__ = [
     "REWRAP_REMAINING",
     "RPC_CALLS",
     "RPC_LATENCY",
+    "SEALED",
     "TOKENS_CREATED",
     "TOKENS_PURGED",
     "TOKENS_REVEALED",
@@ -62,3 +63,4 @@ REWRAP_LAST_PROGRESS = Gauge(
     "vault_rewrap_last_progress_timestamp_seconds",
     "Unix time of the latest rewrap run's last batch (or of its start or end)",
 )
+SEALED = Gauge("vault_sealed", "1 while the vault waits for custodian shares (unseal), else 0")

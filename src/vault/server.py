@@ -25,6 +25,8 @@ from vault import metrics
 from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
 from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service
+from vault.api.seal_service import SEAL_SERVICE as SEAL_SERVICE_DESCRIPTOR
+from vault.api.seal_service import SealedGate, SealServicer
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
 from vault.audit.trail import AuditTrail, JsonLinesExporter
@@ -33,6 +35,8 @@ from vault.auth.mtls import TlsMaterial, load_tls_material
 from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
 from vault.config import Config
+from vault.crypto.base import KekProvider
+from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keyops import (
     AutoRotation,
@@ -43,8 +47,10 @@ from vault.domain.keyops import (
 )
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.tokens import Limits, TokenVault
+from vault.domain.unseal import Unsealer
 from vault.errors import AlreadyExistsError, FailedPreconditionError
-from vault.storage.base import CallerRow, Store
+from vault.master_key import open_kek, open_pkcs11
+from vault.storage.base import CallerRow, KeyVersionRow, Store
 from vault.storage.sqlite import SqliteStore
 
 __all__ = [
@@ -62,6 +68,9 @@ DEV_CALLER = "dev"
 DEV_TENANT = "default"
 TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
 KEY_SERVICE = KEY_SERVICE_DESCRIPTOR.full_name
+SEAL_SERVICE = SEAL_SERVICE_DESCRIPTOR.full_name
+# What health reports NOT_SERVING while sealed (readiness); "" is SERVING (liveness).
+KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -88,18 +97,28 @@ def _check_data_dir(path: Path) -> None:
 
 
 async def init_data_dir(config: Config, store: Store, clock: Clock) -> bool:
-    """Master key file and data-key version 1, if absent. True if anything was created."""
+    """The master key (a key file, or a key on the HSM) and data-key version 1, if absent.
+    True if anything was created. Custodian shares are made by `keys init --shares`."""
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     created = False
-    if not config.master_key_path.exists():
-        if await store.key_versions():
-            raise FailedPreconditionError(
-                "the store has data keys but the master key file is missing",
-                reason="MASTER_KEY_MISSING",
-            )
-        KeyFileKek.create(config.master_key_path)
-        created = True
-    kek = KeyFileKek.load(config.master_key_path)
+    kek: KekProvider
+    if config.kek_provider == "pkcs11":
+        kek = open_pkcs11(config, create=True)
+    elif config.kek_provider == "shares":
+        raise FailedPreconditionError(
+            "a split master key is made by `vaultctl keys init --shares N --threshold K`",
+            reason="BAD_CONFIG",
+        )
+    else:
+        if not config.master_key_path.exists():
+            if await store.key_versions():
+                raise FailedPreconditionError(
+                    "the store has data keys but the master key file is missing",
+                    reason="MASTER_KEY_MISSING",
+                )
+            KeyFileKek.create(config.master_key_path)
+            created = True
+        kek = KeyFileKek.load(config.master_key_path)
     created |= await init_keyring(store, kek, clock)
     return created
 
@@ -147,6 +166,8 @@ class _Running:
     health: HealthServicer
     tasks: list[asyncio.Task[None]]
     metrics_server: Any
+    gates: dict[str, SealedGate]  # the key-holding services while sealed, by name
+    authenticator: Authenticator
 
 
 class VaultServer:
@@ -168,17 +189,25 @@ class VaultServer:
         self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
         self.usage = UsageWatch(config.key_max_encryptions)
         self._key_metrics = KeyMetrics()
+        self.unsealer = Unsealer(None)
+        self.seal_servicer: SealServicer | None = None
 
     async def start(self) -> None:
         cfg = self.config
         _check_data_dir(cfg.data_dir)
-        if not cfg.dev and not cfg.master_key_path.exists():
+        file_kek = cfg.kek_provider == "file"
+        if file_kek and not cfg.dev and not cfg.master_key_path.exists():
             raise FailedPreconditionError(
                 "no master key in the data dir: run `vaultctl keys init` or serve with --dev",
                 reason="MASTER_KEY_MISSING",
             )
+        if cfg.kek_provider == "shares" and (cfg.dev or cfg.workers > 1):
+            raise FailedPreconditionError(
+                "kek_provider shares needs one server process per unseal (no --dev, --workers)",
+                reason="BAD_CONFIG",
+            )
         # Refuse a readable key file (or bad TLS files) before touching the store.
-        if cfg.master_key_path.exists():
+        if file_kek and cfg.master_key_path.exists():
             KeyFileKek.load(cfg.master_key_path)
         tls = load_tls_material(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
         await self.store.open()
@@ -186,33 +215,16 @@ class VaultServer:
             if cfg.dev:
                 await init_data_dir(cfg, self.store, self.clock)
                 self.dev_key = await create_dev_caller(cfg, self.store, self.clock)
-            kek = KeyFileKek.load(cfg.master_key_path)
-            self.keys = KeyMaterial(self.store, kek, self.clock)
-            await self.keys.load()
-            self.audit = await AuditTrail.open(
-                self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
-            )
-            self.vault = TokenVault(
-                self.store,
-                self.keys,
-                self.clock,
-                Limits(
-                    max_batch=cfg.max_batch,
-                    cvc_ttl_seconds=cfg.cvc_ttl,
-                    cvc_reveals=cfg.cvc_reveals,
-                ),
-                audit=self.audit,
-                on_encrypt=self.usage.encrypted,
-            )
-            self.key_ops = KeyOperations(
-                self.store,
-                kek,
-                self.clock,
-                self.audit,
-                reload_keys=self._reload_keys,
-                key_metrics=self._key_metrics,
-            )
-            await self._refresh_keys()
+            if cfg.kek_provider == "shares":
+                self.unsealer = Unsealer(await self.store.share_scheme())
+                if not self.unsealer.progress().sealed:
+                    raise FailedPreconditionError(  # noqa: TRY301 - cleaned up below
+                        "kek_provider is shares but the store's master key is not split "
+                        "(run `vaultctl keys init --shares N --threshold K`)",
+                        reason="BAD_CONFIG",
+                    )
+            else:
+                await self._load_keys(await open_kek(cfg, self.store))
             await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()
@@ -220,9 +232,81 @@ class VaultServer:
                 self.audit.close()
             raise
 
+    async def _load_keys(self, kek: KekProvider) -> AuditTrail:
+        """Keys, audit trail and use cases under the master key; raises (nothing kept) if
+        the data keys do not unwrap."""
+        cfg = self.config
+        keys = KeyMaterial(self.store, kek, self.clock)
+        await keys.load()
+        audit = await AuditTrail.open(
+            self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
+        )
+        self.keys, self.audit = keys, audit
+        self.vault = TokenVault(
+            self.store,
+            keys,
+            self.clock,
+            Limits(
+                max_batch=cfg.max_batch,
+                cvc_ttl_seconds=cfg.cvc_ttl,
+                cvc_reveals=cfg.cvc_reveals,
+            ),
+            audit=audit,
+            on_encrypt=self.usage.encrypted,
+        )
+        self.key_ops = KeyOperations(
+            self.store,
+            kek,
+            self.clock,
+            audit,
+            reload_keys=self._reload_keys,
+            key_metrics=self._key_metrics,
+        )
+        await self._refresh_keys()
+        return audit
+
+    async def _unseal(self, kek: KekProvider) -> AuditTrail:
+        """SealService's last share: load under the rebuilt key, then serve tokens."""
+        audit = await self._load_keys(kek)
+        running = self._running
+        assert running is not None  # noqa: S101 - serving sealed
+        assert self.vault is not None  # noqa: S101 - just loaded
+        for name, servicer in self._servicers(running.authenticator).items():
+            running.gates[name].open(servicer)
+        running.tasks.extend(self._background_tasks())
+        for name in KEYED_SERVICES:
+            await running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("vault unsealed")
+        return audit
+
+    def _background_tasks(self) -> list[asyncio.Task[None]]:
+        cfg = self.config
+        return [
+            asyncio.create_task(self._every(cfg.purge_interval, self._purge), name="ttl-purge"),
+            asyncio.create_task(
+                self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
+            ),
+            asyncio.create_task(self._auto_rotate_loop(), name="key-auto-rotate"),
+        ]
+
+    def _servicers(self, authenticator: Authenticator) -> dict[str, object]:
+        """The services that need the keys, by full name (built once the keys are loaded)."""
+        assert self.vault is not None  # noqa: S101 - keys loaded
+        assert self.key_ops is not None  # noqa: S101
+        return {
+            TOKEN_SERVICE: TokenServicer(self.vault, authenticator, self.audit, self.clock),
+            KEY_SERVICE: KeyServicer(
+                self.key_ops,
+                authenticator,
+                self.audit,
+                self.clock,
+                # Servers load a new primary within one refresh; a rewrap waits that out.
+                settle_seconds=self.config.key_refresh_interval + 1.0,
+            ),
+        }
+
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
-        assert self.vault is not None  # noqa: S101 - set by start()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -235,23 +319,25 @@ class VaultServer:
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
             ]
         )
-        servicer = TokenServicer(self.vault, authenticator, self.audit, self.clock)
-        add_service(server, TOKEN_SERVICE_DESCRIPTOR, servicer)
-        assert self.key_ops is not None  # noqa: S101 - set by start()
-        key_servicer = KeyServicer(
-            self.key_ops,
-            authenticator,
-            self.audit,
-            self.clock,
-            # Servers load a new primary within one refresh; a rewrap waits that out.
-            settle_seconds=cfg.key_refresh_interval + 1.0,
+        # Sealed (kek_provider = shares), the key-holding services answer VAULT_SEALED
+        # through their gates until the last share; otherwise they serve directly.
+        gates: dict[str, SealedGate] = {}
+        servicers = self._servicers(authenticator) if self.vault is not None else None
+        for descriptor in (TOKEN_SERVICE_DESCRIPTOR, KEY_SERVICE_DESCRIPTOR):
+            if servicers is None:
+                gates[descriptor.full_name] = gate = SealedGate()
+                add_service(server, descriptor, gate)
+            else:
+                add_service(server, descriptor, servicers[descriptor.full_name])
+        self.seal_servicer = SealServicer(
+            authenticator, self.clock, self.unsealer, self._unseal, self.audit
         )
-        add_service(server, KEY_SERVICE_DESCRIPTOR, key_servicer)
+        add_service(server, SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
         # only ones grpcio-reflection ships, and a listed service must be describable.
-        names = [TOKEN_SERVICE, KEY_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        names = [TOKEN_SERVICE, KEY_SERVICE, SEAL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflector = ReflectionServicer(names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
         server.add_generic_rpc_handlers(
@@ -289,20 +375,22 @@ class VaultServer:
                     "cannot listen on the metrics address", reason="LISTEN_FAILED"
                 ) from None
             self.metrics_port = metrics_server.server_port
-        tasks = [
-            asyncio.create_task(self._every(cfg.purge_interval, self._purge), name="ttl-purge"),
-            asyncio.create_task(
-                self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
-            ),
-            asyncio.create_task(self._auto_rotate_loop(), name="key-auto-rotate"),
-        ]
-        self._running = _Running(server, health, tasks, metrics_server)
-        # SERVING only now: migrations ran and the keys are loaded.
+        sealed = self.vault is None
+        tasks = [] if sealed else self._background_tasks()
+        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator)
+        # "" is liveness; the key-holding services are SERVING only now that migrations
+        # ran and the keys are loaded, or once the last custodian share is in (sealed).
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        await health.set(KEY_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        for name in KEYED_SERVICES:
+            await health.set(
+                name,
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if sealed
+                else health_pb2.HealthCheckResponse.SERVING,
+            )
         log.info(
-            "vault serving on port %d (%s)",
+            "vault %s on port %d (%s)",
+            "sealed, waiting for custodian shares," if sealed else "serving",
             self.port,
             "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
         )
@@ -328,6 +416,9 @@ class VaultServer:
     async def _reload_keys(self) -> None:
         """Reload the keyring; export key usage; rebase the encryption-limit watch."""
         assert self.keys is not None  # noqa: S101
+        rows = await self.store.key_versions()
+        if self.config.kek_provider != "shares":
+            await self._follow_master_key(rows)
         await self.keys.load()
         rows = await self.store.key_versions()
         self._key_metrics.observe_versions(rows, self.rotation_limits, self.clock.now())
@@ -356,6 +447,23 @@ class VaultServer:
                 await self.auto_rotate()
             except Exception as exc:  # noqa: BLE001 - a background job must keep running
                 log.warning("key auto-rotation failed: %s", type(exc).__name__)
+
+    async def _follow_master_key(self, rows: list[KeyVersionRow]) -> None:
+        """After (or during) a rotate-master: load the master keys the rows now name,
+        and wrap new keys under the one the primary data key is under, so a server
+        running through the rotation never writes a key under the retired master key."""
+        assert self.keys is not None  # noqa: S101
+        kek = self.keys.kek
+        named = {r.kek_id for r in rows if r.wrapped_key is not None}
+        current = next((r.kek_id for r in rows if r.state == "primary"), kek.kek_id)
+        covered = all(kek.has(i) for i in named) if isinstance(kek, KekRing) else False
+        if kek.kek_id == current and (covered or named <= {kek.kek_id}):
+            return
+        ring = await open_kek(self.config, self.store)
+        self.keys.use_kek(ring.promote(current) if ring.has(current) else ring)
+        if self.key_ops is not None:
+            self.key_ops.use_kek(self.keys.kek)
+        log.info("master key now %s", self.keys.kek.kek_id)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, flush commits, close the store."""

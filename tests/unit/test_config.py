@@ -51,3 +51,31 @@ def test_key_rotation_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("VAULT_KEY_MAX_ENCRYPTIONS", "1000000")
     cfg = load_config(None, {})
     assert (cfg.key_max_age, cfg.key_max_encryptions) == (86400.0, 1_000_000)
+
+
+def test_kek_provider_settings(monkeypatch):
+    monkeypatch.setenv("VAULT_KEK_PROVIDER", "pkcs11")
+    monkeypatch.setenv("VAULT_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+    monkeypatch.setenv("VAULT_PKCS11_TOKEN_LABEL", "vault")
+    cfg = load_config(None, {})
+    assert (cfg.kek_provider, cfg.pkcs11_module, cfg.pkcs11_token_label) == (
+        "pkcs11",
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "vault",
+    )
+    assert load_config(None, {"kek_provider": "shares"}).kek_provider == "shares"
+    assert load_config(None, {"kek_provider": None}).kek_provider == "pkcs11"
+
+
+def test_kek_provider_default_and_bad_value(monkeypatch):
+    monkeypatch.delenv("VAULT_KEK_PROVIDER", raising=False)
+    assert load_config(None, {}).kek_provider == "file"
+    with pytest.raises(FailedPreconditionError, match="kek_provider"):
+        load_config(None, {"kek_provider": "vault"})
+
+
+def test_the_pkcs11_pin_is_not_a_setting():
+    # The PIN is read from VAULT_PKCS11_PIN by the provider, never kept in the Config
+    # (whose repr could end up in a log) and never a flag.
+    with pytest.raises(FailedPreconditionError, match="unknown configuration setting"):
+        load_config(None, {"pkcs11_pin": "1234"})

@@ -12,9 +12,10 @@ from typing import Any
 from vault.audit.base import OUTCOME_OK, AuditEvent
 from vault.audit.trail import AuditTrail, JsonLinesExporter, record_dict, record_line
 from vault.cli.common import CommandError, add_store_args, existing_vault
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.config import Config
-from vault.crypto.keyfile import KeyFileKek
+from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
 from vault.server import open_store
 from vault.storage.base import Store
@@ -34,8 +35,11 @@ def _operator() -> str:
         return "vaultctl"
 
 
-async def _open_trail(cfg: Config, store: Store, *, create: bool) -> AuditTrail:
-    kek = KeyFileKek.load(cfg.master_key_path)
+async def _open_trail(
+    cfg: Config, store: Store, *, create: bool, kek: KekProvider | None = None
+) -> AuditTrail:
+    if kek is None:
+        kek = await master_key(cfg, store)
     # A sink on stdout would mix records into the command's own output: files only here.
     exporter = (
         JsonLinesExporter.from_setting(cfg.audit_sink) if cfg.audit_sink != "stdout" else None
@@ -48,9 +52,11 @@ def operator_name() -> str:
     return _operator()
 
 
-async def open_operator_trail(cfg: Config, store: Store) -> AuditTrail:
+async def open_operator_trail(
+    cfg: Config, store: Store, kek: KekProvider | None = None
+) -> AuditTrail:
     """The audit trail for records vaultctl adds (created if absent); close it after."""
-    return await _open_trail(cfg, store, create=True)
+    return await _open_trail(cfg, store, create=True, kek=kek)
 
 
 async def record_operator_event(
@@ -62,9 +68,11 @@ async def record_operator_event(
     *,
     outcome: str = OUTCOME_OK,
     reason: str = "",
+    kek: KekProvider | None = None,
 ) -> None:
-    """Append one record of a change made with vaultctl (durable when this returns)."""
-    trail = await _open_trail(cfg, store, create=True)
+    """Append one record of a change made with vaultctl (durable when this returns);
+    ``kek``: the master key to open the trail with (default: the configured one)."""
+    trail = await _open_trail(cfg, store, create=True, kek=kek)
     try:
         await trail.record(
             [
@@ -155,6 +163,7 @@ def register(subparsers: Any) -> None:
         help="walk the chain; exit 0 when intact, 1 naming the first bad record",
     )
     add_store_args(verify)
+    add_shares_arg(verify)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_verify)
     tail = a_sub.add_parser("tail", help="print the newest records")

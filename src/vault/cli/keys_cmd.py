@@ -13,11 +13,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from vault.cli import audit_cmd
+from vault.cli import audit_cmd, master_cmd
 from vault.cli.common import CommandError, add_store_args, config_for, existing_vault, iso_time
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.config import Config
-from vault.crypto.keyfile import KeyFileKek
 from vault.domain import rotation
 from vault.domain.keyops import Actor, KeyOperations
 from vault.server import init_data_dir, open_store
@@ -27,13 +27,15 @@ __all__ = ["register"]
 
 
 @contextlib.asynccontextmanager
-async def _key_operations(cfg: Config) -> AsyncIterator[tuple[KeyOperations, Actor]]:
+async def _key_operations(
+    cfg: Config, args: argparse.Namespace
+) -> AsyncIterator[tuple[KeyOperations, Actor]]:
     """The audited key operations on the vault's store, as this operator."""
-    kek = KeyFileKek.load(cfg.master_key_path)
     store = open_store(cfg)
     await store.open()
     try:
-        trail = await audit_cmd.open_operator_trail(cfg, store)
+        kek = await master_key(cfg, store, args)
+        trail = await audit_cmd.open_operator_trail(cfg, store, kek)
         try:
             yield KeyOperations(store, kek, SystemClock(), trail), Actor(audit_cmd.operator_name())
         finally:
@@ -43,7 +45,11 @@ async def _key_operations(cfg: Config) -> AsyncIterator[tuple[KeyOperations, Act
 
 
 async def _init(args: argparse.Namespace) -> int:
-    cfg = config_for(args)
+    if args.shares is not None and args.kek not in {None, "shares"}:
+        raise CommandError("--shares splits the master key: it goes with --kek shares or alone")
+    if args.shares is not None or args.kek == "shares":
+        return await master_cmd.init_shares(args)
+    cfg = config_for(args, kek_provider=args.kek)
     store = open_store(cfg)
     await store.open()
     try:
@@ -114,7 +120,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 async def _rotate(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
-    async with _key_operations(cfg) as (ops, actor):
+    async with _key_operations(cfg, args) as (ops, actor):
         old, new = await ops.rotate(actor)
     print(f"v{new} is the primary; v{old} is active (decrypt only)")
     return 0
@@ -147,7 +153,7 @@ async def _rewrap(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    async with _key_operations(cfg) as (ops, actor):
+    async with _key_operations(cfg, args) as (ops, actor):
         await _settle(cfg, ops.store)
         run = await ops.start_rewrap(actor, batch=args.batch, rate=args.rate)
         result = await ops.finish_rewrap(actor, run, progress=show)
@@ -162,7 +168,7 @@ async def _rewrap(args: argparse.Namespace) -> int:
 
 async def _retire(args: argparse.Namespace) -> int:
     cfg = existing_vault(args)
-    async with _key_operations(cfg) as (ops, actor):
+    async with _key_operations(cfg, args) as (ops, actor):
         await ops.retire(actor, args.version)
     print(f"v{args.version} retired; its key is destroyed")
     return 0
@@ -174,6 +180,7 @@ def register(subparsers: Any) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     k_init = keys_sub.add_parser("init", help="create the master key file and data key v1")
     add_store_args(k_init)
+    master_cmd.add_init_args(k_init)
     k_init.set_defaults(handler=_init)
     k_status = keys_sub.add_parser("status", help="data-key versions and their use")
     add_store_args(k_status)
@@ -181,11 +188,13 @@ def register(subparsers: Any) -> None:
     k_status.set_defaults(handler=_status)
     k_rotate = keys_sub.add_parser("rotate", help="a new primary data key; the old one decrypts")
     add_store_args(k_rotate)
+    add_shares_arg(k_rotate)
     k_rotate.set_defaults(handler=_rotate)
     k_rewrap = keys_sub.add_parser(
         "rewrap", help="re-encrypt records of older versions under the primary, online"
     )
     add_store_args(k_rewrap)
+    add_shares_arg(k_rewrap)
     k_rewrap.add_argument(
         "--batch",
         type=int,
@@ -200,3 +209,4 @@ def register(subparsers: Any) -> None:
     add_store_args(k_retire)
     k_retire.add_argument("version", type=int)
     k_retire.set_defaults(handler=_retire)
+    master_cmd.register(subparsers, keys_sub)

@@ -22,6 +22,7 @@ from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
 from vault.cli.common import existing_vault as _existing_vault
 from vault.cli.common import run_async as _run
+from vault.cli.kek import add_shares_arg
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.domain.model import DataKind
@@ -328,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     c_sub = callers.add_subparsers(dest="callers_command", required=True)
     c_add = c_sub.add_parser("add", help="add a caller and print its API key once")
     _add_store_args(c_add)
+    add_shares_arg(c_add)
     c_add.add_argument("name")
     c_add.add_argument("--tenant", required=True)
     c_add.add_argument("--scopes", required=True, help="comma-separated scopes")

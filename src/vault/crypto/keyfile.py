@@ -28,13 +28,15 @@ class KeyFileKek:
 
     __slots__ = ("_aead", "_kek_id")
 
-    def __init__(self, key: SecretBytes) -> None:
+    def __init__(self, key: SecretBytes, *, source: str = "file") -> None:
+        """``source`` prefixes the kek_id: ``file`` for a key file, ``shares`` for a key
+        rebuilt from custodian shares (same key, same wrapping, never on disk)."""
         if len(key) != _KEY_BYTES:
             raise ValueError("a master key is 32 bytes")
         self._aead = AESGCM(key.reveal())
         # A public name for the key: a hash that cannot be turned back into it.
         digest = hashlib.sha256(b"vault kek id\x00" + key.reveal()).hexdigest()
-        self._kek_id = f"file:{digest[:16]}"
+        self._kek_id = f"{source}:{digest[:16]}"
 
     def __repr__(self) -> str:
         return f"KeyFileKek({self._kek_id})"

@@ -209,6 +209,10 @@ class KeyOperations:
     def __repr__(self) -> str:
         return "KeyOperations()"
 
+    def use_kek(self, kek: KekProvider) -> None:
+        """Wrap new data keys under another master key from now on (after a rotate-master)."""
+        self._kek = kek
+
     @property
     def store(self) -> Store:
         return self._store

@@ -50,6 +50,15 @@ class KeyMaterial:
     def __repr__(self) -> str:
         return "KeyMaterial()"
 
+    @property
+    def kek(self) -> KekProvider:
+        return self._kek
+
+    def use_kek(self, kek: KekProvider) -> None:
+        """Wrap and unwrap under another master key from now on (after a rotate-master;
+        the unwrapped keys themselves do not change)."""
+        self._kek = kek
+
     async def load(self) -> None:
         """(Re)load the keyring from the store; picks up versions added by other processes."""
         rows = await self._store.key_versions()

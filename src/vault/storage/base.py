@@ -27,8 +27,11 @@ __all__ = [
     "RewrapProgressRow",
     "RewrapRow",
     "RewrapUpdate",
+    "ShareSchemeRow",
     "Store",
     "TokenRecord",
+    "WrappedKeyKind",
+    "WrappedKeyRow",
     "audit_content",
     "audit_detail_bytes",
     "audit_texts_bytes",
@@ -119,6 +122,41 @@ class RewrapUpdate:
 
     def __repr__(self) -> str:
         return f"RewrapUpdate(v{self.old_version}->v{self.new_version})"
+
+
+class WrappedKeyKind(enum.StrEnum):
+    """Which kind of wrapped key a WrappedKeyRow is (each lives in its own place)."""
+
+    DATA_KEY = "data_key"  # a data-key version; name = the version number
+    FINGERPRINT_KEY = "fingerprint_key"  # a tenant's fingerprint key; name = the tenant
+    SERVICE_KEY = "service_key"  # a vault-wide key (audit key, ...); name = its name
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKeyRow:
+    """One key wrapped by the master key, wherever it is stored (master-key rotation)."""
+
+    kind: WrappedKeyKind
+    name: str  # version number (data keys), tenant (fingerprint keys), key name (service)
+    wrapped_key: bytes  # the key wrapped by the master key named by kek_id
+    kek_id: str  # which master key wrapped it
+
+    def __repr__(self) -> str:
+        return f"WrappedKeyRow({self.kind}, {self.name!r}, kek={self.kek_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class ShareSchemeRow:
+    """The non-secret facts of a master key split into custodian shares."""
+
+    kek_id: str  # public name of the master key the shares rebuild
+    threshold: int  # K: shares needed
+    share_count: int  # N: shares handed out
+    verifiers: tuple[bytes, ...]  # SHA-256 of share i+1 at position i (N of them)
+    created_at: float  # unix seconds
+
+    def __repr__(self) -> str:
+        return f"ShareSchemeRow({self.threshold} of {self.share_count}, kek={self.kek_id})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +421,26 @@ class Store(Protocol):
         self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
         """Store the wrapped key unless one of that name exists; return the stored one."""
+        ...
+
+    async def wrapped_keys(self) -> list[WrappedKeyRow]:
+        """Every key wrapped by a master key: data-key versions that are not retired,
+        fingerprint keys and service keys (one listing, for master-key rotation)."""
+        ...
+
+    async def replace_wrapped_key(
+        self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
+    ) -> bool:
+        """Compare-and-set: store ``new`` (wrapped by ``kek_id``) only if the row still
+        holds ``old``; False (nothing written) if it changed or is gone."""
+        ...
+
+    async def share_scheme(self) -> ShareSchemeRow | None:
+        """The custodian-share facts of the master key; None unless it was split."""
+        ...
+
+    async def put_share_scheme(self, scheme: ShareSchemeRow) -> bool:
+        """Record the facts unless some are recorded; False (nothing written) if so."""
         ...
 
     async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:

@@ -40,7 +40,10 @@ from vault.storage.base import (
     RewrapProgressRow,
     RewrapRow,
     RewrapUpdate,
+    ShareSchemeRow,
     TokenRecord,
+    WrappedKeyKind,
+    WrappedKeyRow,
     audit_content,
     audit_detail_bytes,
     audit_texts_bytes,
@@ -70,6 +73,12 @@ _PROGRESS_COLUMNS = (
 )
 _P_PROGRESS_COLUMNS = ", ".join("p." + c.strip() for c in _PROGRESS_COLUMNS.split(","))
 _INSERTED = InsertOutcome(InsertStatus.INSERTED)
+# Where each kind of wrapped key lives: (table, name column).
+_WRAPPED_KEY_TABLES = {
+    WrappedKeyKind.DATA_KEY: ("key_versions", "version"),
+    WrappedKeyKind.FINGERPRINT_KEY: ("fingerprint_keys", "tenant"),
+    WrappedKeyKind.SERVICE_KEY: ("service_keys", "name"),
+}
 _T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
 _INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
 
@@ -1103,6 +1112,60 @@ class SqliteStore:
         return await self._put_wrapped_key(
             "fingerprint_keys", "tenant", tenant, wrapped_key, kek_id, created_at
         )
+
+    async def wrapped_keys(self) -> list[WrappedKeyRow]:
+        rows = await self._query(
+            "SELECT 'data_key', CAST(version AS TEXT), wrapped_key, kek_id FROM key_versions "
+            "WHERE wrapped_key IS NOT NULL "
+            "UNION ALL SELECT 'fingerprint_key', tenant, wrapped_key, kek_id FROM fingerprint_keys "
+            "UNION ALL SELECT 'service_key', name, wrapped_key, kek_id FROM service_keys"
+        )
+        return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
+
+    async def replace_wrapped_key(
+        self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
+    ) -> bool:
+        table, column = _WRAPPED_KEY_TABLES[kind]
+        key: object = int(name) if kind is WrappedKeyKind.DATA_KEY else name
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"UPDATE {table} SET wrapped_key = ?, kek_id = ? "  # noqa: S608 - constants
+                f"WHERE {column} = ? AND wrapped_key = ?",
+                (new, kek_id, key, old),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(apply)
+
+    async def share_scheme(self) -> ShareSchemeRow | None:
+        rows = await self._query(
+            "SELECT kek_id, threshold, share_count, verifiers, created_at FROM kek_shares"
+        )
+        if not rows:
+            return None
+        kek_id, threshold, count, verifiers, created_at = rows[0]
+        blob = bytes(verifiers)
+        digests = tuple(blob[i : i + 32] for i in range(0, len(blob), 32))
+        return ShareSchemeRow(kek_id, int(threshold), int(count), digests, float(created_at))
+
+    async def put_share_scheme(self, scheme: ShareSchemeRow) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO kek_shares "
+                "(id, kek_id, threshold, share_count, verifiers, created_at) "
+                "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (
+                    scheme.kek_id,
+                    scheme.threshold,
+                    scheme.share_count,
+                    b"".join(scheme.verifiers),
+                    scheme.created_at,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(apply)
 
     async def add_caller(self, caller: CallerRow) -> None:
         def apply(conn: sqlite3.Connection) -> None:
