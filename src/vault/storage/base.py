@@ -320,6 +320,15 @@ class Store(Protocol):
 
     async def release_rewrap_lease(self, holder: str) -> None: ...
 
+    async def take_job_lease(self, job: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take or renew the lease of background job ``job`` (one holder per job across
+        every process on the store); False if another holder's lease is live at ``now``."""
+        ...
+
+    async def release_job_lease(self, job: str, holder: str) -> None:
+        """Give the job's lease up if ``holder`` holds it (another process may take it)."""
+        ...
+
     async def retire_key_version(self, version: int) -> RetireOutcome:
         """In one transaction: refuse (nothing changed) unknown, primary, retired or
         in-use versions; otherwise set it retired and destroy its wrapped key."""
