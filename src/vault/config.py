@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
+    # The store: "" = SQLite in data_dir (vault.db); sqlite:///PATH; or
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (several replicas may share it). The
+    # master key file stays in data_dir either way. Never in a repr (it may hold a password).
+    database_url: str = field(default="", repr=False)
 
     @property
     def master_key_path(self) -> Path:

@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "AUTH_FAILURES",
     "COMMIT_BATCH",
+    "JOB_LEASE_HELD",
     "KEY_ENCRYPTIONS",
     "RPC_CALLS",
     "RPC_LATENCY",
@@ -37,4 +38,9 @@ COMMIT_BATCH = Histogram(
 )
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
+)
+JOB_LEASE_HELD = Gauge(
+    "vault_job_lease_held",
+    "1 while this process holds the background job's lease (runs it), else 0",
+    ["job"],
 )

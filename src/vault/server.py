@@ -35,7 +35,9 @@ from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.tokens import Limits, TokenVault
 from vault.errors import AlreadyExistsError, FailedPreconditionError
+from vault.jobs import LeasedJob
 from vault.storage.base import CallerRow, Store
+from vault.storage.postgres import PostgresStore, is_postgres_url
 from vault.storage.sqlite import SqliteStore
 
 __all__ = [
@@ -69,7 +71,19 @@ def harden_process() -> None:
 
 
 def open_store(config: Config) -> Store:
-    return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
+    """The store config.database_url names (unopened): SQLite in the data dir by default."""
+    url = config.database_url
+    if not url:
+        return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
+    if url.startswith("sqlite:///"):
+        return SqliteStore(
+            Path(url.removeprefix("sqlite://")), on_commit=metrics.COMMIT_BATCH.observe
+        )
+    if is_postgres_url(url):
+        return PostgresStore(url, on_commit=metrics.COMMIT_BATCH.observe)
+    raise FailedPreconditionError(
+        "database_url must start with postgresql:// or sqlite:///", reason="BAD_CONFIG"
+    )
 
 
 def _check_data_dir(path: Path) -> None:
@@ -154,6 +168,10 @@ class VaultServer:
         self.keys: KeyMaterial | None = None
         self.vault: TokenVault | None = None
         self.audit: AuditTrail | None = None
+        # One replica at a time runs each of these (a lease in the store).
+        self.jobs = [
+            LeasedJob(self.store, self.clock, "ttl-purge", config.purge_interval, self._purge)
+        ]
 
     async def start(self) -> None:
         cfg = self.config
@@ -255,8 +273,9 @@ class VaultServer:
                     "cannot listen on the metrics address", reason="LISTEN_FAILED"
                 ) from None
             self.metrics_port = metrics_server.server_port
+        purge = self.jobs[0]
         tasks = [
-            asyncio.create_task(self._every(cfg.purge_interval, self._purge), name="ttl-purge"),
+            asyncio.create_task(self._every(cfg.purge_interval, purge), name="ttl-purge"),
             asyncio.create_task(
                 self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
             ),
@@ -300,6 +319,11 @@ class VaultServer:
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)
+            for job in self.jobs:
+                try:
+                    await job.release()
+                except Exception as exc:  # noqa: BLE001 - it expires by itself then
+                    log.warning("job lease release failed: %s", type(exc).__name__)
             if running.metrics_server is not None:
                 running.metrics_server.shutdown()
                 running.metrics_server.server_close()

@@ -965,7 +965,6 @@ def _open_error(exc: BaseException, where: str) -> FailedPreconditionError:
         text = f"cannot reach the database at {where}"
     else:
         text = f"cannot open the database at {where} ({type(exc).__name__})"
-    log.error("store open failed: %s", type(exc).__name__)
     return FailedPreconditionError(text, reason="STORE_OPEN_FAILED")
 
 
