@@ -74,7 +74,7 @@ from vault.storage.sqlite import (
     migrations,
 )
 
-__all__ = ["PostgresStore", "is_postgres_url", "redact_url"]
+__all__ = ["PostgresStore", "is_postgres_url", "open_error", "redact_url"]
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ class PostgresStore:
                 server_settings={"application_name": "vault"},
             )
         except Exception as exc:  # noqa: BLE001 - every cause becomes one value-free line
-            raise _open_error(exc, where) from None
+            raise open_error(exc, where) from None
         try:
             async with pool.acquire() as conn:
                 await _migrate(conn)
@@ -449,7 +449,7 @@ class PostgresStore:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), _CONNECT_TIMEOUT)
             if isinstance(exc, Exception) and not isinstance(exc, VaultError):
-                raise _open_error(exc, where) from None
+                raise open_error(exc, where) from None
             raise
         self._pool = pool
         self._tasks = [
@@ -948,7 +948,7 @@ def _rowcount(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def _open_error(exc: BaseException, where: str) -> FailedPreconditionError:
+def open_error(exc: BaseException, where: str) -> FailedPreconditionError:
     """One value-free line for a failed open: never the URL's password or the driver's
     own message (which can quote the URL)."""
     if isinstance(exc, FailedPreconditionError):
