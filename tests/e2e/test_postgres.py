@@ -213,3 +213,22 @@ def test_database_restart_under_load_loses_no_acknowledged_token(
             assert _reveal(stub, md, token) == value
     stored = pg_cluster.psql(_db(pg_database), "SELECT count(*) FROM tokens")
     assert int(stored) >= len(loop.acknowledged)
+
+
+def test_workers_share_one_postgres_store(launcher, pg_database, tmp_path):
+    vault = launcher.start(
+        tmp_path / "data",
+        metrics_listen="",
+        extra_args=["--workers", "2", "--database-url", pg_database],
+    )
+    md = vault.metadata()
+    tokens: dict[str, str] = {}
+    for i in range(20):
+        # A channel per call: the kernel spreads connections over the workers.
+        with grpc.insecure_channel(vault.target) as channel:
+            stub = pb_grpc.TokenServiceStub(channel)
+            tokens[_tokenize(stub, md, f"worker value {i}")] = f"worker value {i}"
+    for token, value in tokens.items():
+        with grpc.insecure_channel(vault.target) as channel:
+            assert _reveal(pb_grpc.TokenServiceStub(channel), md, token) == value
+    assert vault.terminate() == 0
