@@ -4,7 +4,8 @@ Writes: a few writer tasks drain one queue; every insert and audit append waitin
 a writer wakes goes into one transaction on one pooled connection (group commit), and
 each caller is answered only once COMMIT has returned (synchronous_commit, the server's
 default, makes that durable). Other writes run in a transaction of their own.
-Reads: one query per call however many tokens it asks for (``token = ANY($1)``).
+Reads: a couple of reader tasks answer every token lookup waiting when they wake with
+one query (``token = ANY($1)``), however many calls and tokens that is.
 asyncpg prepares every statement once per connection and keeps it (its statement
 cache), so the constant SQL below is parsed and planned once per pooled connection.
 
@@ -87,6 +88,11 @@ _Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asy
 _MAX_WRITE_BATCH = 256
 # Transactions of one process committing at once (each on its own pooled connection).
 _WRITERS = 4
+# Token lookups of one process in flight at once; each answers every lookup waiting
+# when it wakes with one query.
+_READERS = 2
+# Most tokens looked up by one query.
+_MAX_READ_BATCH = 512
 # Times a transaction is run again after a unique-index race, serialization failure or
 # deadlock before its callers get UNAVAILABLE.
 _RETRIES = 8
@@ -198,6 +204,12 @@ class _AuditOp:
 
 
 _Op = _InsertOp | _AuditOp
+
+
+@dataclass(slots=True)
+class _ReadOp:
+    tokens: Sequence[str]
+    future: asyncio.Future[list[TokenRecord | None]]
 
 
 _EXISTING = f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
@@ -419,6 +431,8 @@ class PostgresStore:
         self._writers = writers
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._write_queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._read_queue: asyncio.Queue[_ReadOp | None] = asyncio.Queue()
+        self._readers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -456,6 +470,10 @@ class PostgresStore:
             asyncio.create_task(self._write_loop(), name=f"postgres-writer-{i}")
             for i in range(self._writers)
         ]
+        self._readers = [
+            asyncio.create_task(self._read_loop(), name=f"postgres-reader-{i}")
+            for i in range(_READERS)
+        ]
 
     async def close(self) -> None:
         if self._closed:
@@ -465,8 +483,14 @@ class PostgresStore:
         # commits flush.
         for _ in self._tasks:
             self._write_queue.put_nowait(None)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for _ in self._readers:
+            self._read_queue.put_nowait(None)
+        if self._tasks or self._readers:
+            await asyncio.gather(*self._tasks, *self._readers, return_exceptions=True)
+        while not self._read_queue.empty():
+            unread = self._read_queue.get_nowait()
+            if unread is not None and not unread.future.done():
+                unread.future.set_exception(StoreUnavailableError("the store is closing"))
         while not self._write_queue.empty():
             left = self._write_queue.get_nowait()
             if left is not None and not left.future.done():
@@ -561,6 +585,41 @@ class PostgresStore:
                 return inserted
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
+    # -- the readers -------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            op = await self._read_queue.get()
+            if op is None:
+                return
+            batch = [op]
+            count = len(op.tokens)
+            stopping = False
+            while count < _MAX_READ_BATCH and not self._read_queue.empty():
+                nxt = self._read_queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                count += len(nxt.tokens)
+            await self._answer_reads(batch)
+            if stopping:
+                return
+
+    async def _answer_reads(self, batch: list[_ReadOp]) -> None:
+        wanted = list({t for rop in batch for t in rop.tokens})
+        try:
+            found = await self._fetch(_SELECT_TOKENS, wanted)
+        except StoreUnavailableError as exc:
+            for rop in batch:
+                if not rop.future.done():
+                    rop.future.set_exception(exc)
+            return
+        rows = {row[0]: _record(row) for row in found}
+        for rop in batch:
+            if not rop.future.done():
+                rop.future.set_result([rows.get(t) for t in rop.tokens])
+
     async def _write(
         self,
         apply: Callable[[_Conn], Awaitable[T]],
@@ -607,8 +666,13 @@ class PostgresStore:
     async def get_tokens(self, tokens: Sequence[str]) -> list[TokenRecord | None]:
         if not tokens:
             return []
-        rows = {row[0]: _record(row) for row in await self._fetch(_SELECT_TOKENS, list(tokens))}
-        return [rows.get(t) for t in tokens]
+        if self._closed or not self._readers:
+            raise StoreUnavailableError("the store is not open")
+        future: asyncio.Future[list[TokenRecord | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._read_queue.put_nowait(_ReadOp(tokens, future))
+        return await future
 
     async def delete_token(self, tenant: str, token: str) -> bool:
         async def apply(conn: _Conn) -> bool:
