@@ -156,6 +156,8 @@ def test_two_replicas_share_tokens_rotation_and_the_job_lease(
     assert not _lease_held(other)
     holder.kill()  # no clean stop: the lease is left to expire
     _wait_until(lambda: _lease_held(other), "the other replica takes the purge lease over")
+    for vault in (a, b):
+        assert PASSWORD not in vault.stdout() + vault.stderr()
 
 
 class _TokenizeLoop(threading.Thread):

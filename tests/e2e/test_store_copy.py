@@ -71,7 +71,7 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     first = run_vaultctl(*copy, "--data-dir", data, "--json", timeout=120)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
-    assert PASSWORD not in first.stdout
+    assert PASSWORD not in first.stdout + first.stderr
     for table in ("tokens", "key_versions", "callers", "audit_log", "service_keys"):
         rows = _sqlite_count(db_file, table)
         assert report["tables"][table] == {"rows": rows, "copied": rows}, table

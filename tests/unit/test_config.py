@@ -22,3 +22,10 @@ def test_cvc_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("VAULT_CVC_REVEALS", "3")
     cfg = load_config(None, {})
     assert (cfg.cvc_ttl, cfg.cvc_reveals) == (120.0, 3)
+
+
+def test_database_url_from_the_environment_never_shows_in_a_repr(monkeypatch):
+    monkeypatch.setenv("VAULT_DATABASE_URL", "postgresql://vault:s3cret-pw@db:5432/vault")
+    cfg = load_config(None, {})
+    assert cfg.database_url == "postgresql://vault:s3cret-pw@db:5432/vault"
+    assert "s3cret-pw" not in repr(cfg)
