@@ -646,11 +646,21 @@ class PostgresStore:
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         pool = self._ready_pool()
-        try:
-            return await pool.fetch(sql, *args, timeout=_COMMAND_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - the driver's errors become UNAVAILABLE
-            log.error("store read failed: %s", type(exc).__name__)
-            raise StoreUnavailableError("the store could not be read") from None
+        for attempt in range(2):
+            try:
+                return await pool.fetch(sql, *args, timeout=_COMMAND_TIMEOUT)
+            except TimeoutError:
+                log.error("store read failed: %s", "TimeoutError")  # not asked again
+            except _CONNECTION_ERRORS as exc:
+                # A pooled connection the database cut (it restarted): a read is safe to
+                # ask again once, on a new connection; a database still gone fails it fast.
+                if attempt == 0:
+                    continue
+                log.error("store read failed: %s", type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - the driver's errors become UNAVAILABLE
+                log.error("store read failed: %s", type(exc).__name__)
+            break
+        raise StoreUnavailableError("the store could not be read")
 
     # -- Store protocol ----------------------------------------------------------
 
