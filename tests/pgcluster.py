@@ -4,8 +4,9 @@ temp dir, on a free loopback port, stopped (and deleted) at the end of the sessi
 Root cannot run initdb, so as root (CI) the cluster runs as the ``postgres`` user (or
 ``nobody``) in a temp dir it owns. The superuser ``vault`` logs in with a password over
 TCP (scram-sha-256), so wrong-password start-up can be tested like a real deployment.
-fsync is off: the tests stop and restart the server cleanly (a fast shutdown writes
-everything out) but never crash the machine, and fsyncs would only slow the suite.
+fsync is off for the tests (``durable=True`` turns it on, for the benchmark): the tests
+stop and restart the server cleanly (a fast shutdown writes everything out) but never
+crash the machine, and fsyncs would only slow the suite.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def _unprivileged_user() -> str | None:
 
 
 class PgCluster:
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        # durable: fsync on (the benchmark measures commits as a deployment makes them).
+        self.durable = durable
         self.run_as = _unprivileged_user()
         self.root = Path(tempfile.mkdtemp(prefix="vault-pg-"))
         self.data = self.root / "data"
@@ -127,8 +130,8 @@ class PgCluster:
             "port": str(self.port),
             "listen_addresses": f"'{self.host}'",
             "unix_socket_directories": f"'{self.root}'",
-            "fsync": "off",
-            "full_page_writes": "off",
+            "fsync": "on" if self.durable else "off",
+            "full_page_writes": "on" if self.durable else "off",
             "max_connections": "300",
             "shared_buffers": "'32MB'",
         }
