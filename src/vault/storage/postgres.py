@@ -1,9 +1,11 @@
 """The shared store: PostgreSQL through asyncpg, for many vault replicas on one database.
 
-Writes: a few writer tasks drain one queue; every insert and audit append waiting when
-a writer wakes goes into one transaction on one pooled connection (group commit), and
-each caller is answered only once COMMIT has returned (synchronous_commit, the server's
-default, makes that durable). Other writes run in a transaction of their own.
+Writes: a few writer tasks drain the insert queue, one more the audit queue; every
+write waiting when a writer wakes goes into one transaction on one pooled connection
+(group commit), and each caller is answered only once COMMIT has returned
+(synchronous_commit, the server's default, makes that durable). Audit appends have a
+writer of their own because they all queue for the one chain head anyway. Other writes
+run in a transaction of their own.
 Reads: a couple of reader tasks answer every token lookup waiting when they wake with
 one query (``token = ANY($1)``), however many calls and tokens that is.
 asyncpg prepares every statement once per connection and keeps it (its statement
@@ -200,7 +202,6 @@ class _AuditOp:
     seal: AuditSeal
     future: asyncio.Future[list[AuditRow]]
     stored: list[AuditRow] = field(default_factory=list)
-    error: BaseException | None = None
 
 
 _Op = _InsertOp | _AuditOp
@@ -332,73 +333,68 @@ async def _lock_audit_head(conn: _Conn) -> None:
 
 
 async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
-    """Chain every waiting op's rows onto the newest stored record, in one savepoint."""
-    try:
-        async with conn.transaction():
-            await _lock_audit_head(conn)
-            last = await conn.fetchrow("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
-            params: list[tuple[Any, ...]] = []
-            for op in ops:
-                stored = []
-                for row in op.rows:
-                    seq += 1
-                    content = audit_content(
-                        seq,
-                        row.time,
-                        audit_texts_bytes(row.texts()),
-                        audit_tokens_bytes(row.tokens),
-                        audit_detail_bytes(row.detail),
-                    )
-                    prev = op.seal(prev, content)
-                    detail = json.dumps([list(kv) for kv in row.detail], separators=(",", ":"))
-                    params.append(
-                        (
-                            seq,
-                            row.time,
-                            row.caller,
-                            row.tenant,
-                            row.action,
-                            _tokens_json(row.tokens),
-                            row.purpose,
-                            row.outcome,
-                            row.reason,
-                            row.request_id,
-                            row.peer,
-                            detail,
-                            prev,
-                        )
-                    )
-                    stored.append(
-                        AuditRow(
-                            seq,
-                            row.time,
-                            row.caller,
-                            row.tenant,
-                            row.action,
-                            row.tokens,
-                            row.purpose,
-                            row.outcome,
-                            row.reason,
-                            row.request_id,
-                            row.peer,
-                            row.detail,
-                            prev,
-                        )
-                    )
-                op.stored = stored
-            await conn.executemany(_INSERT_AUDIT, params)
-            await conn.execute(
-                "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1",
+    """Chain every waiting op's rows onto the newest stored record (in the caller's
+    transaction, which holds only audit appends: a failure fails just those)."""
+    await _lock_audit_head(conn)
+    # A statement of its own, after the lock: under READ COMMITTED it sees the rows
+    # the previous holder committed (a join with the locking read would not).
+    last = await conn.fetchrow("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
+    seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
+    params: list[tuple[Any, ...]] = []
+    for op in ops:
+        stored = []
+        for row in op.rows:
+            seq += 1
+            content = audit_content(
                 seq,
-                ops[-1].seal(prev, AuditHead.content(seq)),
+                row.time,
+                audit_texts_bytes(row.texts()),
+                audit_tokens_bytes(row.tokens),
+                audit_detail_bytes(row.detail),
             )
-    except _RETRYABLE_OR_GONE:
-        raise  # the whole transaction is run again, or fails for everyone
-    except Exception as exc:  # noqa: BLE001 - handed to every audit op's caller
-        for op in ops:
-            op.stored = []
-            op.error = exc
+            prev = op.seal(prev, content)
+            detail = json.dumps([list(kv) for kv in row.detail], separators=(",", ":"))
+            params.append(
+                (
+                    seq,
+                    row.time,
+                    row.caller,
+                    row.tenant,
+                    row.action,
+                    _tokens_json(row.tokens),
+                    row.purpose,
+                    row.outcome,
+                    row.reason,
+                    row.request_id,
+                    row.peer,
+                    detail,
+                    prev,
+                )
+            )
+            stored.append(
+                AuditRow(
+                    seq,
+                    row.time,
+                    row.caller,
+                    row.tenant,
+                    row.action,
+                    row.tokens,
+                    row.purpose,
+                    row.outcome,
+                    row.reason,
+                    row.request_id,
+                    row.peer,
+                    row.detail,
+                    prev,
+                )
+            )
+        op.stored = stored
+    await conn.executemany(_INSERT_AUDIT, params)
+    await conn.execute(
+        "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1",
+        seq,
+        ops[-1].seal(prev, AuditHead.content(seq)),
+    )
 
 
 # Errors that mean the database (or the way to it) is gone, not that a statement is bad.
@@ -411,7 +407,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )
-_RETRYABLE_OR_GONE = _RETRYABLE + _CONNECTION_ERRORS
 
 
 class PostgresStore:
@@ -431,6 +426,9 @@ class PostgresStore:
         self._writers = writers
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._write_queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        # Audit appends queue apart, for one writer: they all wait for the one chain
+        # head anyway, so one transaction takes every waiting append (group commit).
+        self._audit_queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._read_queue: asyncio.Queue[_ReadOp | None] = asyncio.Queue()
         self._readers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -467,8 +465,13 @@ class PostgresStore:
             raise
         self._pool = pool
         self._tasks = [
-            asyncio.create_task(self._write_loop(), name=f"postgres-writer-{i}")
-            for i in range(self._writers)
+            *(
+                asyncio.create_task(
+                    self._write_loop(self._write_queue), name=f"postgres-writer-{i}"
+                )
+                for i in range(self._writers)
+            ),
+            asyncio.create_task(self._write_loop(self._audit_queue), name="postgres-audit"),
         ]
         self._readers = [
             asyncio.create_task(self._read_loop(), name=f"postgres-reader-{i}")
@@ -481,8 +484,9 @@ class PostgresStore:
         self._closed = True
         # Each writer stops at its marker after what was queued before it: pending
         # commits flush.
-        for _ in self._tasks:
+        for _ in range(self._writers):
             self._write_queue.put_nowait(None)
+        self._audit_queue.put_nowait(None)
         for _ in self._readers:
             self._read_queue.put_nowait(None)
         if self._tasks or self._readers:
@@ -491,10 +495,11 @@ class PostgresStore:
             unread = self._read_queue.get_nowait()
             if unread is not None and not unread.future.done():
                 unread.future.set_exception(StoreUnavailableError("the store is closing"))
-        while not self._write_queue.empty():
-            left = self._write_queue.get_nowait()
-            if left is not None and not left.future.done():
-                left.future.set_exception(StoreUnavailableError("the store is closing"))
+        for queue in (self._write_queue, self._audit_queue):
+            while not queue.empty():
+                left = queue.get_nowait()
+                if left is not None and not left.future.done():
+                    left.future.set_exception(StoreUnavailableError("the store is closing"))
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), _CONNECT_TIMEOUT)
@@ -512,17 +517,17 @@ class PostgresStore:
     def _submit(self, op: _Op) -> None:
         if self._closed or not self._tasks:
             raise StoreUnavailableError("the store is not open")
-        self._write_queue.put_nowait(op)
+        (self._audit_queue if isinstance(op, _AuditOp) else self._write_queue).put_nowait(op)
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, queue: asyncio.Queue[_Op | None]) -> None:
         while True:
-            op = await self._write_queue.get()
+            op = await queue.get()
             if op is None:
                 return
             batch: list[_Op] = [op]
             stopping = False
-            while len(batch) < _MAX_WRITE_BATCH and not self._write_queue.empty():
-                nxt = self._write_queue.get_nowait()
+            while len(batch) < _MAX_WRITE_BATCH and not queue.empty():
+                nxt = queue.get_nowait()
                 if nxt is None:
                     stopping = True
                     break
@@ -552,12 +557,7 @@ class PostgresStore:
             if not iop.future.done():
                 iop.future.set_result(iop.outcomes)
         for aop in audits:
-            if aop.future.done():
-                continue
-            if aop.error is not None:
-                log.error("audit append failed: %s", type(aop.error).__name__)
-                aop.future.set_exception(StoreUnavailableError("the store could not commit"))
-            else:
+            if not aop.future.done():
                 aop.future.set_result(aop.stored)
 
     async def _run_batch(self, inserts: list[_InsertOp], audits: list[_AuditOp]) -> int:
@@ -565,13 +565,10 @@ class PostgresStore:
         pool = self._pool
         assert pool is not None  # noqa: S101 - open() ran
         for attempt in range(_RETRIES):
-            for aop in audits:
-                aop.error = None
             inserted = 0
             try:
                 async with pool.acquire(timeout=_CONNECT_TIMEOUT) as conn, conn.transaction():
-                    # The audit head lock first, the counters last: every transaction
-                    # takes the shared locks in one order.
+                    # (A batch is all audit appends or all inserts: see _submit.)
                     if audits:
                         await _apply_audits(conn, audits)
                     if inserts:
