@@ -80,7 +80,8 @@ class PgCluster:
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = list(args)
         if self.run_as is not None:
-            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+            runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+            cmd = [runuser, "-u", self.run_as, "--", *cmd]
         return subprocess.run(
             cmd, check=check, capture_output=True, text=True, timeout=120, cwd=self.root
         )

@@ -4,6 +4,7 @@ and the database restarting under load without losing an acknowledged token."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -149,6 +150,21 @@ def test_two_replicas_share_tokens_rotation_and_the_job_lease(
         for token, value in (through_a | through_b).items():
             assert _reveal(sa, md, token) == value
             assert _reveal(sb, md, token) == value
+
+        # A caller added with vaultctl on the shared store works on both at once, and
+        # vaultctl's audit record joins the replicas' reveals in one chain.
+        added = run_vaultctl(
+            "callers", "add", "checkout", "--tenant", "default", "--scopes",
+            "tokenize,detokenize", "--json", "--data-dir", b_dir, *args,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        checkout = (("authorization", f"Bearer {json.loads(added.stdout)['api_key']}"),)
+        token = _tokenize(sa, checkout, "checkout value")
+        assert _reveal(sb, checkout, token) == "checkout value"
+    verify = run_vaultctl("audit", "verify", "--json", "--data-dir", first_dir, *args)
+    assert verify.returncode == 0, verify.stderr
+    assert json.loads(verify.stdout)["intact"] is True
+    assert json.loads(verify.stdout)["records"] >= len(through_a) + len(through_b) + 1
 
     # The TTL purge runs on exactly one replica; when that one dies, the other takes over.
     _wait_until(lambda: _lease_held(a) or _lease_held(b), "one replica takes the purge lease")
