@@ -150,6 +150,16 @@ def test_two_replicas_share_tokens_rotation_and_the_job_lease(
         for token, value in (through_a | through_b).items():
             assert _reveal(sa, md, token) == value
             assert _reveal(sb, md, token) == value
+        # Rewrap through the other replica's data dir, then v1 can be retired.
+        rewrap = run_vaultctl("keys", "rewrap", "--data-dir", b_dir, *args, timeout=120)
+        assert rewrap.returncode == 0, rewrap.stderr
+        retire = run_vaultctl("keys", "retire", "1", "--data-dir", b_dir, *args)
+        assert retire.returncode == 0, retire.stderr
+        status = run_vaultctl("keys", "status", "--json", "--data-dir", first_dir, *args)
+        versions = {v["version"]: v for v in json.loads(status.stdout)["versions"]}
+        assert versions[1]["state"] == "retired"
+        for token, value in (through_a | through_b).items():
+            assert _reveal(sb, md, token) == value
 
         # A caller added with vaultctl on the shared store works on both at once, and
         # vaultctl's audit record joins the replicas' reveals in one chain.
