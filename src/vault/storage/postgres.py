@@ -774,9 +774,15 @@ class PostgresStore:
         return {int(r[0]): int(r[1]) for r in rows}
 
     async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
+        # Per older version, its next rows by (key_version, id); then the first of those:
+        # the rows under the primary (most of the table after a while) are never visited.
         rows = await self._fetch(
-            f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
-            "WHERE key_version <> $1 AND id > $2 ORDER BY id LIMIT $3",
+            f"SELECT t.id, {_T_COLUMNS} FROM key_versions v CROSS JOIN LATERAL ("  # noqa: S608
+            # Stated on (key_version, id), the index's own key: the planner walks that
+            # index instead of filtering the primary key (it does not know v.version).
+            "SELECT * FROM tokens WHERE key_version = v.version "
+            "AND (key_version, id) > (v.version, $2) "
+            "ORDER BY key_version, id LIMIT $3) t WHERE v.version <> $1 ORDER BY t.id LIMIT $3",
             primary,
             after,
             limit,

@@ -49,7 +49,9 @@ CREATE UNIQUE INDEX tokens_deterministic ON tokens (tenant, kind, token_format, 
 CREATE UNIQUE INDEX tokens_request ON tokens (tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX tokens_subject ON tokens (tenant, subject_ref) WHERE subject_ref IS NOT NULL;
 CREATE INDEX tokens_expiry ON tokens (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX tokens_key_version ON tokens (key_version);
+-- Per version in insertion order: counts per version and the rewrap scan (each older
+-- version's rows past the cursor) read this index alone, not the whole table.
+CREATE INDEX tokens_key_version ON tokens (key_version, id);
 
 -- Request ids answered by an existing deterministic token rather than a new row: the
 -- id stays reserved for that request (a row's own request id lives in tokens).
