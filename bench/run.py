@@ -59,7 +59,14 @@ MAIN_SCENARIOS = (
 )
 ECHO_SCENARIOS = ("echo_unary", "echo_batch")
 INPROC_SCENARIOS = ("inproc_tokenize", "inproc_detokenize")
-ALL_SCENARIOS = (*ECHO_SCENARIOS, *INPROC_SCENARIOS, *MAIN_SCENARIOS, "growth", "workers")
+ALL_SCENARIOS = (
+    *ECHO_SCENARIOS,
+    *INPROC_SCENARIOS,
+    *MAIN_SCENARIOS,
+    "growth",
+    "workers",
+    "postgres",
+)
 BATCH_SCENARIOS = {"tokenize_batch", "detokenize_batch", "echo_batch", *INPROC_SCENARIOS}
 WORKERS_CHANNELS = 16  # client connections for the workers points
 WORKERS_SKIPPED = "vaultctl serve has no --workers yet"
@@ -789,6 +796,8 @@ def _where(name: str, row: dict[str, Any]) -> str:
         return f"{row['op']}, {row['stored']:,} stored"
     if name == "workers":
         return f"--workers {row['workers']}"
+    if name == "postgres":
+        return f"{row['op']}, PostgreSQL"
     return ""
 
 
@@ -1065,6 +1074,20 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
             else:
                 scenarios["workers"] = {"skipped": WORKERS_SKIPPED}
                 print(f"  workers: skipped ({WORKERS_SKIPPED})")
+        if "postgres" in selected:
+            import pg_scenario  # noqa: PLC0415 - only this scenario needs the test cluster
+
+            pts = []
+            scenarios["postgres"] = {"points": pts}
+            try:
+                skipped = pg_scenario.run(ctx, pts, point, run_vault_point, VAULTCTL)
+            except RuntimeError as exc:
+                ctx.failures.append(f"postgres: {exc}")
+                pts.append({"label": "set-up", "error": str(exc)})
+            else:
+                if skipped:
+                    scenarios["postgres"] = {"skipped": skipped}
+                    print(f"  postgres: skipped ({skipped})")
     except BenchError as exc:
         ctx.failures.append(f"set-up: {exc}")
         print(f"FAILED: {exc}")

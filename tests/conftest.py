@@ -1,7 +1,8 @@
-"""Fixtures every test directory can use: a real SoftHSM2 token for the PKCS#11 tests.
+"""Fixtures every test directory can use: a real SoftHSM2 token for the PKCS#11 tests,
+and the throwaway PostgreSQL cluster (pgcluster.py).
 
-With CI=true a missing SoftHSM2 fails these tests (`.ci/run` installs Debian's softhsm2);
-elsewhere they are skipped with the reason.
+With CI=true a missing SoftHSM2 or PostgreSQL fails these tests (`.ci/run` installs
+Debian's softhsm2 and postgresql); elsewhere they are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pgcluster import PgCluster, find_pg_bin
 
 SO_PIN = "50-pin-1234"
 USER_PIN = "user-pin-5678"
@@ -98,3 +101,29 @@ def softhsm(tmp_path_factory) -> SoftHsm:
     hsm = SoftHsm(module, conf)
     hsm.init_token(TOKEN_LABEL)
     return hsm
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (no initdb under /usr/lib/postgresql/*/bin or PATH)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must run the PostgreSQL tests (.ci/run installs it)")
+        pytest.skip(reason)
+    cluster = PgCluster(bin_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_database(pg_cluster) -> Iterator[str]:
+    """A fresh, empty database of the session's cluster, for one test: its URL."""
+    name = pg_cluster.create_database()
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        pg_cluster.drop_database(name)

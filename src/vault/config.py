@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
-    database_url: str = ""  # PostgreSQL URL; empty = the SQLite file in data_dir
     # Auto-rotation: the vault makes a new primary data key once the primary is this many
     # seconds old (the cryptoperiod; 0 = no age limit) or has done this many encryptions.
     key_max_age: float = 365 * 86400.0
@@ -60,6 +59,10 @@ class Config:
     pkcs11_token_label: str = ""  # label of the token holding the master key
     pkcs11_key_label: str = "vault-master-key"  # label of the AES key on the token
     pkcs11_pin_file: str = ""  # a 0600 file holding the user PIN ("" = VAULT_PKCS11_PIN)
+    # The store: "" = SQLite in data_dir (vault.db); sqlite:///PATH; or
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (several replicas may share it). The
+    # master key file stays in data_dir either way. Never in a repr (it may hold a password).
+    database_url: str = field(default="", repr=False)
 
     @property
     def master_key_path(self) -> Path:

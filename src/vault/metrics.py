@@ -8,6 +8,7 @@ __all__ = [
     "AUDIT_WRITE_FAILURES",
     "AUTH_FAILURES",
     "COMMIT_BATCH",
+    "JOB_LEASE_HELD",
     "KEY_AGE",
     "KEY_ENCRYPTIONS",
     "KEY_USAGE_RATIO",
@@ -64,3 +65,8 @@ REWRAP_LAST_PROGRESS = Gauge(
     "Unix time of the latest rewrap run's last batch (or of its start or end)",
 )
 SEALED = Gauge("vault_sealed", "1 while the vault waits for custodian shares (unseal), else 0")
+JOB_LEASE_HELD = Gauge(
+    "vault_job_lease_held",
+    "1 while this process holds the background job's lease (runs it), else 0",
+    ["job"],
+)

@@ -49,8 +49,10 @@ from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.tokens import Limits, TokenVault
 from vault.domain.unseal import Unsealer
 from vault.errors import AlreadyExistsError, FailedPreconditionError
+from vault.jobs import LeasedJob
 from vault.master_key import open_kek, open_pkcs11
 from vault.storage.base import CallerRow, KeyVersionRow, Store
+from vault.storage.postgres import PostgresStore, is_postgres_url
 from vault.storage.sqlite import SqliteStore
 
 __all__ = [
@@ -88,7 +90,19 @@ def harden_process() -> None:
 
 
 def open_store(config: Config) -> Store:
-    return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
+    """The store config.database_url names (unopened): SQLite in the data dir by default."""
+    url = config.database_url
+    if not url:
+        return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
+    if url.startswith("sqlite:///"):
+        return SqliteStore(
+            Path(url.removeprefix("sqlite://")), on_commit=metrics.COMMIT_BATCH.observe
+        )
+    if is_postgres_url(url):
+        return PostgresStore(url, on_commit=metrics.COMMIT_BATCH.observe)
+    raise FailedPreconditionError(
+        "database_url must start with postgresql:// or sqlite:///", reason="BAD_CONFIG"
+    )
 
 
 def _check_data_dir(path: Path) -> None:
@@ -191,6 +205,17 @@ class VaultServer:
         self._key_metrics = KeyMetrics()
         self.unsealer = Unsealer(None)
         self.seal_servicer: SealServicer | None = None
+        # One replica at a time runs each of these (a lease in the store).
+        self.jobs = [
+            LeasedJob(self.store, self.clock, "ttl-purge", config.purge_interval, self._purge),
+            LeasedJob(
+                self.store,
+                self.clock,
+                "key-auto-rotate",
+                config.key_refresh_interval,
+                self._auto_rotate_checked,
+            ),
+        ]
 
     async def start(self) -> None:
         cfg = self.config
@@ -282,7 +307,7 @@ class VaultServer:
     def _background_tasks(self) -> list[asyncio.Task[None]]:
         cfg = self.config
         return [
-            asyncio.create_task(self._every(cfg.purge_interval, self._purge), name="ttl-purge"),
+            asyncio.create_task(self._every(cfg.purge_interval, self.jobs[0]), name="ttl-purge"),
             asyncio.create_task(
                 self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
             ),
@@ -439,12 +464,23 @@ class VaultServer:
             await self._reload_keys()  # rebase the watch on the store's count
         return done
 
+    async def _auto_rotate_checked(self) -> None:
+        await self.auto_rotate()
+
     async def _auto_rotate_loop(self) -> None:
+        """The periodic check runs on the replica holding the job's lease. A server whose
+        own tokenizes crossed key_max_encryptions rotates at once whoever holds it: that
+        bounds how far past the limit it encrypts, and the version CAS keeps racing
+        servers safe (one adds the version, the others load it)."""
+        rotation_job = self.jobs[1]
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.usage.due.wait(), self.config.key_refresh_interval)
             try:
-                await self.auto_rotate()
+                if self.usage.due.is_set():
+                    await self.auto_rotate()
+                else:
+                    await rotation_job()
             except Exception as exc:  # noqa: BLE001 - a background job must keep running
                 log.warning("key auto-rotation failed: %s", type(exc).__name__)
 
@@ -474,6 +510,11 @@ class VaultServer:
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)
+            for job in self.jobs:
+                try:
+                    await job.release()
+                except Exception as exc:  # noqa: BLE001 - it expires by itself then
+                    log.warning("job lease release failed: %s", type(exc).__name__)
             if running.metrics_server is not None:
                 running.metrics_server.shutdown()
                 running.metrics_server.server_close()

@@ -3,7 +3,8 @@
 A backend gives the suite three things: a way to build a new, unopened store on this
 test's own database (twice for "two processes on one database"), and an out-of-band
 way to record a schema version the code does not know. Adding the PostgreSQL store
-means adding one entry to ``BACKENDS``; no test changes.
+means adding one entry to ``BACKENDS``; no test changes. The PostgreSQL backend gets a
+fresh database of the session's throwaway cluster (tests/conftest.py) per test.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from vault.storage.base import CallerRow, Store, TokenRecord
+from vault.storage.postgres import PostgresStore
 from vault.storage.sqlite import SqliteStore
 
 # The fixed "now" of the suite (unix seconds); tests move time by passing other values.
@@ -33,7 +35,7 @@ class Backend:
     record_schema_version: Callable[[int], Awaitable[None]]
 
 
-def _sqlite_backend(tmp_path: Path) -> Backend:
+def _sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     path = tmp_path / "vault.db"
 
     async def record_schema_version(version: int) -> None:
@@ -50,12 +52,27 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
     return Backend("sqlite", lambda: SqliteStore(path), record_schema_version)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite_backend}
+def _postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    url = request.getfixturevalue("pg_database")
+    cluster = request.getfixturevalue("pg_cluster")
+    database = url.rsplit("/", 1)[1]
+
+    async def record_schema_version(version: int) -> None:
+        sql = f"INSERT INTO schema_migrations (version) VALUES ({int(version)})"  # noqa: S608 - an int
+        cluster.psql(database, sql)
+
+    return Backend("postgres", lambda: PostgresStore(url), record_schema_version)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": _sqlite_backend,
+    "postgres": _postgres_backend,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
 
 
 @pytest.fixture

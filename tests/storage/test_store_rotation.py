@@ -3,6 +3,8 @@ lease, retirement), on every store."""
 
 from __future__ import annotations
 
+import asyncio
+
 from vault.storage.base import RetireOutcome, RewrapProgressRow, RewrapUpdate
 
 NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
@@ -135,3 +137,33 @@ async def test_rewrap_progress_is_kept_and_names_its_lease(store, backend):
 
 def _fields(row: RewrapProgressRow) -> dict:
     return {f: getattr(row, f) for f in RewrapProgressRow.__dataclass_fields__}
+
+
+async def test_job_leases_are_per_job(store):
+    assert await store.take_job_lease("ttl-purge", "a", NOW, NOW + 5)
+    assert await store.take_job_lease("ttl-purge", "a", NOW + 1, NOW + 6)  # renewal
+    assert not await store.take_job_lease("ttl-purge", "b", NOW + 2, NOW + 7)  # live
+    assert await store.take_job_lease("other-job", "b", NOW + 2, NOW + 7)  # another job
+    assert await store.take_job_lease("ttl-purge", "b", NOW + 6, NOW + 11)  # a's expired
+    assert not await store.take_job_lease("ttl-purge", "a", NOW + 7, NOW + 12)
+    await store.release_job_lease("ttl-purge", "a")  # not a's: no effect
+    assert not await store.take_job_lease("ttl-purge", "c", NOW + 7, NOW + 12)
+    await store.release_job_lease("ttl-purge", "b")
+    assert await store.take_job_lease("ttl-purge", "c", NOW + 7, NOW + 12)
+    # The rewrap lease is a lease of its own.
+    assert await store.take_rewrap_lease("z", NOW + 7, NOW + 12)
+
+
+async def test_two_stores_racing_for_one_job_lease(backend):
+    stores = [backend.new_store() for _ in range(2)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        taken = await asyncio.gather(
+            *(
+                stores[i % 2].take_job_lease("ttl-purge", f"holder-{i}", NOW, NOW + 30)
+                for i in range(10)
+            )
+        )
+        assert taken.count(True) == 1
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))

@@ -79,3 +79,10 @@ def test_the_pkcs11_pin_is_not_a_setting():
     # (whose repr could end up in a log) and never a flag.
     with pytest.raises(FailedPreconditionError, match="unknown configuration setting"):
         load_config(None, {"pkcs11_pin": "1234"})
+
+
+def test_database_url_from_the_environment_never_shows_in_a_repr(monkeypatch):
+    monkeypatch.setenv("VAULT_DATABASE_URL", "postgresql://vault:s3cret-pw@db:5432/vault")
+    cfg = load_config(None, {})
+    assert cfg.database_url == "postgresql://vault:s3cret-pw@db:5432/vault"
+    assert "s3cret-pw" not in repr(cfg)

@@ -46,14 +46,27 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def config_for(args: argparse.Namespace, **extra: Any) -> Config:
-    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
+    overrides = {
+        "data_dir": getattr(args, "data_dir", None),
+        "database_url": getattr(args, "database_url", None),
+        **extra,
+    }
     return load_config(getattr(args, "config", None), overrides)
 
 
 def existing_vault(args: argparse.Namespace) -> Config:
     """Config of a data dir that holds a vault; a mistyped path is an error, not a new vault."""
     cfg = config_for(args)
-    if not cfg.database_path.exists():
+    if cfg.database_url.startswith(("postgresql://", "postgres://")):
+        # The store is elsewhere; what must be here is the master key.
+        if not cfg.master_key_path.exists():
+            raise CommandError(
+                "no master key in the data dir (copy the vault's master.key there, "
+                "or create a vault with `vaultctl keys init --database-url ...`)"
+            )
+        return cfg
+    path = Path(cfg.database_url.removeprefix("sqlite://")) if cfg.database_url else None
+    if not (path or cfg.database_path).exists():
         raise CommandError(
             "no vault in the data dir (create one with `vaultctl keys init` or `serve --dev`)"
         )
@@ -63,3 +76,8 @@ def existing_vault(args: argparse.Namespace) -> Config:
 def add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="the vault's data directory (default ./var)")
     p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument(
+        "--database-url",
+        help="the store: postgresql://USER@HOST[:PORT]/DB or sqlite:///PATH (default: "
+        "vault.db in the data dir); prefer VAULT_DATABASE_URL or PGPASSWORD for a password",
+    )

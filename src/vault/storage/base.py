@@ -386,6 +386,14 @@ class Store(Protocol):
     async def rewrap_progress(self) -> RewrapProgressRow | None:
         """The stored progress with the lease's expiry if its run holds the lease (one
         read); None if no rewrap ever ran."""
+
+    async def take_job_lease(self, job: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take or renew the lease of background job ``job`` (one holder per job across
+        every process on the store); False if another holder's lease is live at ``now``."""
+        ...
+
+    async def release_job_lease(self, job: str, holder: str) -> None:
+        """Give the job's lease up if ``holder`` holds it (another process may take it)."""
         ...
 
     async def retire_key_version(self, version: int) -> RetireOutcome:

@@ -1250,3 +1250,23 @@ class SqliteStore:
             return cur.rowcount > 0
 
         return await self._write(apply)
+
+    async def take_job_lease(self, job: str, holder: str, now: float, expires_at: float) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "INSERT INTO job_leases (job, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                "WHERE job_leases.holder = excluded.holder OR job_leases.expires_at <= ?",
+                (job, holder, expires_at, now),
+            )
+            row = conn.execute("SELECT holder FROM job_leases WHERE job = ?", (job,)).fetchone()
+            return row is not None and row[0] == holder
+
+        return await self._write(apply)
+
+    async def release_job_lease(self, job: str, holder: str) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM job_leases WHERE job = ? AND holder = ?", (job, holder))
+
+        await self._write(apply)

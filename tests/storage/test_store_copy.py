@@ -1,0 +1,137 @@
+"""storage/copy.py: an SQLite store copied into PostgreSQL reads back identically through
+the Store protocol; a re-run copies nothing; a target holding other data is refused and
+left as it was. (The vaultctl command around it is tested in tests/e2e.)"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from vault.storage.base import AuditRow, InsertStatus
+from vault.storage.copy import CopyError, copy_sqlite_to_postgres
+from vault.storage.postgres import PostgresStore
+from vault.storage.sqlite import SqliteStore
+
+NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
+
+
+def _seal(prev: bytes, content: bytes) -> bytes:
+    return hashlib.sha256(prev + content).digest()
+
+
+async def _fill(store, make_record, make_caller) -> list:
+    await store.add_key_version(b"wrapped-1", "kek", NOW, primary=True)
+    await store.add_next_key_version(2, b"wrapped-2", "kek", NOW + 1)
+    records = [
+        make_record(key_version=1),
+        make_record(key_version=2, deterministic=True, request_id="req-1", request_hash=b"h1"),
+        make_record(key_version=2, subject_ref=b"subject", expires_at=NOW + 60),
+    ]
+    outcomes = await store.insert_tokens(records, NOW, {1: 1, 2: 2})
+    assert [o.status for o in outcomes] == [InsertStatus.INSERTED] * 3
+    # A request id answered by a deterministic hit: a reservation row of its own.
+    hit = make_record(
+        key_version=2,
+        deterministic=True,
+        fingerprint=records[1].fingerprint,
+        request_id="req-2",
+        request_hash=b"h2",
+    )
+    [outcome] = await store.insert_tokens([hit], NOW, {2: 1})
+    assert outcome.status is InsertStatus.DETERMINISTIC_EXISTS
+    await store.put_fingerprint_key("tenant-a", b"fpk", "kek", NOW)
+    await store.put_service_key("audit:1", b"audit-key", "kek", NOW)
+    await store.add_caller(make_caller("checkout", cert_identity="spiffe://x/checkout"))
+    row = AuditRow(0, NOW, "ops", "t", "caller.add", ("tok_1",), "", "ok", "", "r", "", (), b"")
+    await store.append_audit([row, row], _seal)
+    return records
+
+
+async def _snapshot(store, tokens) -> tuple:
+    return (
+        await store.get_tokens(tokens),
+        await store.key_versions(),
+        await store.callers(),
+        await store.fingerprint_key("tenant-a"),
+        await store.service_key("audit:1"),
+        await store.audit_records(0, 100),
+        await store.audit_head(),
+        await store.records_by_key_version(),
+    )
+
+
+@pytest.fixture
+async def filled_source(tmp_path, make_record, make_caller):
+    path = tmp_path / "vault.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        records = await _fill(store, make_record, make_caller)
+        snapshot = await _snapshot(store, [r.token for r in records])
+    finally:
+        await store.close()
+    return path, records, snapshot
+
+
+async def _open(url):
+    store = PostgresStore(url)
+    await store.open()
+    return store
+
+
+async def test_copy_reads_back_identically_and_reruns_as_a_no_op(
+    filled_source, pg_database, make_record
+):
+    path, records, snapshot = filled_source
+    target = await _open(pg_database)  # migrated, empty
+    await target.close()
+
+    report = {t.table: t for t in await copy_sqlite_to_postgres(path, pg_database)}
+    assert report["tokens"].rows == report["tokens"].copied == 3
+    assert report["request_ids"].rows == 1
+    assert report["audit_log"].copied == 2
+
+    target = await _open(pg_database)
+    try:
+        assert await _snapshot(target, [r.token for r in records]) == snapshot
+        # The copy keeps enforcing what the source stored, and numbers new rows after it.
+        [again] = await target.insert_tokens(
+            [make_record(key_version=2, request_id="req-2", request_hash=b"h2")], NOW, {}
+        )
+        assert again.status is InsertStatus.REQUEST_EXISTS
+        fresh = make_record(key_version=2)
+        assert [o.status for o in await target.insert_tokens([fresh], NOW, {})] == [
+            InsertStatus.INSERTED
+        ]
+        rewrap = await target.tokens_to_rewrap(2, 0, 10)
+        assert [r.record.token for r in rewrap] == [records[0].token]
+        await target.delete_token(fresh.tenant, fresh.token)
+    finally:
+        await target.close()
+
+    rerun = await copy_sqlite_to_postgres(path, pg_database)
+    assert all(t.copied == 0 for t in rerun)
+
+
+async def test_a_target_holding_other_contents_is_refused_and_untouched(
+    filled_source, pg_cluster, pg_database
+):
+    path, _, _ = filled_source
+    await (await _open(pg_database)).close()
+    await copy_sqlite_to_postgres(path, pg_database)
+    database = pg_database.rsplit("/", 1)[1]
+    # Same rows, one of them changed: counts match, contents do not.
+    pg_cluster.psql(database, "UPDATE callers SET scopes = 'tokenize,detokenize'")
+    before = pg_cluster.psql(database, "SELECT name, scopes FROM callers")
+    with pytest.raises(CopyError, match="other data in callers"):
+        await copy_sqlite_to_postgres(path, pg_database)
+    assert pg_cluster.psql(database, "SELECT name, scopes FROM callers") == before
+
+
+async def test_a_target_of_another_schema_is_refused(filled_source, pg_cluster, pg_database):
+    path, _, _ = filled_source
+    await (await _open(pg_database)).close()
+    pg_cluster.psql(pg_database.rsplit("/", 1)[1], "CREATE TABLE stray (id INTEGER)")
+    with pytest.raises(CopyError, match="different tables"):
+        await copy_sqlite_to_postgres(path, pg_database)
