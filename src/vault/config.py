@@ -53,6 +53,11 @@ class Config:
         return self.data_dir / "vault.db"
 
     @property
+    def subject_keys_path(self) -> Path:
+        """Per-subject keys: a file of their own, which backups of vault.db leave out."""
+        return self.data_dir / "subject-keys.db"
+
+    @property
     def dev_key_path(self) -> Path:
         return self.data_dir / "dev-api-key"
 

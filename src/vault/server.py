@@ -33,10 +33,12 @@ from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial, init_keyring
+from vault.domain.subject_keys import SubjectKeys
 from vault.domain.tokens import Limits, TokenVault
 from vault.errors import AlreadyExistsError, FailedPreconditionError
-from vault.storage.base import CallerRow, Store
+from vault.storage.base import CallerRow, Store, SubjectKeyStore
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 __all__ = [
     "DEV_CALLER",
@@ -45,6 +47,7 @@ __all__ = [
     "harden_process",
     "init_data_dir",
     "open_store",
+    "open_subject_key_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,10 @@ def harden_process() -> None:
 
 def open_store(config: Config) -> Store:
     return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
+
+
+def open_subject_key_store(config: Config) -> SubjectKeyStore:
+    return SqliteSubjectKeyStore(config.subject_keys_path)
 
 
 def _check_data_dir(path: Path) -> None:
@@ -146,6 +153,7 @@ class VaultServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.store: Store = open_store(config)
+        self.subject_key_store: SubjectKeyStore = open_subject_key_store(config)
         self.port = 0
         self.metrics_port = 0
         self.dev_key: str | None = None
@@ -169,6 +177,7 @@ class VaultServer:
         tls = load_tls_material(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
         await self.store.open()
         try:
+            await self.subject_key_store.open()
             if cfg.dev:
                 await init_data_dir(cfg, self.store, self.clock)
                 self.dev_key = await create_dev_caller(cfg, self.store, self.clock)
@@ -188,10 +197,14 @@ class VaultServer:
                     cvc_reveals=cfg.cvc_reveals,
                 ),
                 audit=self.audit,
+                subject_keys=await SubjectKeys.open(
+                    self.store, self.subject_key_store, kek, self.clock
+                ),
             )
             await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()
+            await self.subject_key_store.close()
             if self.audit is not None:
                 self.audit.close()
             raise
@@ -304,6 +317,7 @@ class VaultServer:
                 running.metrics_server.shutdown()
                 running.metrics_server.server_close()
         await self.store.close()
+        await self.subject_key_store.close()
         if self.audit is not None:
             self.audit.close()
         self._stopped.set()
