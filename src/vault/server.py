@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from vault import metrics
 from vault.api.rpc import add_service
+from vault.api.subject_service import SUBJECT_SERVICE, SubjectServicer
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
 from vault.audit.trail import AuditTrail, JsonLinesExporter
@@ -34,6 +35,7 @@ from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
+from vault.domain.subjects import SubjectRequests
 from vault.domain.tokens import Limits, TokenVault
 from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.storage.base import CallerRow, Store, SubjectKeyStore
@@ -226,11 +228,18 @@ class VaultServer:
         )
         servicer = TokenServicer(self.vault, authenticator, self.audit, self.clock)
         add_service(server, TOKEN_SERVICE_DESCRIPTOR, servicer)
+        assert self.keys is not None  # noqa: S101 - set by start()
+        subjects = SubjectRequests(self.vault, self.store, self.keys, self.clock, self.audit)
+        add_service(
+            server,
+            SUBJECT_SERVICE,
+            SubjectServicer(subjects, authenticator, self.audit, self.clock),
+        )
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
         # only ones grpcio-reflection ships, and a listed service must be describable.
-        names = [TOKEN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        names = [TOKEN_SERVICE, SUBJECT_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflector = ReflectionServicer(names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
         server.add_generic_rpc_handlers(
