@@ -12,6 +12,7 @@ __all__ = [
     "RPC_LATENCY",
     "TOKENS_CREATED",
     "TOKENS_PURGED",
+    "TOKENS_RETENTION_PURGED",
     "TOKENS_REVEALED",
 ]
 
@@ -37,4 +38,9 @@ COMMIT_BATCH = Histogram(
 )
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
+)
+TOKENS_RETENTION_PURGED = Counter(
+    "vault_tokens_retention_purged",
+    "Values purged by the retention job (past their tenant's maximum age), by data kind",
+    ["kind"],
 )

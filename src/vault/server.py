@@ -34,6 +34,7 @@ from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial, init_keyring
+from vault.domain.retention import purge_retained
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.subjects import SubjectRequests
 from vault.domain.tokens import Limits, TokenVault
@@ -282,6 +283,9 @@ class VaultServer:
             asyncio.create_task(
                 self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
             ),
+            asyncio.create_task(
+                self._every(cfg.retention_interval, self._retention), name="retention-purge"
+            ),
         ]
         self._running = _Running(server, health, tasks, metrics_server)
         # SERVING only now: migrations ran and the keys are loaded.
@@ -306,6 +310,10 @@ class VaultServer:
         purged = await self.vault.purge_expired()
         if purged:
             log.info("purged %d expired tokens", purged)
+
+    async def _retention(self) -> None:
+        for purged in await purge_retained(self.store, self.clock, self.audit):
+            log.info("retention purged %d %s values", purged.count, purged.kind.name)
 
     async def _refresh_keys(self) -> None:
         assert self.keys is not None  # noqa: S101

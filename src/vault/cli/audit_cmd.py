@@ -19,14 +19,14 @@ from vault.errors import FailedPreconditionError
 from vault.server import open_store
 from vault.storage.base import Store
 
-__all__ = ["record_operator_event", "register"]
+__all__ = ["open_trail", "operator_name", "record_operator_event", "register"]
 
 _TAIL_DEFAULT = 20
 _FOLLOW_SECONDS = 1.0
 _FOLLOW_CHUNK = 1000
 
 
-def _operator() -> str:
+def operator_name() -> str:
     """Who ran vaultctl, as the trail names them (the OS user)."""
     try:
         return f"vaultctl:{getpass.getuser()}"
@@ -34,7 +34,7 @@ def _operator() -> str:
         return "vaultctl"
 
 
-async def _open_trail(cfg: Config, store: Store, *, create: bool) -> AuditTrail:
+async def open_trail(cfg: Config, store: Store, *, create: bool) -> AuditTrail:
     kek = KeyFileKek.load(cfg.master_key_path)
     # A sink on stdout would mix records into the command's own output: files only here.
     exporter = (
@@ -54,13 +54,13 @@ async def record_operator_event(
     reason: str = "",
 ) -> None:
     """Append one record of a change made with vaultctl (durable when this returns)."""
-    trail = await _open_trail(cfg, store, create=True)
+    trail = await open_trail(cfg, store, create=True)
     try:
         await trail.record(
             [
                 AuditEvent(
                     SystemClock().now(),
-                    _operator(),
+                    operator_name(),
                     tenant,
                     action,
                     outcome=outcome,
@@ -79,7 +79,7 @@ async def _verify(args: argparse.Namespace) -> int:
     await store.open()
     try:
         try:
-            trail = await _open_trail(cfg, store, create=False)
+            trail = await open_trail(cfg, store, create=False)
         except FailedPreconditionError as exc:
             if exc.reason != "AUDIT_KEY_MISSING":
                 raise
