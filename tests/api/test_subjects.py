@@ -39,6 +39,7 @@ from subject_helpers import (
 from vault.auth.policy import ALL_SCOPES
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial
+from vault.domain.retention import purge_retained
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.tokens import TokenVault
 from vault.errors import NotFoundError
@@ -362,3 +363,58 @@ async def test_hold_errors(vault, people):
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert_invalid(exc, "reason", "REASON_REQUIRED")
+
+
+async def test_hold_blocks_retention_and_release_unblocks(vault, people):
+    """The servers' retention job (its body, run here on the server's clock) purges values
+    past the tenant's maximum age for their kind, except a held subject's."""
+    await vault.server.store.set_retention_policy("default", 8, 86400.0, vault.clock.now())
+    await subject_stub(vault).SetLegalHold(hold_request(ALICE), metadata=vault.md)
+    alice_email = next(t for t, e in people["alice"].items() if e["kind"] == "EMAIL")
+    bob_email = next(t for t, e in people["bob"].items() if e["kind"] == "EMAIL")
+    other_email = next(iter(people["other"]))
+    vault.clock.advance(2 * 86400)
+    await purge_retained(vault.server.store, vault.clock, vault.server.audit)
+    await expect_code(_reveal(vault, bob_email), grpc.StatusCode.NOT_FOUND)
+    await _reveal(vault, alice_email)  # held
+    await _reveal(vault, other_email, people["other_md"])  # no policy in that tenant
+    await _reveal(vault, next(iter(people["alice"])))  # a PAN: no policy for the kind
+    (stats,) = await vault.server.store.retention_stats(vault.clock.now())
+    assert (stats.due, stats.held, stats.purged) == (0, 1, 1)
+    await subject_stub(vault).SetLegalHold(hold_request(ALICE, hold=False), metadata=vault.md)
+    await purge_retained(vault.server.store, vault.clock, vault.server.audit)
+    await expect_code(_reveal(vault, alice_email), grpc.StatusCode.NOT_FOUND)
+    purges = vault.sql(
+        "SELECT caller, tenant, detail FROM audit_log WHERE action = 'retention.purge'"
+    )
+    assert [(c, t) for c, t, _ in purges] == [("vault:retention", "default")] * 2
+    assert all('["kind","EMAIL"]' in d for _, _, d in purges)
+
+
+async def test_deterministic_tokens_are_per_subject_and_fingerprints_per_tenant(vault):
+    """A subject's deterministic token is its own (erasing it leaves others' tokens), while
+    the fingerprint a caller sees is the tenant-wide one."""
+    pan = "4111111111111111"
+    a = await vault.stub.Tokenize(
+        tokenize_request("PAN", pan, deterministic=True, subject=ALICE), metadata=vault.md
+    )
+    a2 = await vault.stub.Tokenize(
+        tokenize_request("PAN", pan, deterministic=True, subject=ALICE), metadata=vault.md
+    )
+    b = await vault.stub.Tokenize(
+        tokenize_request("PAN", pan, deterministic=True, subject=BOB), metadata=vault.md
+    )
+    n = await vault.stub.Tokenize(
+        tokenize_request("PAN", pan, deterministic=True), metadata=vault.md
+    )
+    assert (a2.token, a2.created) == (a.token, False)
+    assert len({a.token, b.token, n.token}) == 3
+    assert a.fingerprint == b.fingerprint == n.fingerprint == a2.fingerprint
+    info = await vault.stub.GetToken(pb.GetTokenRequest(token=a.token), metadata=vault.md)
+    assert info.fingerprint == a.fingerprint
+    # What the rows store differs: a subject's is bound to its key.
+    stored = dict(vault.sql("SELECT token, fingerprint FROM tokens"))
+    assert len({stored[a.token], stored[b.token], stored[n.token]}) == 3
+    await subject_stub(vault).EraseSubject(erase_request(ALICE), metadata=vault.md)
+    assert (await _reveal(vault, b.token)).text == pan
+    assert (await _reveal(vault, n.token)).text == pan

@@ -180,8 +180,7 @@ async def test_retention_policies_purge_and_stats(store, make_record):
     ]
     (stats,) = await store.retention_stats(NOW)
     assert (stats.due, stats.held, stats.purged, stats.last_purge_at) == (3, 1, 0, None)
-    assert await store.purge_retained("tenant-a", 1, NOW - 60, NOW, 2) == 2
-    assert await store.purge_retained("tenant-a", 1, NOW - 60, NOW + 1, 2) == 1
+    assert await store.purge_retained("tenant-a", 1, NOW - 60, NOW + 1, 2) == 3  # 2 + 1
     assert await store.purge_retained("tenant-a", 1, NOW - 60, NOW + 2, 2) == 0
     (stats,) = await store.retention_stats(NOW)
     assert (stats.due, stats.held, stats.purged, stats.last_purge_at) == (0, 1, 3, NOW + 1)
@@ -237,3 +236,14 @@ async def test_a_destroyed_key_leaves_no_bytes_in_the_file(subject_key_store, tm
     await subject_key_store.destroy_subject_key("t", REF_A)
     for path in tmp_path.glob("subject-keys.db*"):
         assert wrapped not in path.read_bytes(), path.name
+
+
+async def test_retention_purges_exactly_the_rows_older_than_the_cutoff(store, make_record):
+    # Rows in time order, as tokenize writes them; the cutoff falls between two of them.
+    rows = [make_record(created_at=NOW - 1000 + i) for i in range(300)]
+    for chunk in (rows[:100], rows[100:200], rows[200:]):
+        await store.insert_tokens(chunk, NOW, {})
+    cutoff = NOW - 1000 + 137.5
+    assert await store.purge_retained("tenant-a", 1, cutoff, NOW, 50) == 138
+    left = await store.get_tokens([r.token for r in rows])
+    assert [r is not None for r in left] == [False] * 138 + [True] * 162

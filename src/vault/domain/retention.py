@@ -70,12 +70,7 @@ async def purge_retained(
             continue
         now = clock.now()
         created_before = now - policy.max_age
-        total = 0
-        while True:
-            n = await store.purge_retained(policy.tenant, policy.kind, created_before, now, batch)
-            total += n
-            if n < batch:
-                break
+        total = await store.purge_retained(policy.tenant, policy.kind, created_before, now, batch)
         if not total:
             continue
         metrics.TOKENS_RETENTION_PURGED.labels(kind.name).inc(total)

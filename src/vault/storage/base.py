@@ -482,8 +482,10 @@ class Store(Protocol):
     async def purge_retained(
         self, tenant: str, kind: int, created_before: float, now: float, limit: int
     ) -> int:
-        """Remove up to ``limit`` unheld rows of the tenant and kind created before
-        ``created_before``; add them to the purge counter in the same transaction."""
+        """Remove every unheld row of the tenant and kind created before
+        ``created_before``, in transactions of at most ``limit`` rows, each adding its
+        rows to the purge counter; returns how many. (Rows whose clock ran behind may
+        wait for a later call: SQLite finds old rows as an id prefix.)"""
         ...
 
     async def retention_stats(self, now: float) -> list[RetentionStats]:

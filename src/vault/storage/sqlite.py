@@ -63,6 +63,8 @@ _MAX_PARAMS = 900
 _MAX_READ_BATCH = 512
 # Most waiting writes coalesced into one transaction.
 _MAX_WRITE_BATCH = 256
+# Row ids the retention purge scans per read query (bounded work per query).
+_RETENTION_WINDOW = 50_000
 
 _TOKEN_COLUMNS = (
     "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
@@ -1316,17 +1318,59 @@ class SqliteStore:
         )
         return [RetentionPolicy(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
 
+    async def _age_boundary(self, created_before: float) -> int:
+        """The last row id created before ``created_before``, by binary search over the
+        rowid: rows are inserted in time order, so created_at grows with id. A row
+        whose clock ran behind its neighbours' may fall past the boundary; it is found
+        by a later run, once the boundary has moved past it."""
+        first = await self._query("SELECT min(id), max(id) FROM tokens")
+        lo, hi = (first[0][0] or 0, first[0][1] or 0) if first else (0, 0)
+        if not hi:
+            return 0
+        oldest = await self._query("SELECT created_at FROM tokens WHERE id = ?", (lo,))
+        if not oldest or oldest[0][0] >= created_before:
+            return 0
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            row = await self._query(
+                "SELECT id, created_at FROM tokens WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+            )
+            if row and row[0][1] < created_before:
+                lo = int(row[0][0])
+            else:
+                hi = mid - 1
+        return lo
+
     async def purge_retained(
         self, tenant: str, kind: int, created_before: float, now: float, limit: int
     ) -> int:
-        def apply(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens "  # noqa: S608 - constant
-                "WHERE tenant = ? AND kind = ? AND created_at < ? "
-                f"AND NOT ({_HELD}) LIMIT ?)",
-                (tenant, kind, created_before, limit),
+        # Candidates are found on the reader, a window of ids at a time (a scan, but of
+        # the old prefix only and never inside the write lock); the writer deletes them
+        # re-checking every condition, so a row held or changed meanwhile stays.
+        boundary = await self._age_boundary(created_before)
+        purged = 0
+        for after in range(0, boundary, _RETENTION_WINDOW):
+            rows = await self._query(
+                "SELECT id FROM tokens WHERE id > ? AND id <= ? AND tenant = ? AND kind = ? "  # noqa: S608 - constant
+                f"AND created_at < ? AND NOT ({_HELD}) ORDER BY id",
+                (after, min(after + _RETENTION_WINDOW, boundary), tenant, kind, created_before),
             )
-            purged = cur.rowcount
+            for chunk in _chunks([int(r[0]) for r in rows], limit):
+                purged += await self._delete_retained(tenant, kind, created_before, now, chunk)
+        return purged
+
+    async def _delete_retained(
+        self, tenant: str, kind: int, created_before: float, now: float, ids: Sequence[int]
+    ) -> int:
+        def apply(conn: sqlite3.Connection) -> int:
+            purged = 0
+            for chunk in _chunks(ids, _MAX_PARAMS):
+                cur = conn.execute(
+                    f"DELETE FROM tokens WHERE id IN ({','.join('?' * len(chunk))}) "  # noqa: S608 - placeholders only
+                    f"AND tenant = ? AND kind = ? AND created_at < ? AND NOT ({_HELD})",
+                    (*chunk, tenant, kind, created_before),
+                )
+                purged += cur.rowcount
             if purged:
                 conn.execute(
                     "INSERT INTO retention_purges (tenant, kind, purged, last_purge_at) "
@@ -1348,10 +1392,11 @@ class SqliteStore:
         }
         out: dict[tuple[str, int], RetentionStats] = {}
         for p in policies:
+            created_before = now - p.max_age
             rows = await self._query(
                 f"SELECT ({_HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
-                "WHERE tenant = ? AND kind = ? AND created_at < ? GROUP BY held",
-                (p.tenant, p.kind, now - p.max_age),
+                "WHERE id <= ? AND tenant = ? AND kind = ? AND created_at < ? GROUP BY held",
+                (await self._age_boundary(created_before), p.tenant, p.kind, created_before),
             )
             by_held = {bool(r[0]): int(r[1]) for r in rows}
             purged, last = counters.get((p.tenant, p.kind), (0, None))

@@ -29,6 +29,6 @@ CREATE TABLE retention_purges (
     PRIMARY KEY (tenant, kind)
 ) WITHOUT ROWID;
 
--- Retention finds old rows of a tenant and kind without a scan. created_at grows with
--- time, so inserts land at the right edge of each (tenant, kind) range: a few hot pages.
-CREATE INDEX tokens_age ON tokens (tenant, kind, created_at);
+-- No index on tokens.created_at for retention: any further index on every row costs
+-- tokenize ~10% CPU (measured). Rows are in insertion order (id) and created_at grows
+-- with id, so the old rows are an id prefix the store finds by binary search.
