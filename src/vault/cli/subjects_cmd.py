@@ -108,6 +108,8 @@ async def _export(args: argparse.Namespace) -> int:
     print(
         f"subject {args.subject} in tenant {args.tenant}" + (" (legal hold)" if export.held else "")
     )
+    # The export is the subject's data, printed for the operator who asked for it (and
+    # audited as such); it goes nowhere else, no log line included.
     for rec in doc["records"]:
         value = rec.get("text", rec.get("address"))
         print(f"{rec['token']}\t{rec['kind']}\t{rec['createTime']}\t{json.dumps(value)}")

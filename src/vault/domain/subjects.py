@@ -13,7 +13,6 @@ its CVCs held in this process's memory (other processes' CVCs expire within cvc_
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 from vault.audit.base import (
@@ -33,7 +32,7 @@ from vault.auth.policy import require as require_scope
 from vault.clock import Clock
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import DataKind, RequestContext, Value
-from vault.domain.tokens import TokenVault
+from vault.domain.tokens import TokenVault, has_control
 from vault.errors import (
     FailedPreconditionError,
     FieldViolation,
@@ -84,10 +83,6 @@ class SubjectExport:
     held: bool  # under legal hold
 
 
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch)[0] == "C" for ch in text)
-
-
 class SubjectRequests:
     """ExportSubject, EraseSubject, SetLegalHold; each needs the `subjects` scope."""
 
@@ -114,7 +109,7 @@ class SubjectRequests:
         limit = self._vault.limits.max_subject_chars
         if not subject:
             raise InvalidArgumentError(FieldViolation("subject", "is required"))
-        if len(subject) > limit or _has_control(subject):
+        if len(subject) > limit or has_control(subject):
             raise InvalidArgumentError(
                 FieldViolation("subject", f"must be at most {limit} printable characters")
             )
@@ -125,7 +120,7 @@ class SubjectRequests:
             raise InvalidArgumentError(
                 FieldViolation("reason", "is required: say why"), reason="REASON_REQUIRED"
             )
-        if len(reason) > _MAX_REASON_CHARS or _has_control(reason):
+        if len(reason) > _MAX_REASON_CHARS or has_control(reason):
             raise InvalidArgumentError(
                 FieldViolation(
                     "reason", f"must be at most {_MAX_REASON_CHARS} printable characters"

@@ -63,6 +63,7 @@ __all__ = [
     "TokenVault",
     "TokenizeItem",
     "Tokenized",
+    "has_control",
 ]
 
 
@@ -167,7 +168,8 @@ _DENIED = (PermissionDeniedError, UnauthenticatedError, NotFoundError)
 log = logging.getLogger(__name__)
 
 
-def _has_control(text: str) -> bool:
+def has_control(text: str) -> bool:
+    """Whether the text has a control (or other category C) character."""
     return any(unicodedata.category(ch)[0] == "C" for ch in text)
 
 
@@ -309,7 +311,7 @@ class TokenVault:
     def _check_extras(self, item: TokenizeItem) -> list[FieldViolation]:
         lim = self.limits
         out: list[FieldViolation] = []
-        if len(item.subject) > lim.max_subject_chars or _has_control(item.subject):
+        if len(item.subject) > lim.max_subject_chars or has_control(item.subject):
             out.append(
                 FieldViolation(
                     "subject", f"must be at most {lim.max_subject_chars} printable characters"
@@ -327,7 +329,7 @@ class TokenVault:
                     )
                 )
                 break
-            if len(val) > lim.max_metadata_value_chars or _has_control(val):
+            if len(val) > lim.max_metadata_value_chars or has_control(val):
                 out.append(
                     FieldViolation(
                         "metadata",
@@ -364,7 +366,7 @@ class TokenVault:
                 FieldViolation("purpose", "is required: say why the value is needed"),
                 reason="PURPOSE_REQUIRED",
             )
-        if len(purpose) > self.limits.max_purpose_chars or _has_control(purpose):
+        if len(purpose) > self.limits.max_purpose_chars or has_control(purpose):
             raise InvalidArgumentError(
                 FieldViolation(
                     "purpose",
