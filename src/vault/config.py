@@ -31,6 +31,7 @@ class Config:
     log_format: str = "plain"  # plain | json
     log_level: str = "INFO"
     purge_interval: float = 30.0  # seconds between expired-token purges
+    retention_interval: float = 300.0  # seconds between retention purges (policies per tenant/kind)
     key_refresh_interval: float = 5.0  # seconds between keyring reloads from the store
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight calls
     max_message_bytes: int = 4 * 1024 * 1024
@@ -71,6 +72,11 @@ class Config:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "vault.db"
+
+    @property
+    def subject_keys_path(self) -> Path:
+        """Per-subject keys: a file of their own, which backups of vault.db leave out."""
+        return self.data_dir / "subject-keys.db"
 
     @property
     def dev_key_path(self) -> Path:

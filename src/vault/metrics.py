@@ -20,6 +20,7 @@ __all__ = [
     "SEALED",
     "TOKENS_CREATED",
     "TOKENS_PURGED",
+    "TOKENS_RETENTION_PURGED",
     "TOKENS_REVEALED",
 ]
 
@@ -69,4 +70,9 @@ JOB_LEASE_HELD = Gauge(
     "vault_job_lease_held",
     "1 while this process holds the background job's lease (runs it), else 0",
     ["job"],
+)
+TOKENS_RETENTION_PURGED = Counter(
+    "vault_tokens_retention_purged",
+    "Values purged by the retention job (past their tenant's maximum age), by data kind",
+    ["kind"],
 )

@@ -27,6 +27,7 @@ from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service
 from vault.api.seal_service import SEAL_SERVICE as SEAL_SERVICE_DESCRIPTOR
 from vault.api.seal_service import SealedGate, SealServicer
+from vault.api.subject_service import SUBJECT_SERVICE, SubjectServicer
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
 from vault.audit.trail import AuditTrail, JsonLinesExporter
@@ -46,14 +47,18 @@ from vault.domain.keyops import (
     UsageWatch,
 )
 from vault.domain.keys import KeyMaterial, init_keyring
+from vault.domain.retention import purge_retained
+from vault.domain.subject_keys import SubjectKeys
+from vault.domain.subjects import SubjectRequests
 from vault.domain.tokens import Limits, TokenVault
 from vault.domain.unseal import Unsealer
 from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.jobs import LeasedJob
 from vault.master_key import open_kek, open_pkcs11
-from vault.storage.base import CallerRow, KeyVersionRow, Store
+from vault.storage.base import CallerRow, KeyVersionRow, Store, SubjectKeyStore
 from vault.storage.postgres import PostgresStore, is_postgres_url
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 __all__ = [
     "DEV_CALLER",
@@ -62,6 +67,7 @@ __all__ = [
     "harden_process",
     "init_data_dir",
     "open_store",
+    "open_subject_key_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,7 +78,7 @@ TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
 KEY_SERVICE = KEY_SERVICE_DESCRIPTOR.full_name
 SEAL_SERVICE = SEAL_SERVICE_DESCRIPTOR.full_name
 # What health reports NOT_SERVING while sealed (readiness); "" is SERVING (liveness).
-KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE)
+KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE, SUBJECT_SERVICE.full_name)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -103,6 +109,10 @@ def open_store(config: Config) -> Store:
     raise FailedPreconditionError(
         "database_url must start with postgresql:// or sqlite:///", reason="BAD_CONFIG"
     )
+
+
+def open_subject_key_store(config: Config) -> SubjectKeyStore:
+    return SqliteSubjectKeyStore(config.subject_keys_path)
 
 
 def _check_data_dir(path: Path) -> None:
@@ -191,6 +201,7 @@ class VaultServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.store: Store = open_store(config)
+        self.subject_key_store: SubjectKeyStore = open_subject_key_store(config)
         self.port = 0
         self.metrics_port = 0
         self.dev_key: str | None = None
@@ -215,6 +226,13 @@ class VaultServer:
                 config.key_refresh_interval,
                 self._auto_rotate_checked,
             ),
+            LeasedJob(
+                self.store,
+                self.clock,
+                "retention-purge",
+                config.retention_interval,
+                self._retention,
+            ),
         ]
 
     async def start(self) -> None:
@@ -237,6 +255,7 @@ class VaultServer:
         tls = load_tls_material(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
         await self.store.open()
         try:
+            await self.subject_key_store.open()
             if cfg.dev:
                 await init_data_dir(cfg, self.store, self.clock)
                 self.dev_key = await create_dev_caller(cfg, self.store, self.clock)
@@ -253,6 +272,7 @@ class VaultServer:
             await self._start_grpc(Authenticator(self.store, self.clock), tls)
         except BaseException:
             await self.store.close()
+            await self.subject_key_store.close()
             if self.audit is not None:
                 self.audit.close()
             raise
@@ -278,6 +298,9 @@ class VaultServer:
             ),
             audit=audit,
             on_encrypt=self.usage.encrypted,
+            subject_keys=await SubjectKeys.open(
+                self.store, self.subject_key_store, kek, self.clock
+            ),
         )
         self.key_ops = KeyOperations(
             self.store,
@@ -312,12 +335,16 @@ class VaultServer:
                 self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
             ),
             asyncio.create_task(self._auto_rotate_loop(), name="key-auto-rotate"),
+            asyncio.create_task(
+                self._every(cfg.retention_interval, self.jobs[2]), name="retention-purge"
+            ),
         ]
 
     def _servicers(self, authenticator: Authenticator) -> dict[str, object]:
         """The services that need the keys, by full name (built once the keys are loaded)."""
         assert self.vault is not None  # noqa: S101 - keys loaded
         assert self.key_ops is not None  # noqa: S101
+        assert self.keys is not None  # noqa: S101
         return {
             TOKEN_SERVICE: TokenServicer(self.vault, authenticator, self.audit, self.clock),
             KEY_SERVICE: KeyServicer(
@@ -327,6 +354,12 @@ class VaultServer:
                 self.clock,
                 # Servers load a new primary within one refresh; a rewrap waits that out.
                 settle_seconds=self.config.key_refresh_interval + 1.0,
+            ),
+            SUBJECT_SERVICE.full_name: SubjectServicer(
+                SubjectRequests(self.vault, self.store, self.keys, self.clock, self.audit),
+                authenticator,
+                self.audit,
+                self.clock,
             ),
         }
 
@@ -348,7 +381,7 @@ class VaultServer:
         # through their gates until the last share; otherwise they serve directly.
         gates: dict[str, SealedGate] = {}
         servicers = self._servicers(authenticator) if self.vault is not None else None
-        for descriptor in (TOKEN_SERVICE_DESCRIPTOR, KEY_SERVICE_DESCRIPTOR):
+        for descriptor in (TOKEN_SERVICE_DESCRIPTOR, KEY_SERVICE_DESCRIPTOR, SUBJECT_SERVICE):
             if servicers is None:
                 gates[descriptor.full_name] = gate = SealedGate()
                 add_service(server, descriptor, gate)
@@ -362,7 +395,14 @@ class VaultServer:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
         # only ones grpcio-reflection ships, and a listed service must be describable.
-        names = [TOKEN_SERVICE, KEY_SERVICE, SEAL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        names = [
+            TOKEN_SERVICE,
+            KEY_SERVICE,
+            SUBJECT_SERVICE.full_name,
+            SEAL_SERVICE,
+            HEALTH_SERVICE,
+            reflection.SERVICE_NAME,
+        ]
         reflector = ReflectionServicer(names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
         server.add_generic_rpc_handlers(
@@ -433,6 +473,10 @@ class VaultServer:
         purged = await self.vault.purge_expired()
         if purged:
             log.info("purged %d expired tokens", purged)
+
+    async def _retention(self) -> None:
+        for purged in await purge_retained(self.store, self.clock, self.audit):
+            log.info("retention purged %d %s values", purged.count, purged.kind.name)
 
     async def _refresh_keys(self) -> None:
         await self._reload_keys()
@@ -521,6 +565,7 @@ class VaultServer:
         if self.key_ops is not None:
             await self.key_ops.close()  # a background rewrap stops, its lease released
         await self.store.close()
+        await self.subject_key_store.close()
         if self.audit is not None:
             self.audit.close()
         self._stopped.set()

@@ -26,7 +26,15 @@ from vault.auth import apikeys
 from vault.auth.apikeys import mint_api_key
 from vault.v1 import token_service_pb2 as pb
 
-METHODS = ["Tokenize", "BatchTokenize", "Detokenize", "BatchDetokenize", "GetToken", "DeleteToken"]
+METHODS = [
+    "Tokenize",
+    "BatchTokenize",
+    "Detokenize",
+    "BatchDetokenize",
+    "GetToken",
+    "DeleteToken",
+    "UpdateToken",
+]
 MISSING_RANDOM = "tok_" + "b" * 32
 MISSING_PAN = "4242000000004240"
 
@@ -42,6 +50,7 @@ def request_for(method: str, token: str) -> Any:
         "BatchDetokenize": lambda: pb.BatchDetokenizeRequest(tokens=[token], purpose=PURPOSE),
         "GetToken": lambda: pb.GetTokenRequest(token=token),
         "DeleteToken": lambda: pb.DeleteTokenRequest(token=token),
+        "UpdateToken": lambda: pb.UpdateTokenRequest(token=token, text="the corrected note"),
     }[method]()
 
 
@@ -162,7 +171,7 @@ async def test_caller_expires_as_the_clock_moves(vault):
 # -- scopes -----------------------------------------------------------------------------
 
 ROLES: dict[str, tuple[tuple[str, ...], set[str]]] = {
-    "tokenize-only": (("tokenize",), {"Tokenize", "BatchTokenize", "DeleteToken"}),
+    "tokenize-only": (("tokenize",), {"Tokenize", "BatchTokenize", "DeleteToken", "UpdateToken"}),
     "detokenize-only": (("detokenize",), {"Detokenize", "BatchDetokenize", "GetToken"}),
     "reveal-masked-only": (("reveal-masked",), {"GetToken"}),
     "admin-only": (("subjects", "keys", "audit"), set()),
@@ -239,7 +248,7 @@ async def test_other_tenants_token_is_answered_like_a_missing_one(vault, kind):
     theirs = (await vault.stub.Tokenize(tokenize_request(kind, value), metadata=vault.md)).token
     missing = MISSING_RANDOM if kind == "TEXT" else MISSING_PAN
     assert len(missing) == len(theirs)
-    for method in ("Detokenize", "BatchDetokenize", "GetToken", "DeleteToken"):
+    for method in ("Detokenize", "BatchDetokenize", "GetToken", "DeleteToken", "UpdateToken"):
         exc_theirs = await expect_code(
             call(vault, method, request_for(method, theirs), acme), grpc.StatusCode.NOT_FOUND
         )

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from vault.storage.base import CallerRow, Store, TokenRecord
+from vault.storage.base import CallerRow, Store, SubjectKeyStore, TokenRecord
 from vault.storage.postgres import PostgresStore
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 # The fixed "now" of the suite (unix seconds); tests move time by passing other values.
 NOW = 1_800_000_000.0
@@ -138,3 +139,16 @@ def make_caller():
         return CallerRow(**values)
 
     return make
+
+
+# Subject-key stores (kept apart from the Store; see SubjectKeyStore). A PostgreSQL one
+# plugs in here the same way.
+SUBJECT_KEY_BACKENDS: dict[str, Callable[[Path], SubjectKeyStore]] = {
+    "sqlite": lambda tmp: SqliteSubjectKeyStore(tmp / "subject-keys.db"),
+}
+
+
+@pytest.fixture(params=sorted(SUBJECT_KEY_BACKENDS))
+def new_subject_key_store(request, tmp_path) -> Callable[[], SubjectKeyStore]:
+    """A new, unopened subject-key store on this test's database (each call: a process)."""
+    return lambda: SUBJECT_KEY_BACKENDS[request.param](tmp_path)

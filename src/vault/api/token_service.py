@@ -20,7 +20,7 @@ from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc as pb_grpc
 from vault.v1 import types_pb2
 
-__all__ = ["TOKEN_SERVICE", "TokenServicer"]
+__all__ = ["TOKEN_SERVICE", "TokenServicer", "address_message", "timestamp"]
 
 TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
 
@@ -30,14 +30,13 @@ TOKEN_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"]
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
-def _item(req: pb.TokenizeRequest) -> TokenizeItem:
+def _value(req: pb.TokenizeRequest | pb.UpdateTokenRequest) -> Value | None:
     which = req.WhichOneof("value")
-    value: Value | None
     if which == "text":
-        value = req.text
-    elif which == "address":
+        return req.text
+    if which == "address":
         a = req.address
-        value = Address(
+        return Address(
             a.recipient,
             tuple(a.lines),
             a.locality,
@@ -45,8 +44,11 @@ def _item(req: pb.TokenizeRequest) -> TokenizeItem:
             a.postal_code,
             a.region_code,
         )
-    else:
-        value = None
+    return None
+
+
+def _item(req: pb.TokenizeRequest) -> TokenizeItem:
+    value = _value(req)
     ttl = req.ttl.seconds + req.ttl.nanos / 1e9 if req.HasField("ttl") else None
     # Positional and without copying an empty map: this runs once per batch item.
     return TokenizeItem(
@@ -61,7 +63,7 @@ def _item(req: pb.TokenizeRequest) -> TokenizeItem:
     )
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
@@ -72,11 +74,11 @@ def _tokenized(t: Tokenized) -> pb.TokenizeResponse:
     if t.created:
         resp.created = True
     if t.expires_at is not None:
-        resp.expire_time.CopyFrom(_timestamp(t.expires_at))
+        resp.expire_time.CopyFrom(timestamp(t.expires_at))
     return resp
 
 
-def _address(a: Address) -> types_pb2.Address:
+def address_message(a: Address) -> types_pb2.Address:
     return types_pb2.Address(
         recipient=a.recipient,
         lines=a.lines,
@@ -97,7 +99,7 @@ def _revealed(r: Revealed) -> pb.DetokenizeResponse:
     if r.metadata:
         resp.metadata.update(r.metadata)
     if isinstance(value, Address):
-        resp.address.CopyFrom(_address(value))
+        resp.address.CopyFrom(address_message(value))
     else:
         resp.text = value
     return resp
@@ -174,9 +176,9 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
             deterministic=info.deterministic,
             key_version=info.key_version,
         )
-        resp.create_time.CopyFrom(_timestamp(info.created_at))
+        resp.create_time.CopyFrom(timestamp(info.created_at))
         if info.expires_at is not None:
-            resp.expire_time.CopyFrom(_timestamp(info.expires_at))
+            resp.expire_time.CopyFrom(timestamp(info.expires_at))
         return resp
 
     @rpc("DeleteToken")
@@ -185,6 +187,21 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     ) -> pb.DeleteTokenResponse:
         await self.vault.delete_token(caller, request.token, request=request_context(context))
         return pb.DeleteTokenResponse()
+
+    @rpc("UpdateToken")
+    async def UpdateToken(  # noqa: N802 - gRPC method name
+        self, caller: Caller, request: pb.UpdateTokenRequest, context: Any
+    ) -> pb.UpdateTokenResponse:
+        result = await self.vault.update_token(
+            caller,
+            request.token,
+            _value(request),
+            dict(request.metadata) if request.replace_metadata else None,
+            request=request_context(context),
+        )
+        return pb.UpdateTokenResponse(
+            token=result.token, fingerprint=result.fingerprint, masked=result.masked
+        )
 
 
 # Kinds in the proto and the domain share numbers; checked once at import.

@@ -21,7 +21,15 @@ __all__ = [
     "ACTION_KEY_REWRAP",
     "ACTION_KEY_ROTATE",
     "ACTION_KEY_STATUS",
+    "ACTION_RETENTION_CLEAR",
+    "ACTION_RETENTION_PURGE",
+    "ACTION_RETENTION_SET",
     "ACTION_REVEAL",
+    "ACTION_SUBJECT_ERASE",
+    "ACTION_SUBJECT_EXPORT",
+    "ACTION_SUBJECT_HOLD",
+    "ACTION_SUBJECT_RELEASE",
+    "ACTION_UPDATE",
     "OUTCOME_DENIED",
     "OUTCOME_ERROR",
     "OUTCOME_OK",
@@ -39,6 +47,16 @@ ACTION_KEY_ROTATE = "key.rotate"  # vaultctl keys rotate, RotateKey, or the vaul
 ACTION_KEY_REWRAP = "key.rewrap"  # vaultctl keys rewrap, RewrapKeys
 ACTION_KEY_RETIRE = "key.retire"  # vaultctl keys retire, RetireKeyVersion
 ACTION_KEY_STATUS = "key.status"  # KeyService.GetKeyStatus
+ACTION_UPDATE = "token.update"  # UpdateToken: a value corrected in place
+# Data-subject requests name the subject by its subject_ref (an HMAC), never by its id:
+# the trail is append-only and outlives an erasure, the id is personal data.
+ACTION_SUBJECT_EXPORT = "subject.export"  # ExportSubject / vaultctl subjects export
+ACTION_SUBJECT_ERASE = "subject.erase"  # EraseSubject / vaultctl subjects erase
+ACTION_SUBJECT_HOLD = "subject.hold"  # SetLegalHold(hold=true) / vaultctl subjects hold
+ACTION_SUBJECT_RELEASE = "subject.release"  # SetLegalHold(hold=false) / subjects release
+ACTION_RETENTION_SET = "retention.set"  # vaultctl retention set
+ACTION_RETENTION_CLEAR = "retention.clear"  # vaultctl retention clear
+ACTION_RETENTION_PURGE = "retention.purge"  # the retention job removed values (counts)
 
 OUTCOME_OK = "ok"  # done
 OUTCOME_DENIED = "denied"  # refused: credential, permission, or a token the caller cannot see

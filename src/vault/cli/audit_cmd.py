@@ -20,14 +20,20 @@ from vault.errors import FailedPreconditionError
 from vault.server import open_store
 from vault.storage.base import Store
 
-__all__ = ["open_operator_trail", "operator_name", "record_operator_event", "register"]
+__all__ = [
+    "open_operator_trail",
+    "open_trail",
+    "operator_name",
+    "record_operator_event",
+    "register",
+]
 
 _TAIL_DEFAULT = 20
 _FOLLOW_SECONDS = 1.0
 _FOLLOW_CHUNK = 1000
 
 
-def _operator() -> str:
+def operator_name() -> str:
     """Who ran vaultctl, as the trail names them (the OS user)."""
     try:
         return f"vaultctl:{getpass.getuser()}"
@@ -35,7 +41,7 @@ def _operator() -> str:
         return "vaultctl"
 
 
-async def _open_trail(
+async def open_trail(
     cfg: Config, store: Store, *, create: bool, kek: KekProvider | None = None
 ) -> AuditTrail:
     if kek is None:
@@ -47,16 +53,11 @@ async def _open_trail(
     return await AuditTrail.open(store, kek, SystemClock(), exporter, create=create)
 
 
-def operator_name() -> str:
-    """The audit trail's name for whoever runs this vaultctl."""
-    return _operator()
-
-
 async def open_operator_trail(
     cfg: Config, store: Store, kek: KekProvider | None = None
 ) -> AuditTrail:
     """The audit trail for records vaultctl adds (created if absent); close it after."""
-    return await _open_trail(cfg, store, create=True, kek=kek)
+    return await open_trail(cfg, store, create=True, kek=kek)
 
 
 async def record_operator_event(
@@ -72,13 +73,13 @@ async def record_operator_event(
 ) -> None:
     """Append one record of a change made with vaultctl (durable when this returns);
     ``kek``: the master key to open the trail with (default: the configured one)."""
-    trail = await _open_trail(cfg, store, create=True, kek=kek)
+    trail = await open_trail(cfg, store, create=True, kek=kek)
     try:
         await trail.record(
             [
                 AuditEvent(
                     SystemClock().now(),
-                    _operator(),
+                    operator_name(),
                     tenant,
                     action,
                     outcome=outcome,
@@ -97,7 +98,7 @@ async def _verify(args: argparse.Namespace) -> int:
     await store.open()
     try:
         try:
-            trail = await _open_trail(cfg, store, create=False)
+            trail = await open_trail(cfg, store, create=False)
         except FailedPreconditionError as exc:
             if exc.reason != "AUDIT_KEY_MISSING":
                 raise

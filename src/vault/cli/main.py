@@ -16,7 +16,7 @@ from vault import __version__
 from vault.audit.base import ACTION_CALLER_ADD, ACTION_CALLER_REVOKE, OUTCOME_ERROR, OUTCOME_OK
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import parse_scopes
-from vault.cli import audit_cmd, keys_cmd, store_cmd
+from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
 from vault.cli.common import EXIT_FAILURE, CommandError, iso_time
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
@@ -361,6 +361,8 @@ def _parser() -> argparse.ArgumentParser:
 
     audit_cmd.register(sub)
     store_cmd.register(sub)
+    subjects_cmd.register(sub)
+    retention_cmd.register(sub)
     return parser
 
 

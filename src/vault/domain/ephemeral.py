@@ -109,6 +109,13 @@ class EphemeralStore:
         self._drop(entry)
         return True
 
+    def remove_subject(self, tenant: str, subject: str) -> int:
+        """Drop every CVC of the tenant's subject (an erasure); returns how many."""
+        gone = [e for e in self._entries.values() if e.tenant == tenant and e.subject == subject]
+        for entry in gone:
+            self._drop(entry)
+        return len(gone)
+
     def purge(self) -> int:
         now = self._clock.now()
         dead = [e for e in self._entries.values() if e.expires_at <= now]

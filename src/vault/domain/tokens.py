@@ -20,6 +20,7 @@ from vault import metrics
 from vault.audit.base import (
     ACTION_DELETE,
     ACTION_REVEAL,
+    ACTION_UPDATE,
     OUTCOME_DENIED,
     OUTCOME_ERROR,
     OUTCOME_OK,
@@ -33,11 +34,15 @@ from vault.auth.ratelimit import RevealLimiter
 from vault.clock import Clock
 from vault.crypto.aead import record_aad
 from vault.crypto.keyring import Fingerprinter
+from vault.crypto.subject import SubjectKey, subject_layer_aad
 from vault.domain import kinds
 from vault.domain.ephemeral import EphemeralEntry, EphemeralStore
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import ADDRESS_KINDS, DataKind, RequestContext, TokenFormat, Value
+from vault.domain.subject_keys import SubjectKeys
 from vault.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
     FieldViolation,
     InternalError,
     InvalidArgumentError,
@@ -48,15 +53,17 @@ from vault.errors import (
     UnavailableError,
     VaultError,
 )
-from vault.storage.base import InsertStatus, Store, TokenRecord
+from vault.storage.base import InsertStatus, Store, TokenRecord, TokenUpdate, UpdateStatus
 
 __all__ = [
     "Limits",
+    "Opened",
     "Revealed",
     "TokenInfo",
     "TokenVault",
     "TokenizeItem",
     "Tokenized",
+    "has_control",
 ]
 
 
@@ -143,6 +150,12 @@ _KINDS = {int(k): k for k in DataKind}
 _KIND_DOMAINS = {k: b"kind:%d" % k for k in DataKind}
 _PAN_FORMATS = frozenset({TokenFormat.PAN_LAST4, TokenFormat.PAN_BIN_LAST4})
 _PAYLOAD_VERSION = 1
+# First byte of a data-key layer plaintext that is a subject-key layer (nonce || GCM of
+# the payload under the subject key) rather than the payload itself.
+_SUBJECT_LAYER = b"\x02"
+_NO_SUBJECT_KEYS: dict[bytes, SubjectKey | None] = {}
+# Attempts at a correction that loses its compare-and-set to a concurrent rewrap.
+_UPDATE_ATTEMPTS = 3
 _LEN = struct.Struct(">I")
 _NO_CONTEXT = RequestContext()
 # What a refused call's record names instead of a string that is not a random-format
@@ -155,7 +168,8 @@ _DENIED = (PermissionDeniedError, UnauthenticatedError, NotFoundError)
 log = logging.getLogger(__name__)
 
 
-def _has_control(text: str) -> bool:
+def has_control(text: str) -> bool:
+    """Whether the text has a control (or other category C) character."""
     return any(unicodedata.category(ch)[0] == "C" for ch in text)
 
 
@@ -173,6 +187,19 @@ def _encode_payload(value: bytes, subject: str, metadata: Mapping[str, str]) -> 
             meta_b,
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A stored record, decrypted."""
+
+    kind: DataKind
+    value: Value
+    subject: str
+    metadata: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"Opened(kind={self.kind.name})"
 
 
 def _decode_payload(data: bytes) -> tuple[bytes, str, dict[str, str]]:
@@ -208,6 +235,7 @@ class TokenVault:
         *,
         audit: AuditSink | None = None,
         on_encrypt: Callable[[int, int], None] | None = None,
+        subject_keys: SubjectKeys | None = None,
     ) -> None:
         self._store = store
         # Told (key version, count) after each store write of new records: the key
@@ -217,6 +245,8 @@ class TokenVault:
         self._clock = clock
         self.limits = limits or Limits()
         self._audit = audit
+        # None only where no subject is ever given (the in-process benchmark).
+        self.subject_keys = subject_keys
         self._limiter = RevealLimiter(clock)
         self.ephemeral = EphemeralStore(clock)
 
@@ -285,7 +315,7 @@ class TokenVault:
     def _check_extras(self, item: TokenizeItem) -> list[FieldViolation]:
         lim = self.limits
         out: list[FieldViolation] = []
-        if len(item.subject) > lim.max_subject_chars or _has_control(item.subject):
+        if len(item.subject) > lim.max_subject_chars or has_control(item.subject):
             out.append(
                 FieldViolation(
                     "subject", f"must be at most {lim.max_subject_chars} printable characters"
@@ -303,7 +333,7 @@ class TokenVault:
                     )
                 )
                 break
-            if len(val) > lim.max_metadata_value_chars or _has_control(val):
+            if len(val) > lim.max_metadata_value_chars or has_control(val):
                 out.append(
                     FieldViolation(
                         "metadata",
@@ -340,7 +370,7 @@ class TokenVault:
                 FieldViolation("purpose", "is required: say why the value is needed"),
                 reason="PURPOSE_REQUIRED",
             )
-        if len(purpose) > self.limits.max_purpose_chars or _has_control(purpose):
+        if len(purpose) > self.limits.max_purpose_chars or has_control(purpose):
             raise InvalidArgumentError(
                 FieldViolation(
                     "purpose",
@@ -444,6 +474,10 @@ class TokenVault:
         now = self._clock.now()
         primary = keyring.primary
         encryptions = 0
+        # Subjects' refs and keys, once per subject of the call (none: nothing to do).
+        subjects = {it.subject for it in items if it.subject}
+        refs = {subj: fp.digest(b"subject", subj.encode()) for subj in subjects}
+        skeys = {subj: await self._subject_key_for_write(tenant, ref) for subj, ref in refs.items()}
 
         def seal(i: int, token: str) -> TokenRecord:
             nonlocal encryptions
@@ -451,6 +485,16 @@ class TokenVault:
             kind, fmt, _ = checked[i]
             canon = canons[i]
             aad = record_aad(tenant, kind, fmt, token, primary.version)
+            payload = _encode_payload(canon, item.subject, item.metadata)
+            request_hash = (
+                self._request_hash(fp, item, kind, fmt, canon) if item.request_id else None
+            )
+            skey = skeys.get(item.subject) if item.subject else None
+            if skey is not None:
+                inner = skey.encrypt(payload, subject_layer_aad(tenant, kind, fmt, token))
+                payload = _SUBJECT_LAYER + inner
+                if request_hash is not None:
+                    request_hash = skey.bind(request_hash)
             encryptions += 1
             return TokenRecord(
                 token=token,
@@ -458,16 +502,12 @@ class TokenVault:
                 kind=int(kind),
                 token_format=int(fmt),
                 key_version=primary.version,
-                ciphertext=primary.encrypt(
-                    _encode_payload(canon, item.subject, item.metadata), aad
-                ),
-                fingerprint=fingerprints[i],
+                ciphertext=primary.encrypt(payload, aad),
+                fingerprint=stored_fps[i],
                 deterministic=item.deterministic,
-                subject_ref=fp.digest(b"subject", item.subject.encode()) if item.subject else None,
+                subject_ref=refs[item.subject] if item.subject else None,
                 request_id=item.request_id or None,
-                request_hash=(
-                    self._request_hash(fp, item, kind, fmt, canon) if item.request_id else None
-                ),
+                request_hash=request_hash,
                 created_at=now,
                 expires_at=now + item.ttl_seconds if item.ttl_seconds else None,
             )
@@ -477,6 +517,17 @@ class TokenVault:
             fp.digest(_KIND_DOMAINS[k], canon)
             for (k, _, _), canon in zip(checked, canons, strict=True)
         ]
+        # What the row stores: a subject's fingerprint is bound to its subject key (an
+        # old backup must not let a PAN be searched for by its HMAC once the subject
+        # is erased), so deterministic tokens of a subject are unique per subject.
+        stored_fps = (
+            [
+                skeys[it.subject].bind(f) if it.subject else f
+                for it, f in zip(items, fingerprints, strict=True)
+            ]
+            if skeys
+            else fingerprints
+        )
         records = [seal(i, self._new_token(k, f, v)) for i, (k, f, v) in enumerate(checked)]
         for _attempt in range(self.limits.max_token_attempts):
             outcomes = await self._store.insert_tokens(records, now, {primary.version: encryptions})
@@ -521,7 +572,8 @@ class TokenVault:
             results.append(
                 Tokenized(
                     token=rec.token,
-                    fingerprint=Fingerprinter.encode(rec.fingerprint),
+                    # The tenant-wide fingerprint (the same value, hit or not).
+                    fingerprint=Fingerprinter.encode(fingerprints[i]),
                     masked=kinds.mask(kind, value),
                     created=created,
                     expires_at=rec.expires_at,
@@ -550,7 +602,11 @@ class TokenVault:
         now = self._clock.now()
         found: list[TokenRecord] = []
         for i, row in enumerate(rows):
-            if row is None or row.tenant != caller.tenant or not row.live(now):
+            if (
+                row is None
+                or row.tenant != caller.tenant
+                or (not row.live(now) and not await self._held(row))
+            ):
                 where = f" (tokens[{i}])" if batch else ""
                 raise NotFoundError(f"token not found{where}", reason="TOKEN_NOT_FOUND")
             found.append(row)
@@ -561,12 +617,45 @@ class TokenVault:
             await self._keys.load()
         return found
 
-    def _open(self, row: TokenRecord) -> tuple[DataKind, Value, str, dict[str, str]]:
+    async def _held(self, row: TokenRecord) -> bool:
+        """A subject under legal hold does not expire (its rows stay readable)."""
+        return row.subject_ref is not None and await self._store.subject_held(
+            row.tenant, row.subject_ref
+        )
+
+    async def _subject_key_for_write(self, tenant: str, subject_ref: bytes) -> SubjectKey:
+        if self.subject_keys is None:
+            raise FailedPreconditionError(
+                "this vault has no subject-key store", reason="SUBJECT_KEYS_UNAVAILABLE"
+            )
+        return await self.subject_keys.for_write(tenant, subject_ref)
+
+    async def subject_keys_for(self, rows: Sequence[TokenRecord]) -> dict[bytes, SubjectKey | None]:
+        """The subject keys the rows need (by subject_ref; None where destroyed)."""
+        refs = {(r.tenant, r.subject_ref) for r in rows if r.subject_ref is not None}
+        if not refs:
+            return _NO_SUBJECT_KEYS
+        if self.subject_keys is None:
+            return dict.fromkeys((ref for _, ref in refs), None)
+        return {ref: await self.subject_keys.for_read(tenant, ref) for tenant, ref in refs}
+
+    def open_record(
+        self, row: TokenRecord, subject_keys: Mapping[bytes, SubjectKey | None]
+    ) -> Opened:
+        """Decrypt a row: the data-key layer, then the subject-key layer if it has one. A
+        row whose subject key was destroyed (an erased subject) is NOT_FOUND."""
         kind = _KINDS[row.kind]
         aad = record_aad(row.tenant, row.kind, row.token_format, row.token, row.key_version)
         payload = self._keys.keyring.key(row.key_version).decrypt(row.ciphertext, aad)
+        if payload[:1] == _SUBJECT_LAYER:
+            skey = subject_keys.get(row.subject_ref) if row.subject_ref is not None else None
+            if skey is None:
+                raise NotFoundError("token not found", reason="TOKEN_NOT_FOUND")
+            payload = skey.decrypt(
+                payload[1:], subject_layer_aad(row.tenant, row.kind, row.token_format, row.token)
+            )
         canon, subject, metadata = _decode_payload(payload)
-        return kind, kinds.value_from_canonical(kind, canon), subject, metadata
+        return Opened(kind, kinds.value_from_canonical(kind, canon), subject, metadata)
 
     # -- audit -------------------------------------------------------------------
 
@@ -682,9 +771,9 @@ class TokenVault:
     ) -> list[Revealed]:
         """Values in order: CVCs from memory, the rest from the store."""
         stored = [t for i, t in enumerate(tokens) if i not in held]
-        rows = iter(
-            await self._load(caller, stored, "tokens" if batch else "token") if stored else []
-        )
+        loaded = await self._load(caller, stored, "tokens" if batch else "token") if stored else []
+        skeys = await self.subject_keys_for(loaded)
+        rows = iter(loaded)
         out = []
         for i, token in enumerate(tokens):
             if i in held:
@@ -698,8 +787,10 @@ class TokenVault:
                 raise PermissionDeniedError(
                     "the caller may not reveal this data kind", reason="KIND_NOT_ALLOWED"
                 )
-            kind, value, subject, metadata = self._open(row)
-            out.append(Revealed(row.token, kind, value, metadata, subject))
+            opened = self.open_record(row, skeys)
+            out.append(
+                Revealed(row.token, opened.kind, opened.value, opened.metadata, opened.subject)
+            )
         return out
 
     def _give_back(self, held: dict[int, EphemeralEntry], taken: dict[int, str]) -> None:
@@ -752,15 +843,22 @@ class TokenVault:
                 key_version=0,  # never encrypted: held in memory only
             )
         (row,) = await self._load(caller, [token], "token")
-        kind, value, subject, metadata = self._open(row)
+        opened = self.open_record(row, await self.subject_keys_for([row]))
+        kind, value = opened.kind, opened.value
+        fingerprint = row.fingerprint
+        if row.subject_ref is not None:
+            # A subject's row stores its fingerprint bound to the subject key; the caller
+            # sees the tenant-wide one, as tokenize returned it.
+            fp = await self._keys.fingerprinter(row.tenant)
+            fingerprint = fp.digest(_KIND_DOMAINS[kind], kinds.canonical_bytes(kind, value))
         return TokenInfo(
             token=row.token,
             kind=kind,
             token_format=TokenFormat(row.token_format),
             masked=kinds.mask(kind, value),
-            fingerprint=Fingerprinter.encode(row.fingerprint),
-            subject=subject,
-            metadata=metadata,
+            fingerprint=Fingerprinter.encode(fingerprint),
+            subject=opened.subject,
+            metadata=opened.metadata,
             deterministic=row.deterministic,
             created_at=row.created_at,
             expires_at=row.expires_at,
@@ -791,6 +889,153 @@ class TokenVault:
             peer=ctx.peer,
         )
         await self._audit_done([event])
+
+    # -- correction ------------------------------------------------------------------
+
+    async def update_token(
+        self,
+        caller: Caller,
+        token: str,
+        value: Value | None,
+        metadata: Mapping[str, str] | None,
+        *,
+        request: RequestContext | None = None,
+    ) -> Tokenized:
+        """Correct the value of a stored token in place (the token stays the same): new
+        ciphertext and fingerprint; ``metadata`` replaces the labels unless None."""
+        ctx = request or _NO_CONTEXT
+        try:
+            require_scope(caller, SCOPE_TOKENIZE)
+            kinds.validate_token_string(token, "token")
+            if self.ephemeral.find(caller.tenant, token) is not None:
+                raise FailedPreconditionError(
+                    "a CVC cannot be corrected: tokenize the new one", reason="CVC_NOT_UPDATABLE"
+                )
+            for _attempt in range(_UPDATE_ATTEMPTS):
+                result = await self._update_once(caller, token, value, metadata)
+                if result is not None:
+                    break
+            else:
+                raise UnavailableError(
+                    "the token kept changing during the update; retry", reason="UPDATE_CONFLICT"
+                )
+        except VaultError as exc:
+            await self._audit_refusal(caller, ACTION_UPDATE, [token], "", ctx, exc)
+            raise
+        tokenized, kind = result
+        event = AuditEvent(
+            self._clock.now(),
+            caller.name,
+            caller.tenant,
+            ACTION_UPDATE,
+            (token,),
+            request_id=ctx.request_id,
+            peer=ctx.peer,
+            detail={"kind": kind.name, "metadata_replaced": str(metadata is not None).lower()},
+        )
+        await self._audit_done([event])
+        return tokenized
+
+    def _check_correction(
+        self,
+        kind: DataKind,
+        fmt: TokenFormat,
+        token: str,
+        value: Value | None,
+        metadata: Mapping[str, str] | None,
+    ) -> Value:
+        """The new value, normalised for the token's kind and shape; all violations at once."""
+        violations: list[FieldViolation] = []
+        normal: Value | None = None
+        if value is None:
+            field_name = "address" if kind in ADDRESS_KINDS else "text"
+            violations.append(FieldViolation(field_name, "is required"))
+        else:
+            field_name = "text" if isinstance(value, str) else "address"
+            try:
+                normal = kinds.normalize(kind, value, field_name)
+            except InvalidArgumentError as exc:
+                violations.extend(exc.violations)
+        if metadata is not None:
+            violations.extend(self._check_extras(TokenizeItem(int(kind), None, metadata=metadata)))
+        if violations or normal is None:
+            raise InvalidArgumentError(violations)
+        if kind is DataKind.PAN and fmt in _PAN_FORMATS and isinstance(normal, str):
+            # The token shows the PAN's length and last four (and BIN): a new PAN must
+            # match them, or the token would describe another card.
+            head = 6 if fmt is TokenFormat.PAN_BIN_LAST4 else 0
+            if (
+                len(normal) != len(token)
+                or normal[-4:] != token[-4:]
+                or normal[:head] != token[:head]
+            ):
+                raise InvalidArgumentError(
+                    FieldViolation(
+                        "text",
+                        "must keep the length and the digits the token shows "
+                        "(last four, and the BIN for PAN_BIN_LAST4): tokenize a new card",
+                    ),
+                    reason="TOKEN_SHAPE_MISMATCH",
+                )
+        return normal
+
+    async def _update_once(
+        self,
+        caller: Caller,
+        token: str,
+        value: Value | None,
+        metadata: Mapping[str, str] | None,
+    ) -> tuple[Tokenized, DataKind] | None:
+        """One compare-and-set attempt; None when the row changed meanwhile."""
+        (row,) = await self._load(caller, [token], "token")
+        kind, fmt = _KINDS[row.kind], TokenFormat(row.token_format)
+        normal = self._check_correction(kind, fmt, token, value, metadata)
+        skeys = await self.subject_keys_for([row])
+        old = self.open_record(row, skeys)
+        canon = kinds.canonical_bytes(kind, normal)
+        fp = await self._keys.fingerprinter(row.tenant)
+        fingerprint = fp.digest(_KIND_DOMAINS[kind], canon)
+        payload = _encode_payload(
+            canon, old.subject, dict(metadata) if metadata is not None else old.metadata
+        )
+        stored_fp = fingerprint
+        if row.subject_ref is not None:
+            skey = skeys.get(row.subject_ref) or await self._subject_key_for_write(
+                row.tenant, row.subject_ref
+            )
+            payload = _SUBJECT_LAYER + skey.encrypt(
+                payload, subject_layer_aad(row.tenant, row.kind, row.token_format, token)
+            )
+            stored_fp = skey.bind(fingerprint)
+        primary = self._keys.keyring.primary
+        aad = record_aad(row.tenant, row.kind, row.token_format, token, primary.version)
+        status = await self._store.update_token(
+            TokenUpdate(
+                token=token,
+                tenant=row.tenant,
+                old_version=row.key_version,
+                old_ciphertext=row.ciphertext,
+                new_version=primary.version,
+                new_ciphertext=primary.encrypt(payload, aad),
+                new_fingerprint=stored_fp,
+                now=self._clock.now(),
+            )
+        )
+        if status is UpdateStatus.CHANGED:
+            return None
+        if status is UpdateStatus.DETERMINISTIC_EXISTS:
+            raise AlreadyExistsError(
+                "another deterministic token already holds this value",
+                reason="DETERMINISTIC_COLLISION",
+            )
+        tokenized = Tokenized(
+            token=token,
+            fingerprint=Fingerprinter.encode(fingerprint),
+            masked=kinds.mask(kind, normal),
+            created=False,
+            expires_at=row.expires_at,
+        )
+        return tokenized, kind
 
     async def purge_expired(self, limit: int = 1000) -> int:
         """Delete expired tokens, up to ``limit`` per store transaction, until none is left

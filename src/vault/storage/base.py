@@ -20,16 +20,22 @@ __all__ = [
     "AuditSeal",
     "CallerRow",
     "CommitObserver",
+    "EraseOutcome",
     "InsertOutcome",
     "InsertStatus",
     "KeyVersionRow",
+    "RetentionPolicy",
+    "RetentionStats",
     "RetireOutcome",
     "RewrapProgressRow",
     "RewrapRow",
     "RewrapUpdate",
     "ShareSchemeRow",
     "Store",
+    "SubjectKeyStore",
     "TokenRecord",
+    "TokenUpdate",
+    "UpdateStatus",
     "WrappedKeyKind",
     "WrappedKeyRow",
     "audit_content",
@@ -199,6 +205,55 @@ class CallerRow:
         return f"CallerRow(name={self.name!r}, tenant={self.tenant!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class EraseOutcome:
+    held: bool  # the subject is under legal hold: nothing was erased
+    erased: int  # token rows removed
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUpdate:
+    """A compare-and-set correction of one token's value: replaces the row's ciphertext,
+    fingerprint and key version only if they are still (old_version, old_ciphertext)."""
+
+    token: str
+    tenant: str
+    old_version: int
+    old_ciphertext: bytes
+    new_version: int
+    new_ciphertext: bytes
+    new_fingerprint: bytes
+    now: float  # the caller's clock: a colliding row expired at it is no longer live
+
+    def __repr__(self) -> str:
+        return f"TokenUpdate(v{self.old_version}->v{self.new_version})"
+
+
+class UpdateStatus(enum.Enum):
+    UPDATED = "updated"
+    CHANGED = "changed"  # the row is gone or changed meanwhile: nothing written
+    # A deterministic row with the new fingerprint is live already: nothing written.
+    DETERMINISTIC_EXISTS = "deterministic_exists"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    tenant: str  # the tenant it applies to
+    kind: int  # DataKind number
+    max_age: float  # seconds a value may be kept after its creation
+    set_at: float  # unix seconds the policy was set
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionStats:
+    tenant: str
+    kind: int
+    due: int  # rows older than the policy allows, not held (purged at the next run)
+    held: int  # rows older than the policy allows but kept: their subject is held
+    purged: int  # rows the retention job removed so far
+    last_purge_at: float | None  # unix seconds of the last purge that removed rows
+
+
 # The MAC the first audit record chains from.
 AUDIT_GENESIS_MAC = bytes(32)
 # Leading byte of an audit record's canonical bytes; a new layout gets a new number.
@@ -322,6 +377,7 @@ class Store(Protocol):
     ) -> list[InsertOutcome]:
         """Insert records atomically, one outcome per record, in order.
 
+        A held subject's row counts as live past its expiry (legal hold).
         Records whose request id or deterministic key already has a live token are not
         inserted (their outcome carries the existing token); a request id answered by a
         deterministic hit is still reserved for that request. If any record's token is
@@ -341,7 +397,8 @@ class Store(Protocol):
         ...
 
     async def purge_expired(self, now: float, limit: int) -> int:
-        """Delete up to ``limit`` rows expired at ``now``; returns how many."""
+        """Delete up to ``limit`` rows expired at ``now`` (never a held subject's); returns
+        how many."""
         ...
 
     async def key_versions(self) -> list[KeyVersionRow]: ...
@@ -467,6 +524,98 @@ class Store(Protocol):
 
     async def audit_head(self) -> AuditHead | None:
         """The sealed head of the chain; None before the first append."""
+        ...
+
+    # -- data subjects (legal hold, erasure, export, correction) -----------------
+    # A subject is known to the store only as (tenant, subject_ref): the HMAC of its id.
+
+    async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
+        """Every row of the subject (expired ones too), in creation order."""
+        ...
+
+    async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
+        """In one transaction: refuse (nothing removed) if the subject is held, otherwise
+        remove every row of the subject."""
+        ...
+
+    async def set_subject_hold(
+        self, tenant: str, subject_ref: bytes, reason: str, now: float
+    ) -> bool:
+        """Hold the subject; False (the first hold kept as it is) if it was held already."""
+        ...
+
+    async def release_subject_hold(self, tenant: str, subject_ref: bytes) -> bool:
+        """Release the hold; False if there was none."""
+        ...
+
+    async def subject_held(self, tenant: str, subject_ref: bytes) -> bool: ...
+
+    async def update_token(self, update: TokenUpdate) -> UpdateStatus:
+        """Apply the compare-and-set; a deterministic row's new fingerprint must not be
+        taken by another live deterministic row of its tenant, kind and format (an
+        expired, unheld one is removed). Adds one encryption to ``new_version``."""
+        ...
+
+    async def audit_records_for_tokens(
+        self, tenant: str, action: str, tokens: Sequence[str]
+    ) -> list[AuditRow]:
+        """Records of ``action`` in ``tenant`` naming any of ``tokens``, by seq (a scan of
+        the trail: it has no token index, so appends stay as cheap as they are)."""
+        ...
+
+    # -- retention -----------------------------------------------------------------
+
+    async def set_retention_policy(
+        self, tenant: str, kind: int, max_age: float, now: float
+    ) -> None: ...
+
+    async def clear_retention_policy(self, tenant: str, kind: int) -> bool:
+        """False if there was none."""
+        ...
+
+    async def retention_policies(self) -> list[RetentionPolicy]: ...
+
+    async def purge_retained(
+        self, tenant: str, kind: int, created_before: float, now: float, limit: int
+    ) -> int:
+        """Remove every unheld row of the tenant and kind created before
+        ``created_before``, in transactions of at most ``limit`` rows, each adding its
+        rows to the purge counter; returns how many. (Rows whose clock ran behind may
+        wait for a later call: SQLite finds old rows as an id prefix.)"""
+        ...
+
+    async def retention_stats(self, now: float) -> list[RetentionStats]:
+        """Per policy (and per counter left by a cleared one): due, held, purged."""
+        ...
+
+
+class SubjectKeyStore(Protocol):
+    """Wrapped per-subject keys, kept apart from the Store on purpose: backups of the
+    store must not contain them, or an erased subject's values could be restored.
+
+    SQLite: its own file (DATA_DIR/subject-keys.db). PostgreSQL: its own database (or at
+    least its own schema, left out of dumps and WAL archives). Keys are wrapped by the
+    service key ``subject-wrap:1``, which lives in the Store.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subject_key(self, tenant: str, subject_ref: bytes) -> bytes | None:
+        """The wrapped key, or None (never created, or destroyed)."""
+        ...
+
+    async def put_subject_key(
+        self, tenant: str, subject_ref: bytes, wrapped_key: bytes, created_at: float
+    ) -> bytes:
+        """Store the wrapped key unless the subject has one; return the stored one (two
+        processes racing agree on whichever reached the store first)."""
+        ...
+
+    async def destroy_subject_key(self, tenant: str, subject_ref: bytes) -> bool:
+        """Remove the key (secure delete: its bytes do not stay in free pages); False if
+        there was none."""
         ...
 
 

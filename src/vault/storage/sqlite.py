@@ -33,15 +33,20 @@ from vault.storage.base import (
     AuditSeal,
     CallerRow,
     CommitObserver,
+    EraseOutcome,
     InsertOutcome,
     InsertStatus,
     KeyVersionRow,
+    RetentionPolicy,
+    RetentionStats,
     RetireOutcome,
     RewrapProgressRow,
     RewrapRow,
     RewrapUpdate,
     ShareSchemeRow,
     TokenRecord,
+    TokenUpdate,
+    UpdateStatus,
     WrappedKeyKind,
     WrappedKeyRow,
     audit_content,
@@ -62,6 +67,8 @@ _MAX_PARAMS = 900
 _MAX_READ_BATCH = 512
 # Most waiting writes coalesced into one transaction.
 _MAX_WRITE_BATCH = 256
+# Row ids the retention purge scans per read query (bounded work per query).
+_RETENTION_WINDOW = 50_000
 
 _TOKEN_COLUMNS = (
     "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
@@ -480,14 +487,16 @@ def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
     # Random tokens carry 160 bits: only PAN-shaped tokens can realistically collide,
     # but all are checked, also against rows that expired and wait for the purge.
     existing, reserved = _existing_for(conn, records)
-    expired_ids = [rowid for rowid, rec in existing.items() if not rec.live(now)]
+    # Expired rows of a subject under legal hold are kept, and count as live.
+    held = _held_rows(conn, {i: r for i, r in existing.items() if not r.live(now)})
+    expired_ids = [i for i, rec in existing.items() if not rec.live(now) and i not in held]
     for chunk in _chunks(expired_ids, _MAX_PARAMS):
         # Dead rows: free their token, deterministic key and request id for reuse.
         marks = ",".join("?" * len(chunk))
         conn.execute(f"DELETE FROM tokens WHERE id IN ({marks})", chunk)  # noqa: S608
-    resolver = _Resolver([rec for rec in existing.values() if rec.live(now)])
+    resolver = _Resolver([rec for i, rec in existing.items() if rec.live(now) or i in held])
     for tenant, request_id, request_hash, rowid in reserved:
-        if existing[rowid].live(now):
+        if existing[rowid].live(now) or rowid in held:
             resolver.by_request[(tenant, request_id)] = (request_hash, existing[rowid])
     for op in ops:
         op.outcomes = resolver.resolve(op.records)
@@ -500,6 +509,27 @@ def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
         )
     _count_encryptions(conn, ops)
     return len(resolver.to_insert)
+
+
+# A token row whose subject is under legal hold (`tokens` is the row's table name).
+_HELD = (
+    "tokens.subject_ref IS NOT NULL AND EXISTS (SELECT 1 FROM subject_holds h "
+    "WHERE h.tenant = tokens.tenant AND h.subject_ref = tokens.subject_ref)"
+)
+
+
+def _held_rows(conn: sqlite3.Connection, rows: Mapping[int, TokenRecord]) -> set[int]:
+    """Which of the rows (by row id) belong to a subject under legal hold."""
+    wanted = list({(r.tenant, r.subject_ref) for r in rows.values() if r.subject_ref})
+    held: set[tuple[str, bytes]] = set()
+    for chunk in _chunks(wanted, _MAX_PARAMS // 2):
+        sql = (
+            "SELECT tenant, subject_ref FROM subject_holds WHERE (tenant, subject_ref) IN "  # noqa: S608 - placeholders only
+            f"(VALUES {','.join('(?,?)' for _ in chunk)})"
+        )
+        params = [p for pair in chunk for p in pair]
+        held |= {(t, bytes(ref)) for t, ref in conn.execute(sql, params)}
+    return {i for i, r in rows.items() if (r.tenant, r.subject_ref) in held}
 
 
 def _count_encryptions(conn: sqlite3.Connection, ops: list[_InsertOp]) -> None:
@@ -914,8 +944,8 @@ class SqliteStore:
     async def purge_expired(self, now: float, limit: int) -> int:
         def apply(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens "
-                "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens "  # noqa: S608 - constant
+                f"WHERE expires_at IS NOT NULL AND expires_at <= ? AND NOT ({_HELD}) LIMIT ?)",
                 (now, limit),
             )
             return cur.rowcount
@@ -1270,3 +1300,230 @@ class SqliteStore:
             conn.execute("DELETE FROM job_leases WHERE job = ? AND holder = ?", (job, holder))
 
         await self._write(apply)
+
+    # -- data subjects -------------------------------------------------------------
+
+    async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
+        rows = await self._query(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+            "WHERE tenant = ? AND subject_ref = ? ORDER BY id",
+            (tenant, subject_ref),
+        )
+        return [_row_to_record(row) for row in rows]
+
+    async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
+        def apply(conn: sqlite3.Connection) -> EraseOutcome:
+            held = conn.execute(
+                "SELECT 1 FROM subject_holds WHERE tenant = ? AND subject_ref = ?",
+                (tenant, subject_ref),
+            ).fetchone()
+            if held is not None:
+                return EraseOutcome(held=True, erased=0)
+            # secure_delete is on: the rows' bytes are overwritten, not left in free pages.
+            cur = conn.execute(
+                "DELETE FROM tokens WHERE tenant = ? AND subject_ref = ?", (tenant, subject_ref)
+            )
+            return EraseOutcome(held=False, erased=cur.rowcount)
+
+        return await self._write(apply)
+
+    async def set_subject_hold(
+        self, tenant: str, subject_ref: bytes, reason: str, now: float
+    ) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO subject_holds (tenant, subject_ref, reason, held_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant, subject_ref) DO NOTHING",
+                (tenant, subject_ref, reason, now),
+            )
+            return cur.rowcount > 0
+
+        return await self._write(apply)
+
+    async def release_subject_hold(self, tenant: str, subject_ref: bytes) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM subject_holds WHERE tenant = ? AND subject_ref = ?",
+                (tenant, subject_ref),
+            )
+            return cur.rowcount > 0
+
+        return await self._write(apply)
+
+    async def subject_held(self, tenant: str, subject_ref: bytes) -> bool:
+        rows = await self._query(
+            "SELECT 1 FROM subject_holds WHERE tenant = ? AND subject_ref = ?",
+            (tenant, subject_ref),
+        )
+        return bool(rows)
+
+    async def update_token(self, update: TokenUpdate) -> UpdateStatus:
+        u = update
+
+        def apply(conn: sqlite3.Connection) -> UpdateStatus:
+            row = conn.execute(
+                f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+                "WHERE token = ? AND tenant = ? AND key_version = ? AND ciphertext = ?",
+                (u.token, u.tenant, u.old_version, u.old_ciphertext),
+            ).fetchone()
+            if row is None:
+                return UpdateStatus.CHANGED
+            rec = _row_to_record(row[1:])
+            if rec.deterministic:
+                other = conn.execute(
+                    f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE deterministic = 1 "  # noqa: S608 - constant
+                    "AND tenant = ? AND kind = ? AND token_format = ? AND fingerprint = ? "
+                    "AND id <> ?",
+                    (rec.tenant, rec.kind, rec.token_format, u.new_fingerprint, row[0]),
+                ).fetchone()
+                if other is not None:
+                    found = {int(other[0]): _row_to_record(other[1:])}
+                    if found[other[0]].live(u.now) or _held_rows(conn, found):
+                        return UpdateStatus.DETERMINISTIC_EXISTS
+                    # Expired and unheld: its deterministic key is free again.
+                    conn.execute("DELETE FROM tokens WHERE id = ?", (other[0],))
+            conn.execute(
+                "UPDATE tokens SET ciphertext = ?, key_version = ?, fingerprint = ? WHERE id = ?",
+                (u.new_ciphertext, u.new_version, u.new_fingerprint, row[0]),
+            )
+            conn.execute(
+                "UPDATE key_versions SET encryptions = encryptions + 1 WHERE version = ?",
+                (u.new_version,),
+            )
+            return UpdateStatus.UPDATED
+
+        return await self._write(apply)
+
+    async def audit_records_for_tokens(
+        self, tenant: str, action: str, tokens: Sequence[str]
+    ) -> list[AuditRow]:
+        found: dict[int, AuditRow] = {}
+        for chunk in _chunks(list(dict.fromkeys(tokens)), _MAX_PARAMS):
+            rows = await self._query(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
+                "WHERE tenant = ? AND action = ? AND EXISTS (SELECT 1 FROM json_each("
+                f"audit_log.tokens) WHERE json_each.value IN ({','.join('?' * len(chunk))}))",
+                (tenant, action, *chunk),
+            )
+            for row in rows:
+                found[int(row[0])] = _audit_from_row(row)
+        return [found[seq] for seq in sorted(found)]
+
+    # -- retention -----------------------------------------------------------------
+
+    async def set_retention_policy(
+        self, tenant: str, kind: int, max_age: float, now: float
+    ) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO retention_policies (tenant, kind, max_age, set_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant, kind) DO UPDATE SET "
+                "max_age = excluded.max_age, set_at = excluded.set_at",
+                (tenant, kind, max_age, now),
+            )
+
+        await self._write(apply)
+
+    async def clear_retention_policy(self, tenant: str, kind: int) -> bool:
+        def apply(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM retention_policies WHERE tenant = ? AND kind = ?", (tenant, kind)
+            )
+            return cur.rowcount > 0
+
+        return await self._write(apply)
+
+    async def retention_policies(self) -> list[RetentionPolicy]:
+        rows = await self._query(
+            "SELECT tenant, kind, max_age, set_at FROM retention_policies ORDER BY tenant, kind"
+        )
+        return [RetentionPolicy(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+    async def _age_boundary(self, created_before: float) -> int:
+        """The last row id created before ``created_before``, by binary search over the
+        rowid: rows are inserted in time order, so created_at grows with id. A row
+        whose clock ran behind its neighbours' may fall past the boundary; it is found
+        by a later run, once the boundary has moved past it."""
+        first = await self._query("SELECT min(id), max(id) FROM tokens")
+        lo, hi = (first[0][0] or 0, first[0][1] or 0) if first else (0, 0)
+        if not hi:
+            return 0
+        oldest = await self._query("SELECT created_at FROM tokens WHERE id = ?", (lo,))
+        if not oldest or oldest[0][0] >= created_before:
+            return 0
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            row = await self._query(
+                "SELECT id, created_at FROM tokens WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+            )
+            if row and row[0][1] < created_before:
+                lo = int(row[0][0])
+            else:
+                hi = mid - 1
+        return lo
+
+    async def purge_retained(
+        self, tenant: str, kind: int, created_before: float, now: float, limit: int
+    ) -> int:
+        # Candidates are found on the reader, a window of ids at a time (a scan, but of
+        # the old prefix only and never inside the write lock); the writer deletes them
+        # re-checking every condition, so a row held or changed meanwhile stays.
+        boundary = await self._age_boundary(created_before)
+        purged = 0
+        for after in range(0, boundary, _RETENTION_WINDOW):
+            rows = await self._query(
+                "SELECT id FROM tokens WHERE id > ? AND id <= ? AND tenant = ? AND kind = ? "  # noqa: S608 - constant
+                f"AND created_at < ? AND NOT ({_HELD}) ORDER BY id",
+                (after, min(after + _RETENTION_WINDOW, boundary), tenant, kind, created_before),
+            )
+            for chunk in _chunks([int(r[0]) for r in rows], limit):
+                purged += await self._delete_retained(tenant, kind, created_before, now, chunk)
+        return purged
+
+    async def _delete_retained(
+        self, tenant: str, kind: int, created_before: float, now: float, ids: Sequence[int]
+    ) -> int:
+        def apply(conn: sqlite3.Connection) -> int:
+            purged = 0
+            for chunk in _chunks(ids, _MAX_PARAMS):
+                cur = conn.execute(
+                    f"DELETE FROM tokens WHERE id IN ({','.join('?' * len(chunk))}) "  # noqa: S608 - placeholders only
+                    f"AND tenant = ? AND kind = ? AND created_at < ? AND NOT ({_HELD})",
+                    (*chunk, tenant, kind, created_before),
+                )
+                purged += cur.rowcount
+            if purged:
+                conn.execute(
+                    "INSERT INTO retention_purges (tenant, kind, purged, last_purge_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (tenant, kind) DO UPDATE SET "
+                    "purged = purged + excluded.purged, last_purge_at = excluded.last_purge_at",
+                    (tenant, kind, purged, now),
+                )
+            return purged
+
+        return await self._write(apply)
+
+    async def retention_stats(self, now: float) -> list[RetentionStats]:
+        policies = await self.retention_policies()
+        counters = {
+            (r[0], int(r[1])): (int(r[2]), float(r[3]))
+            for r in await self._query(
+                "SELECT tenant, kind, purged, last_purge_at FROM retention_purges"
+            )
+        }
+        out: dict[tuple[str, int], RetentionStats] = {}
+        for p in policies:
+            created_before = now - p.max_age
+            rows = await self._query(
+                f"SELECT ({_HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
+                "WHERE id <= ? AND tenant = ? AND kind = ? AND created_at < ? GROUP BY held",
+                (await self._age_boundary(created_before), p.tenant, p.kind, created_before),
+            )
+            by_held = {bool(r[0]): int(r[1]) for r in rows}
+            purged, last = counters.get((p.tenant, p.kind), (0, None))
+            out[(p.tenant, p.kind)] = RetentionStats(
+                p.tenant, p.kind, by_held.get(False, 0), by_held.get(True, 0), purged, last
+            )
+        for (tenant, kind), (purged, last) in counters.items():
+            out.setdefault((tenant, kind), RetentionStats(tenant, kind, 0, 0, purged, last))
+        return [out[k] for k in sorted(out)]

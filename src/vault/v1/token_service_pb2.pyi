@@ -159,3 +159,34 @@ class DeleteTokenRequest(_message.Message):
 class DeleteTokenResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class UpdateTokenRequest(_message.Message):
+    __slots__ = ("token", "text", "address", "metadata", "replace_metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_METADATA_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    text: str
+    address: _types_pb2.Address
+    metadata: _containers.ScalarMap[str, str]
+    replace_metadata: bool
+    def __init__(self, token: _Optional[str] = ..., text: _Optional[str] = ..., address: _Optional[_Union[_types_pb2.Address, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., replace_metadata: _Optional[bool] = ...) -> None: ...
+
+class UpdateTokenResponse(_message.Message):
+    __slots__ = ("token", "fingerprint", "masked")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    fingerprint: str
+    masked: str
+    def __init__(self, token: _Optional[str] = ..., fingerprint: _Optional[str] = ..., masked: _Optional[str] = ...) -> None: ...

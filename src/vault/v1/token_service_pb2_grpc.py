@@ -66,6 +66,11 @@ class TokenServiceStub:
                 request_serializer=vault_dot_v1_dot_token__service__pb2.DeleteTokenRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_token__service__pb2.DeleteTokenResponse.FromString,
                 _registered_method=True)
+        self.UpdateToken = channel.unary_unary(
+                '/vault.v1.TokenService/UpdateToken',
+                request_serializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -115,6 +120,14 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateToken(self, request, context):
+        """Correct a stored value in place: the token stays, the fingerprint is recomputed.
+        Needs the `tokenize` scope. CVCs cannot be corrected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.DeleteToken,
                     request_deserializer=vault_dot_v1_dot_token__service__pb2.DeleteTokenRequest.FromString,
                     response_serializer=vault_dot_v1_dot_token__service__pb2.DeleteTokenResponse.SerializeToString,
+            ),
+            'UpdateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateToken,
+                    request_deserializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +331,33 @@ class TokenService:
             '/vault.v1.TokenService/DeleteToken',
             vault_dot_v1_dot_token__service__pb2.DeleteTokenRequest.SerializeToString,
             vault_dot_v1_dot_token__service__pb2.DeleteTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vault.v1.TokenService/UpdateToken',
+            vault_dot_v1_dot_token__service__pb2.UpdateTokenRequest.SerializeToString,
+            vault_dot_v1_dot_token__service__pb2.UpdateTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
