@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "add_store_args",
+    "client_channel",
     "config_for",
     "existing_vault",
     "iso_time",
@@ -81,3 +82,25 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
         help="the store: postgresql://USER@HOST[:PORT]/DB or sqlite:///PATH (default: "
         "vault.db in the data dir); prefer VAULT_DATABASE_URL or PGPASSWORD for a password",
     )
+
+
+def client_channel(grpc: Any, args: argparse.Namespace, address: str) -> Any:
+    """A channel to a running vault: plaintext, or TLS with --tls-ca (and mTLS with
+    --tls-cert/--tls-key); ``grpc`` is the module, imported only by commands that call."""
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise CommandError("--tls-cert and --tls-key need --tls-ca")
+        return grpc.insecure_channel(address)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    try:
+        ca = Path(args.tls_ca).read_bytes()
+        cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
+        key = Path(args.tls_key).read_bytes() if args.tls_key else None
+    except OSError:
+        raise CommandError("a TLS file cannot be read") from None
+    options = []
+    if getattr(args, "tls_server_name", None):
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    return grpc.secure_channel(address, credentials, options=options)

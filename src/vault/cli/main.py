@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from vault import __version__
@@ -17,7 +16,7 @@ from vault.audit.base import ACTION_CALLER_ADD, ACTION_CALLER_REVOKE, OUTCOME_ER
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import parse_scopes
 from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
-from vault.cli.common import EXIT_FAILURE, CommandError, iso_time
+from vault.cli.common import EXIT_FAILURE, CommandError, client_channel, iso_time
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
 from vault.cli.common import existing_vault as _existing_vault
@@ -243,32 +242,12 @@ async def _callers_revoke(args: argparse.Namespace) -> int:
 # -- health -----------------------------------------------------------------------------
 
 
-def _health_channel(grpc: Any, args: argparse.Namespace) -> Any:
-    if not args.tls_ca:
-        if args.tls_cert or args.tls_key:
-            raise CommandError("--tls-cert and --tls-key need --tls-ca")
-        return grpc.insecure_channel(args.address)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise CommandError("--tls-cert and --tls-key go together")
-    try:
-        ca = Path(args.tls_ca).read_bytes()
-        cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
-        key = Path(args.tls_key).read_bytes() if args.tls_key else None
-    except OSError:
-        raise CommandError("a TLS file cannot be read") from None
-    options = []
-    if args.tls_server_name:
-        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
-    credentials = grpc.ssl_channel_credentials(ca, key, cert)
-    return grpc.secure_channel(args.address, credentials, options=options)
-
-
 def _health(args: argparse.Namespace) -> int:
     """gRPC health check of a running vault: exit 0 when SERVING (for container probes)."""
     import grpc  # noqa: PLC0415 - only this command talks to a server
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
 
-    with _health_channel(grpc, args) as channel:
+    with client_channel(grpc, args, args.address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout

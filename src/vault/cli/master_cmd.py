@@ -16,7 +16,13 @@ from typing import Any
 
 from vault.audit.base import OUTCOME_ERROR
 from vault.cli.audit_cmd import record_operator_event
-from vault.cli.common import CommandError, add_store_args, config_for, existing_vault
+from vault.cli.common import (
+    CommandError,
+    add_store_args,
+    client_channel,
+    config_for,
+    existing_vault,
+)
 from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.config import Config
@@ -234,18 +240,6 @@ def _credential(args: argparse.Namespace) -> str:
     return key
 
 
-def _channel(grpc: Any, args: argparse.Namespace) -> Any:
-    if not args.tls_ca:
-        return grpc.insecure_channel(args.addr)
-    try:
-        ca = Path(args.tls_ca).read_bytes()
-        cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
-        key = Path(args.tls_key).read_bytes() if args.tls_key else None
-    except OSError:
-        raise CommandError("a TLS file cannot be read") from None
-    return grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(ca, key, cert))
-
-
 async def _unseal(args: argparse.Namespace) -> int:
     import grpc  # noqa: PLC0415 - only this command talks to a server
     from google.rpc import error_details_pb2  # noqa: PLC0415
@@ -257,7 +251,7 @@ async def _unseal(args: argparse.Namespace) -> int:
     share = _read_share()
     if not share:
         raise CommandError("no share given on stdin")
-    with _channel(grpc, args) as channel:
+    with client_channel(grpc, args, args.addr) as channel:
         stub = seal_service_pb2_grpc.SealServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply = stub.SubmitUnsealShare(
