@@ -1,6 +1,7 @@
 """`vaultctl serve --database-url postgresql://…` as real processes on the test cluster:
 start-up errors, two replicas on one database (writes, key rotation, the job lease),
-and the database restarting under load without losing an acknowledged token."""
+the database restarting under load without losing an acknowledged token, and a master
+key split into custodian shares, then rotated to a key file, on the shared store."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc as pb_grpc
 from vault.v1 import types_pb2
 
-from .support import PURPOSE, assert_one_line_failure, run_vaultctl
+from .support import PURPOSE, assert_one_line_failure, bearer, run_vaultctl
+from .test_master_keys import add_caller, health, reveal, tokenize, unseal, vaultctl_with_stdin
 
 pytestmark = pytest.mark.slow
 
@@ -260,3 +262,63 @@ def test_workers_share_one_postgres_store(launcher, pg_database, tmp_path):
         with grpc.insecure_channel(vault.target) as channel:
             assert _reveal(pb_grpc.TokenServiceStub(channel), md, token) == value
     assert vault.terminate() == 0
+
+
+def test_custodian_shares_then_rotate_master_on_postgres(
+    launcher, pg_cluster, pg_database, tmp_path
+):
+    """The share facts and the wrapped keys live in PostgreSQL: init --shares records the
+    facts once, a sealed server there unseals with them, and rotate-master moves every
+    wrapped key to a key file (compare-and-set per key) so a file-KEK server reads on."""
+    data = tmp_path / "vault"
+    share_dir = tmp_path / "custodians"
+    env = {"VAULT_KEK_PROVIDER": "shares", "VAULT_DATABASE_URL": pg_database}
+    init = ["keys", "init", "--shares", "2", "--threshold", "2", "--data-dir", data]
+    made = run_vaultctl(*init, "--share-dir", share_dir, env=env)
+    assert made.returncode == 0, made.stderr
+    shares = [f.read_text().strip() for f in sorted(share_dir.iterdir())]
+    again = run_vaultctl(*init, "--share-dir", tmp_path / "other", env=env)
+    assert "already initialised" in assert_one_line_failure(again)
+    both = "\n".join(shares) + "\n"
+    custodian = add_caller(data, "custodian", "keys", env, both)
+    app = add_caller(data, "checkout", "tokenize,detokenize", env, both)
+
+    vault = launcher.start(data, dev=False, env=env)
+    assert health(vault.target) == "NOT_SERVING"
+    for share in shares:
+        done = unseal(vault.target, custodian, share)
+        assert done.returncode == 0, done.stderr
+    assert health(vault.target) == "SERVING"
+    tokens = tokenize(vault.target, bearer(app), ["split on postgres", "second value"])
+    assert vault.terminate() == 0
+
+    rotated = vaultctl_with_stdin(
+        both, "keys", "rotate-master", "--to", "file", "--shares-from", "-", "--data-dir", data,
+        env=env,
+    )  # fmt: skip
+    assert rotated.returncode == 0, rotated.stderr
+    kek_ids = pg_cluster.psql(
+        _db(pg_database),
+        "SELECT DISTINCT kek_id FROM key_versions WHERE wrapped_key IS NOT NULL "
+        "UNION SELECT kek_id FROM fingerprint_keys UNION SELECT kek_id FROM service_keys",
+    ).split()
+    assert len(kek_ids) == 1
+    assert kek_ids[0].startswith("file:")
+
+    on_file = launcher.start(
+        data, dev=False, env={"VAULT_KEK_PROVIDER": "file", "VAULT_DATABASE_URL": pg_database}
+    )
+    assert health(on_file.target) == "SERVING"
+    reveal(on_file.target, bearer(app), tokens)
+    verify = run_vaultctl("audit", "verify", "--data-dir", data, "--database-url", pg_database)
+    assert verify.returncode == 0, verify.stderr
+    assert on_file.terminate() == 0
+
+
+def test_a_key_file_vault_on_postgres_needs_its_master_key_here(pg_database, tmp_path):
+    made = run_vaultctl("keys", "init", "--data-dir", tmp_path / "a", "--database-url", pg_database)
+    assert made.returncode == 0, made.stderr
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir(mode=0o700)
+    result = run_vaultctl("keys", "status", "--data-dir", elsewhere, "--database-url", pg_database)
+    assert "no master key in the data dir" in assert_one_line_failure(result)

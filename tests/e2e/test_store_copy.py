@@ -1,6 +1,7 @@
 """`vaultctl store copy` from a served SQLite vault to PostgreSQL, then a vault serving
-on the copy: every token reveals, the audit chain verifies, a re-run copies nothing,
-and a target holding other data is refused without being changed."""
+on the copy: every token reveals, the audit chain verifies, the last rewrap run shows
+the same, a re-run copies nothing, and a target holding other data is refused without
+being changed."""
 
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ def _sqlite_count(path, table: str) -> int:
         conn.close()
 
 
+def _rewrap_status(*store_args: object) -> dict[str, object]:
+    result = run_vaultctl("keys", "status", "--json", *store_args)
+    assert result.returncode == 0, result.stderr
+    rewrap = json.loads(result.stdout)["rewrap"]
+    assert rewrap is not None
+    return rewrap
+
+
 def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_database, tmp_path):
     data = tmp_path / "data"
     source = launcher.start(data)
@@ -64,7 +73,11 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     _reveal_all(source.target, md, tokens)  # audit records to copy
     rotated = run_vaultctl("keys", "rotate", "--data-dir", data)  # two key versions
     assert rotated.returncode == 0, rotated.stderr
+    rewrapped = run_vaultctl("keys", "rewrap", "--batch", "10", "--data-dir", data)
+    assert rewrapped.returncode == 0, rewrapped.stderr  # its progress row is copied
     assert source.terminate() == 0
+    source_rewrap = _rewrap_status("--data-dir", data)
+    assert source_rewrap["state"] == "finished"
     db_file = data / "vault.db"
 
     copy = ["store", "copy", "--from", f"sqlite://{db_file}", "--to", pg_database]
@@ -72,9 +85,13 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert PASSWORD not in first.stdout + first.stderr
-    for table in ("tokens", "key_versions", "callers", "audit_log", "service_keys"):
+    tables = ("tokens", "key_versions", "callers", "audit_log", "service_keys", "rewrap_progress")
+    for table in (*tables, "kek_shares"):  # no shares: a key-file vault
         rows = _sqlite_count(db_file, table)
         assert report["tables"][table] == {"rows": rows, "copied": rows}, table
+    assert report["tables"]["rewrap_progress"]["rows"] == 1
+    # Leases name processes of the source: not copied.
+    assert not {"rewrap_lease", "job_leases"} & set(report["tables"])
     assert report["audit_records_verified"] == _sqlite_count(db_file, "audit_log") > 0
     assert report["tables"]["tokens"]["rows"] == len(tokens)
 
@@ -105,6 +122,8 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     _reveal_all(served.target, md, {new: "written after the copy"})
     verify = run_vaultctl("audit", "verify", "--data-dir", replica, "--database-url", pg_database)
     assert verify.returncode == 0, verify.stderr
+    # The copy's key status shows the rewrap the source ran.
+    assert _rewrap_status("--data-dir", replica, "--database-url", pg_database) == source_rewrap
     assert served.terminate() == 0
 
     # The target now holds more than the source: a copy is refused and changes nothing.

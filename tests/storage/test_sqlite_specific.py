@@ -151,6 +151,96 @@ async def test_failed_open_leaves_no_connection_behind(db_path):
         await newer.close()
 
 
+# Made-up migrations numbered past the shipped ones (so the tests hold whatever is
+# shipped): a build that ships them is simulated by patching `migrations`.
+def _made_up(number: int) -> tuple[int, str]:
+    return number, f"CREATE TABLE made_up_{number} (id INTEGER PRIMARY KEY);  -- a row id"
+
+
+def _tables(path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
+async def test_a_migration_numbered_below_the_applied_ones_is_applied_later(db_path, monkeypatch):
+    """A branch merged after later-numbered migrations were applied (as 0005 of the
+    subjects branch after 0006-0008): its migration still runs, once."""
+    shipped = migrations("sqlite")
+    top = shipped[-1][0]
+    early, late = _made_up(top + 2), _made_up(top + 1)
+    monkeypatch.setattr(sqlite_module, "migrations", lambda _d: [*shipped, early])
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    before = applied_migrations(db_path)
+    assert before[-1][0] == top + 2
+
+    # The next build also ships `late`, numbered below the newest applied one.
+    monkeypatch.setattr(sqlite_module, "migrations", lambda _d: [*shipped, late, early])
+    for _ in range(2):  # applied once, then never again
+        store = SqliteStore(db_path)
+        await store.open()
+        await store.close()
+    after = applied_migrations(db_path)
+    assert [v for v, _ in after] == [*(n for n, _ in shipped), top + 1, top + 2]
+    assert [row for row in after if row[0] != top + 1] == before  # nothing else ran again
+    assert f"made_up_{top + 1}" in _tables(db_path)
+
+
+async def test_a_store_missing_a_shipped_migration_gets_it_on_open(db_path, monkeypatch):
+    """A store made by a build without one migration (e.g. before the KEK branch was
+    merged) gets exactly that one when a build shipping it opens the store."""
+    shipped = migrations("sqlite")
+    missing = 6  # 0006_kek_shares
+    assert missing in dict(shipped)
+    monkeypatch.setattr(
+        sqlite_module, "migrations", lambda _d: [m for m in shipped if m[0] != missing]
+    )
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    assert missing not in {v for v, _ in applied_migrations(db_path)}
+
+    monkeypatch.setattr(sqlite_module, "migrations", lambda _d: shipped)
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert await store.share_scheme() is None  # its table exists now
+    finally:
+        await store.close()
+    assert [v for v, _ in applied_migrations(db_path)] == [n for n, _ in shipped]
+
+
+async def test_an_unknown_number_below_the_latest_is_schema_too_new(db_path, monkeypatch):
+    """Another build's migration (not shipped here, below our newest): refused, and
+    nothing of ours is applied meanwhile."""
+    shipped = migrations("sqlite")
+    top = shipped[-1][0]
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')", (top + 1,))
+    conn.commit()
+    conn.close()
+    before = applied_migrations(db_path)
+
+    # This build ships top + 2 but not top + 1.
+    monkeypatch.setattr(sqlite_module, "migrations", lambda _d: [*shipped, _made_up(top + 2)])
+    newer = SqliteStore(db_path)
+    try:
+        with pytest.raises(FailedPreconditionError) as raised:
+            await newer.open()
+        assert raised.value.reason == "SCHEMA_TOO_NEW"
+    finally:
+        await newer.close()
+    assert applied_migrations(db_path) == before  # its own newer one did not run
+    assert f"made_up_{top + 2}" not in _tables(db_path)
+
+
 async def test_open_waits_while_another_process_is_creating_the_store(db_path):
     """Two processes starting on a new file: one converts it to WAL while the other waits.
 

@@ -1,19 +1,28 @@
 """storage/copy.py: an SQLite store copied into PostgreSQL reads back identically through
 the Store protocol; a re-run copies nothing; a target holding other data is refused and
-left as it was. (The vaultctl command around it is tested in tests/e2e.)"""
+left as it was; leases stay behind. (The vaultctl command around it is tested in
+tests/e2e.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
 
-from vault.storage.base import AuditRow, InsertStatus
+from vault.storage.base import AuditRow, InsertStatus, RewrapProgressRow, ShareSchemeRow
 from vault.storage.copy import CopyError, copy_sqlite_to_postgres
 from vault.storage.postgres import PostgresStore
 from vault.storage.sqlite import SqliteStore
 
 NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
+LEASE_EXPIRY = NOW + 3600  # the source's leases are live throughout the test
+
+SCHEME = ShareSchemeRow(
+    "file:0011223344556677", 2, 3, tuple(hashlib.sha256(b"%d" % i).digest() for i in (1, 2, 3)), NOW
+)
+# A rewrap the source was running (its lease live) when it was copied.
+PROGRESS = RewrapProgressRow("run-on-source", 2, 500, 100.0, NOW, NOW + 2, None, 3, 1200, 4, 1, 300)
 
 
 def _seal(prev: bytes, content: bytes) -> bytes:
@@ -45,6 +54,10 @@ async def _fill(store, make_record, make_caller) -> list:
     await store.add_caller(make_caller("checkout", cert_identity="spiffe://x/checkout"))
     row = AuditRow(0, NOW, "ops", "t", "caller.add", ("tok_1",), "", "ok", "", "r", "", (), b"")
     await store.append_audit([row, row], _seal)
+    assert await store.put_share_scheme(SCHEME)
+    assert await store.take_rewrap_lease(PROGRESS.holder, NOW, LEASE_EXPIRY)
+    await store.put_rewrap_progress(PROGRESS)
+    assert await store.take_job_lease("ttl-purge", "source-process", NOW, LEASE_EXPIRY)
     return records
 
 
@@ -58,6 +71,7 @@ async def _snapshot(store, tokens) -> tuple:
         await store.audit_records(0, 100),
         await store.audit_head(),
         await store.records_by_key_version(),
+        await store.share_scheme(),
     )
 
 
@@ -69,6 +83,9 @@ async def filled_source(tmp_path, make_record, make_caller):
     try:
         records = await _fill(store, make_record, make_caller)
         snapshot = await _snapshot(store, [r.token for r in records])
+        # The source's run holds its lease (what is left behind).
+        progress = await store.rewrap_progress()
+        assert progress == dataclasses.replace(PROGRESS, lease_expires_at=LEASE_EXPIRY)
     finally:
         await store.close()
     return path, records, snapshot
@@ -91,10 +108,20 @@ async def test_copy_reads_back_identically_and_reruns_as_a_no_op(
     assert report["tokens"].rows == report["tokens"].copied == 3
     assert report["request_ids"].rows == 1
     assert report["audit_log"].copied == 2
+    assert report["kek_shares"].rows == report["kek_shares"].copied == 1
+    assert report["rewrap_progress"].rows == report["rewrap_progress"].copied == 1
+    assert not {"rewrap_lease", "job_leases", "schema_migrations"} & set(report)
 
     target = await _open(pg_database)
     try:
         assert await _snapshot(target, [r.token for r in records]) == snapshot
+        # The progress came along, its lease did not: the run shows as interrupted there,
+        # and the target's processes take the leases at once.
+        assert await target.rewrap_progress() == PROGRESS
+        assert await target.take_rewrap_lease("run-on-target", NOW + 1, NOW + 5)
+        assert await target.take_job_lease("ttl-purge", "target-process", NOW + 1, NOW + 5)
+        await target.release_rewrap_lease("run-on-target")
+        await target.release_job_lease("ttl-purge", "target-process")
         # The copy keeps enforcing what the source stored, and numbers new rows after it.
         [again] = await target.insert_tokens(
             [make_record(key_version=2, request_id="req-2", request_hash=b"h2")], NOW, {}
@@ -114,19 +141,29 @@ async def test_copy_reads_back_identically_and_reruns_as_a_no_op(
     assert all(t.copied == 0 for t in rerun)
 
 
+@pytest.mark.parametrize(
+    ("table", "change"),
+    [
+        ("callers", "UPDATE callers SET scopes = 'tokenize,detokenize'"),
+        ("kek_shares", "UPDATE kek_shares SET threshold = 3"),
+        # The target ran a rewrap batch of its own after the copy.
+        ("rewrap_progress", "UPDATE rewrap_progress SET batches = batches + 1"),
+    ],
+)
 async def test_a_target_holding_other_contents_is_refused_and_untouched(
-    filled_source, pg_cluster, pg_database
+    filled_source, pg_cluster, pg_database, table, change
 ):
     path, _, _ = filled_source
     await (await _open(pg_database)).close()
     await copy_sqlite_to_postgres(path, pg_database)
     database = pg_database.rsplit("/", 1)[1]
     # Same rows, one of them changed: counts match, contents do not.
-    pg_cluster.psql(database, "UPDATE callers SET scopes = 'tokenize,detokenize'")
-    before = pg_cluster.psql(database, "SELECT name, scopes FROM callers")
-    with pytest.raises(CopyError, match="other data in callers"):
+    pg_cluster.psql(database, change)
+    read_back = f"SELECT * FROM {table}"  # noqa: S608 - a constant of the test
+    before = pg_cluster.psql(database, read_back)
+    with pytest.raises(CopyError, match=f"other data in {table}"):
         await copy_sqlite_to_postgres(path, pg_database)
-    assert pg_cluster.psql(database, "SELECT name, scopes FROM callers") == before
+    assert pg_cluster.psql(database, read_back) == before
 
 
 async def test_a_target_of_another_schema_is_refused(filled_source, pg_cluster, pg_database):

@@ -3,6 +3,7 @@ and the custodian-share facts of a split master key."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
@@ -109,3 +110,39 @@ async def test_share_scheme_seen_by_another_process(backend):
     finally:
         await one.close()
         await two.close()
+
+
+async def test_racing_replaces_of_one_wrapped_key_have_one_winner(store, backend):
+    """Two processes re-wrapping the same key from the same old value: exactly one
+    compare-and-set succeeds, and the row holds its value."""
+    other = backend.new_store()
+    await other.open()
+    try:
+        won = await asyncio.gather(
+            *(
+                (store, other)[i % 2].replace_wrapped_key(
+                    DATA, "1", b"wrapped-dek-1", b"new-%d" % i, f"kek-{i}"
+                )
+                for i in range(8)
+            )
+        )
+        assert won.count(True) == 1
+        winner = won.index(True)
+        [row] = await other.wrapped_keys()
+        assert (row.wrapped_key, row.kek_id) == (b"new-%d" % winner, f"kek-{winner}")
+    finally:
+        await other.close()
+
+
+async def test_racing_share_scheme_puts_have_one_winner(backend):
+    stores = [backend.new_store() for _ in range(2)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        schemes = [_scheme(kek_id=f"file:{i:016x}") for i in range(6)]
+        won = await asyncio.gather(
+            *(stores[i % 2].put_share_scheme(s) for i, s in enumerate(schemes))
+        )
+        assert won.count(True) == 1
+        assert await stores[1].share_scheme() == schemes[won.index(True)]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))

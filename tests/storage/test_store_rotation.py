@@ -167,3 +167,19 @@ async def test_two_stores_racing_for_one_job_lease(backend):
         assert taken.count(True) == 1
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_progress_written_by_two_processes_stays_one_row(store, backend):
+    other = backend.new_store()
+    await other.open()
+    try:
+        rows = [_progress(f"run-{i}", batches=i) for i in range(8)]
+        await asyncio.gather(
+            *((store, other)[i % 2].put_rewrap_progress(r) for i, r in enumerate(rows))
+        )
+        got = await other.rewrap_progress()
+        assert got in rows  # whichever write came last, whole (not a mix of two)
+        assert got is not None
+        assert got.batches == int(got.holder.removeprefix("run-"))
+    finally:
+        await other.close()

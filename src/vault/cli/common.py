@@ -59,8 +59,9 @@ def existing_vault(args: argparse.Namespace) -> Config:
     """Config of a data dir that holds a vault; a mistyped path is an error, not a new vault."""
     cfg = config_for(args)
     if cfg.database_url.startswith(("postgresql://", "postgres://")):
-        # The store is elsewhere; what must be here is the master key.
-        if not cfg.master_key_path.exists():
+        # The store is elsewhere; what must be here is the master key (unless it lives
+        # in an HSM or with the custodians).
+        if cfg.kek_provider == "file" and not cfg.master_key_path.exists():
             raise CommandError(
                 "no master key in the data dir (copy the vault's master.key there, "
                 "or create a vault with `vaultctl keys init --database-url ...`)"

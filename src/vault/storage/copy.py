@@ -1,8 +1,9 @@
 """Copy an SQLite store into a PostgreSQL one, row by row, as stored.
 
 Every table both stores share is copied (token records with their ciphertext, key
-versions with their wrapped keys, fingerprint and service keys, callers, request-id
-reservations, the audit log and its sealed head); nothing is decrypted, nothing is
+versions with their wrapped keys, fingerprint and service keys, the custodian-share
+facts of a split master key, callers, request-id reservations, the audit log and its
+sealed head, the latest rewrap run's progress); nothing is decrypted, nothing is
 re-encoded but the column types (SQLite's 0/1 becomes a boolean, and so on). Leases and
 the migrations table are not data and are not copied.
 
@@ -29,7 +30,13 @@ from vault.storage.postgres import open_error, redact_url
 
 __all__ = ["CopyError", "TableCopy", "copy_sqlite_to_postgres"]
 
-# Bookkeeping and coordination, not data: never copied.
+# Bookkeeping and coordination, not data: never copied. The target has its own
+# migrations. A lease (rewrap_lease, job_leases) names a process of the source, which
+# is not running on the target: copied, it would keep the target's replicas from their
+# background jobs (and a `keys rewrap`) until it expired, and show a rewrap as running
+# that nobody runs. Left behind, a run the source did not finish shows as interrupted
+# (its progress row is copied, without a lease), and the next `keys rewrap` on the
+# target picks up the rows still on older versions.
 _NOT_COPIED = frozenset({"schema_migrations", "rewrap_lease", "job_leases"})
 # Referenced tables before the tables that reference them; tables added by later
 # migrations follow in name order (a new table with a foreign key goes into this list).
@@ -37,11 +44,13 @@ _ORDER = (
     "key_versions",
     "fingerprint_keys",
     "service_keys",
+    "kek_shares",
     "callers",
     "tokens",
     "request_ids",
     "audit_log",
     "audit_head",
+    "rewrap_progress",
 )
 _BATCH = 1000
 _MOD = 2**256

@@ -58,9 +58,13 @@ from vault.storage.base import (
     InsertStatus,
     KeyVersionRow,
     RetireOutcome,
+    RewrapProgressRow,
     RewrapRow,
     RewrapUpdate,
+    ShareSchemeRow,
     TokenRecord,
+    WrappedKeyKind,
+    WrappedKeyRow,
     audit_content,
     audit_detail_bytes,
     audit_texts_bytes,
@@ -126,6 +130,24 @@ _INSERT_AUDIT = (
     f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) "  # noqa: S608 - constant
     "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
 )
+_PROGRESS_COLUMNS = (
+    "holder, primary_version, batch_size, rate, started_at, last_batch_at, finished_at, "
+    "batches, rewrapped, skipped, failed, remaining"
+)
+_P_PROGRESS_COLUMNS = ", ".join("p." + c.strip() for c in _PROGRESS_COLUMNS.split(","))
+_PUT_PROGRESS = (
+    f"INSERT INTO rewrap_progress (id, {_PROGRESS_COLUMNS}) "  # noqa: S608 - constant
+    "VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _PROGRESS_COLUMNS.split(","))
+)
+# Where each kind of wrapped key lives: (table, name column), as in the SQLite store.
+_WRAPPED_KEY_TABLES = {
+    WrappedKeyKind.DATA_KEY: ("key_versions", "version"),
+    WrappedKeyKind.FINGERPRINT_KEY: ("fingerprint_keys", "tenant"),
+    WrappedKeyKind.SERVICE_KEY: ("service_keys", "name"),
+}
+# SHA-256 share verifiers are stored back to back in one column.
+_VERIFIER_BYTES = 32
 _INSERTED = InsertOutcome(InsertStatus.INSERTED)
 # Races that a fresh run of the same transaction resolves.
 _RETRYABLE = (
@@ -846,6 +868,54 @@ class PostgresStore:
 
         await self._write(apply)
 
+    async def put_rewrap_progress(self, progress: RewrapProgressRow) -> None:
+        p = progress
+
+        async def apply(conn: _Conn) -> None:
+            # One upsert: writers of several replicas replace the row, never duplicate it.
+            await conn.execute(
+                _PUT_PROGRESS,
+                p.holder,
+                p.primary_version,
+                p.batch_size,
+                p.rate,
+                p.started_at,
+                p.last_batch_at,
+                p.finished_at,
+                p.batches,
+                p.rewrapped,
+                p.skipped,
+                p.failed,
+                p.remaining,
+            )
+
+        await self._write(apply, retry_unique=True)
+
+    async def rewrap_progress(self) -> RewrapProgressRow | None:
+        # One statement: the progress and its run's lease come from one snapshot.
+        rows = await self._fetch(
+            f"SELECT {_P_PROGRESS_COLUMNS}, l.expires_at FROM rewrap_progress p "  # noqa: S608 - constant
+            "LEFT JOIN rewrap_lease l ON l.id = 1 AND l.holder = p.holder WHERE p.id = 1"
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return RewrapProgressRow(
+            r[0],
+            int(r[1]),
+            int(r[2]),
+            float(r[3]),
+            float(r[4]),
+            float(r[5]),
+            None if r[6] is None else float(r[6]),
+            int(r[7]),
+            int(r[8]),
+            int(r[9]),
+            int(r[10]),
+            int(r[11]),
+            None if r[12] is None else float(r[12]),
+        )
+
     async def take_job_lease(self, job: str, holder: str, now: float, expires_at: float) -> bool:
         return await self._take_lease("job_leases", "job", job, holder, now, expires_at)
 
@@ -987,6 +1057,69 @@ class PostgresStore:
         return await self._put_wrapped_key(
             "service_keys", "name", name, wrapped_key, kek_id, created_at
         )
+
+    async def wrapped_keys(self) -> list[WrappedKeyRow]:
+        # One statement: one snapshot of the three places wrapped keys live.
+        rows = await self._fetch(
+            "SELECT 'data_key', CAST(version AS TEXT), wrapped_key, kek_id FROM key_versions "
+            "WHERE wrapped_key IS NOT NULL "
+            "UNION ALL SELECT 'fingerprint_key', tenant, wrapped_key, kek_id FROM fingerprint_keys "
+            "UNION ALL SELECT 'service_key', name, wrapped_key, kek_id FROM service_keys"
+        )
+        return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
+
+    async def replace_wrapped_key(
+        self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
+    ) -> bool:
+        table, column = _WRAPPED_KEY_TABLES[kind]
+        key: object = int(name) if kind is WrappedKeyKind.DATA_KEY else name
+
+        async def apply(conn: _Conn) -> bool:
+            # Compare-and-set in one statement: a concurrent replace of the same row waits
+            # for the row lock, then re-checks `wrapped_key = old` against the committed
+            # row and writes nothing if the other one won. A retired key (NULL) never
+            # matches, so it is never revived.
+            status = await conn.execute(
+                f"UPDATE {table} SET wrapped_key = $1, kek_id = $2 "  # noqa: S608 - constants
+                f"WHERE {column} = $3 AND wrapped_key = $4",
+                new,
+                kek_id,
+                key,
+                old,
+            )
+            return _rowcount(status) == 1
+
+        return await self._write(apply)
+
+    async def share_scheme(self) -> ShareSchemeRow | None:
+        rows = await self._fetch(
+            "SELECT kek_id, threshold, share_count, verifiers, created_at FROM kek_shares "
+            "WHERE id = 1"
+        )
+        if not rows:
+            return None
+        kek_id, threshold, count, verifiers, created_at = rows[0]
+        blob = bytes(verifiers)
+        digests = tuple(blob[i : i + _VERIFIER_BYTES] for i in range(0, len(blob), _VERIFIER_BYTES))
+        return ShareSchemeRow(kek_id, int(threshold), int(count), digests, float(created_at))
+
+    async def put_share_scheme(self, scheme: ShareSchemeRow) -> bool:
+        async def apply(conn: _Conn) -> bool:
+            # A concurrent first writer makes this wait for its commit, then do nothing:
+            # exactly one of them gets True.
+            status = await conn.execute(
+                "INSERT INTO kek_shares "
+                "(id, kek_id, threshold, share_count, verifiers, created_at) "
+                "VALUES (1, $1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                scheme.kek_id,
+                scheme.threshold,
+                scheme.share_count,
+                b"".join(scheme.verifiers),
+                scheme.created_at,
+            )
+            return _rowcount(status) == 1
+
+        return await self._write(apply, retry_unique=True)
 
     async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
         if not rows:

@@ -740,7 +740,7 @@ class SqliteStore:
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         known = migrations("sqlite")
-        latest = known[-1][0]
+        numbers = {number for number, _ in known}
         # IMMEDIATE: two processes starting together apply each migration once.
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -749,16 +749,20 @@ class SqliteStore:
                 " version INTEGER PRIMARY KEY,"  # migration number
                 " applied_at TEXT NOT NULL)"  # when it ran
             )
-            async with conn.execute("SELECT max(version) FROM schema_migrations") as cur:
-                row = await cur.fetchone()
-            current = (row[0] if row else None) or 0
-            if current > latest:
+            applied = {
+                int(r[0])
+                for r in await conn.execute_fetchall("SELECT version FROM schema_migrations")
+            }
+            # By set, not by the highest number: a migration numbered below one already
+            # applied (a branch merged later, e.g. 0005 after 0008) still runs. A number
+            # this code does not ship means a newer vault owns the schema.
+            if applied - numbers:
                 raise FailedPreconditionError(  # noqa: TRY301 - rolled back below
                     "the store's schema is newer than this vault; upgrade the vault",
                     reason="SCHEMA_TOO_NEW",
                 )
             for number, script in known:
-                if number <= current:
+                if number in applied:
                     continue
                 for statement in _split_statements(script):
                     await conn.execute(statement)
