@@ -26,16 +26,6 @@ from vault.v1 import token_service_pb2_grpc
 ALERTS = PROMETHEUS / "alerts.yaml"
 ALERTS_TEST = ROOT / "tests" / "data" / "deploy" / "alerts_test.yaml"
 MISSING = "promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
-# added by issue 4 branches: gauges the key-operations work exports. Until they exist on
-# this branch they are taken on trust; the integrator drops each from this list once
-# vault.metrics has it (the test then checks it like the rest).
-ADDED_BY_ISSUE_4_BRANCHES = frozenset(
-    {
-        "vault_key_usage_ratio",
-        "vault_rewrap_remaining_records",
-        "vault_rewrap_last_progress_timestamp_seconds",
-    }
-)
 # What each alert is for (issue 5): the metric its expression must use.
 REQUIRED = {
     "VaultRevealSpike": "vault_tokens_revealed_total",
@@ -137,11 +127,7 @@ async def test_alert_metrics_and_labels_are_what_a_running_vault_exports(deploye
 
     for rule in _rules():
         for metric in _METRIC.findall(rule["expr"]):
-            if metric in ADDED_BY_ISSUE_4_BRANCHES and metric not in exported:
-                continue
             assert metric in exported, (rule["alert"], metric)
         for labels, metric in _GROUPED.findall(rule["expr"]):
-            if metric in ADDED_BY_ISSUE_4_BRANCHES and metric not in exported:
-                continue
             wanted = {label.strip() for label in labels.split(",") if label.strip()}
             assert wanted <= exported[metric], (rule["alert"], metric, wanted)
