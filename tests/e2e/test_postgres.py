@@ -85,11 +85,19 @@ def _replica_dir(tmp_path: Path, first: Path, name: str) -> Path:
     ids=["wrong-password", "no-database", "unreachable", "bad-scheme"],
 )
 def test_serve_start_up_errors_are_one_line_without_the_password(
-    launcher, pg_cluster, pg_database, tmp_path, make_url, says
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path, make_url, says
 ):
     url = make_url(pg_cluster, _db(pg_database))
     result = run_vaultctl(
-        "serve", "--dev", "--data-dir", tmp_path / "data", "--database-url", url, timeout=60
+        "serve",
+        "--dev",
+        "--data-dir",
+        tmp_path / "data",
+        "--database-url",
+        url,
+        "--subject-key-database-url",
+        pg_subject_key_database,
+        timeout=60,
     )
     line = assert_one_line_failure(result)
     assert says in line
@@ -98,7 +106,9 @@ def test_serve_start_up_errors_are_one_line_without_the_password(
         assert secret not in result.stdout
 
 
-def test_schema_too_new_refuses_to_start_and_changes_nothing(pg_cluster, pg_database, tmp_path):
+def test_schema_too_new_refuses_to_start_and_changes_nothing(
+    pg_cluster, pg_database, pg_subject_key_database, tmp_path
+):
     init = run_vaultctl(
         "keys", "init", "--data-dir", tmp_path / "data", "--database-url", pg_database
     )
@@ -106,7 +116,14 @@ def test_schema_too_new_refuses_to_start_and_changes_nothing(pg_cluster, pg_data
     pg_cluster.psql(_db(pg_database), "INSERT INTO schema_migrations (version) VALUES (9999)")
     before = pg_cluster.psql(_db(pg_database), "SELECT version FROM schema_migrations ORDER BY 1")
     result = run_vaultctl(
-        "serve", "--data-dir", tmp_path / "data", "--database-url", pg_database, timeout=60
+        "serve",
+        "--data-dir",
+        tmp_path / "data",
+        "--database-url",
+        pg_database,
+        "--subject-key-database-url",
+        pg_subject_key_database,
+        timeout=60,
     )
     assert "newer than this vault" in assert_one_line_failure(result)
     after = pg_cluster.psql(_db(pg_database), "SELECT version FROM schema_migrations ORDER BY 1")
@@ -114,10 +131,10 @@ def test_schema_too_new_refuses_to_start_and_changes_nothing(pg_cluster, pg_data
 
 
 def test_two_replicas_share_tokens_rotation_and_the_job_lease(
-    launcher, pg_cluster, pg_database, tmp_path
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path
 ):
     url = pg_database
-    args = ["--database-url", url]
+    args = ["--database-url", url, "--subject-key-database-url", pg_subject_key_database]
     first_dir = tmp_path / "a"
     a = launcher.start(first_dir, extra_args=args, env=FAST_JOBS)
     b_dir = _replica_dir(tmp_path, first_dir, "b")
@@ -214,9 +231,17 @@ class _TokenizeLoop(threading.Thread):
 
 
 def test_database_restart_under_load_loses_no_acknowledged_token(
-    launcher, pg_cluster, pg_database, tmp_path
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path
 ):
-    vault = launcher.start(tmp_path / "data", extra_args=["--database-url", pg_database])
+    vault = launcher.start(
+        tmp_path / "data",
+        extra_args=[
+            "--database-url",
+            pg_database,
+            "--subject-key-database-url",
+            pg_subject_key_database,
+        ],
+    )
     md = vault.metadata()
     loop = _TokenizeLoop(vault.target, md)
     loop.start()
@@ -243,11 +268,18 @@ def test_database_restart_under_load_loses_no_acknowledged_token(
     assert int(stored) >= len(loop.acknowledged)
 
 
-def test_workers_share_one_postgres_store(launcher, pg_database, tmp_path):
+def test_workers_share_one_postgres_store(launcher, pg_database, pg_subject_key_database, tmp_path):
     vault = launcher.start(
         tmp_path / "data",
         metrics_listen="",
-        extra_args=["--workers", "2", "--database-url", pg_database],
+        extra_args=[
+            "--workers",
+            "2",
+            "--database-url",
+            pg_database,
+            "--subject-key-database-url",
+            pg_subject_key_database,
+        ],
     )
     md = vault.metadata()
     tokens: dict[str, str] = {}
