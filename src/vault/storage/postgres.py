@@ -22,7 +22,10 @@ gets from its single writer comes from row locks here:
   REQUEST_EXISTS as on SQLite); serialization failures and deadlocks are retried alike;
 - retirement: the retired-key trigger holds the version row FOR KEY SHARE, retire
   locks it FOR UPDATE: a record can never be committed under a destroyed key;
-- migrations: one transaction holding the migrations table's lock row FOR UPDATE.
+- migrations: one transaction holding the migrations table's lock row FOR UPDATE;
+- legal holds: setting one locks the subject's rows FOR KEY SHARE; whoever deletes rows
+  (erasure, TTL and retention purges, an insert freeing an expired row) locks them FOR
+  UPDATE and reads the holds in a later statement, so a hold is never missed.
 
 No advisory locks, no extensions: row locks and plain SQL only (see README, PostgreSQL).
 """
