@@ -106,6 +106,33 @@ def test_serve_start_up_errors_are_one_line_without_the_password(
         assert secret not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("keys_url", "says"),
+    [
+        (None, "needs subject_key_database_url"),
+        ("sqlite:///tmp/subject-keys.db", "needs subject_key_database_url"),
+        ("main", "another database"),
+    ],
+    ids=["missing", "local-file", "the-main-database"],
+)
+def test_a_postgres_vault_without_its_own_subject_key_database_is_refused(
+    pg_database, tmp_path, keys_url, says
+):
+    init = run_vaultctl(
+        "keys", "init", "--data-dir", tmp_path / "data", "--database-url", pg_database
+    )
+    assert init.returncode == 0, init.stderr
+    extra = [] if keys_url is None else ["--subject-key-database-url", keys_url]
+    if keys_url == "main":
+        extra = ["--subject-key-database-url", pg_database]
+    store = ["--data-dir", tmp_path / "data", "--database-url", pg_database, *extra]
+    for command in (["serve"], ["subjects", "export", "cust-1", "--tenant", "default"]):
+        result = run_vaultctl(*command, *store, timeout=60)
+        line = assert_one_line_failure(result)
+        assert says in line
+        assert PASSWORD not in result.stderr + result.stdout
+
+
 def test_schema_too_new_refuses_to_start_and_changes_nothing(
     pg_cluster, pg_database, pg_subject_key_database, tmp_path
 ):
