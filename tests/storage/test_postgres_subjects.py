@@ -1,5 +1,7 @@
 """PostgreSQL only: a legal hold committed while an erasure or a purge is under way is
-never missed by it (several replicas delete rows of one database).
+never missed by it (several replicas delete rows of one database); and what only the
+PostgreSQL subject-key store promises (its schema version, start-up errors, replicas
+opening it together).
 
 set_subject_hold inserts the hold and locks the subject's rows FOR KEY SHARE in one
 transaction. Here that transaction is held open on a connection of the test's own
@@ -16,8 +18,10 @@ import time
 import asyncpg
 import pytest
 
+from vault.errors import FailedPreconditionError, StoreUnavailableError
 from vault.storage.base import TokenRecord
 from vault.storage.postgres import PostgresStore
+from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 
 NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
 REF = b"\x07" * 32
@@ -100,3 +104,41 @@ async def test_a_hold_committed_while_a_deleter_waits_keeps_the_rows(pg_database
     finally:
         await hold.close()
         await store.close()
+
+
+# -- the PostgreSQL subject-key store --------------------------------------------------
+
+
+async def test_a_newer_subject_key_schema_is_refused(pg_cluster, pg_subject_key_database):
+    keys = PostgresSubjectKeyStore(pg_subject_key_database)
+    await keys.open()
+    await keys.close()
+    name = pg_subject_key_database.rsplit("/", 1)[1]
+    pg_cluster.psql(name, "INSERT INTO subject_key_schema (version) VALUES (2)")
+    with pytest.raises(FailedPreconditionError) as raised:
+        await PostgresSubjectKeyStore(pg_subject_key_database).open()
+    assert raised.value.reason == "SCHEMA_TOO_NEW"
+
+
+async def test_subject_key_store_open_errors_name_no_password(pg_cluster, pg_subject_key_database):
+    name = pg_subject_key_database.rsplit("/", 1)[1]
+    wrong = pg_cluster.url(name, password="wrong-password")
+    keys = PostgresSubjectKeyStore(wrong)
+    with pytest.raises(FailedPreconditionError) as raised:
+        await keys.open()
+    assert raised.value.reason == "STORE_OPEN_FAILED"
+    assert "refused the credentials" in str(raised.value)
+    assert "wrong-password" not in str(raised.value) + repr(keys)
+    with pytest.raises(StoreUnavailableError):
+        await keys.subject_key("t", REF)
+
+
+async def test_replicas_opening_the_subject_key_store_together(pg_subject_key_database):
+    stores = [PostgresSubjectKeyStore(pg_subject_key_database) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        await stores[0].put_subject_key("t", REF, b"wrapped", NOW)
+        assert [await s.subject_key("t", REF) for s in stores] == [b"wrapped"] * 4
+    finally:
+        for s in stores:
+            await s.close()

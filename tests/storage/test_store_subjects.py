@@ -230,7 +230,11 @@ async def test_two_processes_racing_agree_on_one_key(new_subject_key_store):
             await ks.close()
 
 
-async def test_a_destroyed_key_leaves_no_bytes_in_the_file(subject_key_store, tmp_path):
+async def test_a_destroyed_key_leaves_no_bytes_in_the_file(request, subject_key_store, tmp_path):
+    if request.node.callspec.params["new_subject_key_store"] == "postgres":
+        # Not a file of ours, and no secure_delete: the dead row stays in its page until
+        # VACUUM reuses it (README, Data subjects: what the key database's backups need).
+        pytest.skip("PostgreSQL keeps a deleted row until VACUUM; documented, not claimed")
     wrapped = b"WRAPPED-SUBJECT-KEY-" + b"\xab" * 40
     await subject_key_store.put_subject_key("t", REF_A, wrapped, NOW)
     await subject_key_store.destroy_subject_key("t", REF_A)
