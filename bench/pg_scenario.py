@@ -61,6 +61,8 @@ def run(
                             f"sqlite://{data_dir / 'vault.db'}",
                             "--to",
                             url,
+                            "--subject-keys-to",
+                            subject_keys,
                             "--data-dir",
                             str(data_dir),
                         ],
