@@ -50,6 +50,8 @@ def run(
             def measure(s: str = scenario) -> dict[str, Any]:
                 with ctx.fresh_copy(f"pg-{s}") as data_dir:
                     url = cluster.url(cluster.create_database())
+                    # The subject keys: a database of their own (never the store's).
+                    subject_keys = cluster.url(cluster.create_database())
                     copied = subprocess.run(
                         [
                             vaultctl,
@@ -59,6 +61,8 @@ def run(
                             f"sqlite://{data_dir / 'vault.db'}",
                             "--to",
                             url,
+                            "--subject-keys-to",
+                            subject_keys,
                             "--data-dir",
                             str(data_dir),
                         ],
@@ -75,7 +79,12 @@ def run(
                         s,
                         c,
                         data_dir=data_dir,
-                        extra=["--database-url", url],
+                        extra=[
+                            "--database-url",
+                            url,
+                            "--subject-key-database-url",
+                            subject_keys,
+                        ],
                         op=s,
                     )
 

@@ -127,3 +127,14 @@ def pg_database(pg_cluster) -> Iterator[str]:
         yield pg_cluster.url(name)
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_subject_key_database(pg_cluster) -> Iterator[str]:
+    """A second fresh database, for the subject keys (a PostgreSQL vault keeps them in a
+    database of their own, never in the main store's): its URL."""
+    name = pg_cluster.create_database()
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        pg_cluster.drop_database(name)

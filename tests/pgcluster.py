@@ -182,6 +182,16 @@ class PgCluster:
         with contextlib.suppress(PgClientError):
             self._client("dropdb", "--force", "--if-exists", name)
 
+    def dump(self, database: str, path: Path) -> None:
+        """A plain-SQL pg_dump of the database into ``path`` (what a backup job keeps)."""
+        self._client("pg_dump", "-d", database, "--no-owner", "-f", str(path))
+
+    def restore(self, path: Path) -> str:
+        """A new database loaded from a dump; returns its name."""
+        name = self.create_database()
+        self._client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", name, "-f", str(path))
+        return name
+
     def psql(self, database: str, sql: str) -> str:
         return self._client(
             "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql

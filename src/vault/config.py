@@ -64,6 +64,10 @@ class Config:
     # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (several replicas may share it). The
     # master key file stays in data_dir either way. Never in a repr (it may hold a password).
     database_url: str = field(default="", repr=False)
+    # Per-subject keys (crypto-shredding), apart from the store so its backups never hold
+    # them: "" = subject-keys.db in data_dir (SQLite store only); sqlite:///PATH; or
+    # postgresql://… naming ANOTHER database (required with a PostgreSQL database_url).
+    subject_key_database_url: str = field(default="", repr=False)
 
     @property
     def master_key_path(self) -> Path:

@@ -56,8 +56,9 @@ from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.jobs import LeasedJob
 from vault.master_key import open_kek, open_pkcs11
 from vault.storage.base import CallerRow, KeyVersionRow, Store, SubjectKeyStore
-from vault.storage.postgres import PostgresStore, is_postgres_url
+from vault.storage.postgres import PostgresStore, is_postgres_url, same_database
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 __all__ = [
@@ -112,7 +113,32 @@ def open_store(config: Config) -> Store:
 
 
 def open_subject_key_store(config: Config) -> SubjectKeyStore:
-    return SqliteSubjectKeyStore(config.subject_keys_path)
+    """The subject-key store (unopened): subject-keys.db in the data dir by default; with
+    a PostgreSQL store, the separate database subject_key_database_url names (a local
+    file would be invisible to the other replicas)."""
+    url = config.subject_key_database_url
+    if is_postgres_url(config.database_url):
+        if not is_postgres_url(url):
+            raise FailedPreconditionError(
+                "a PostgreSQL database_url needs subject_key_database_url: postgresql://… "
+                "of a separate database, left out of the main one's backups",
+                reason="BAD_CONFIG",
+            )
+        if same_database(url, config.database_url):
+            raise FailedPreconditionError(
+                "subject_key_database_url must name another database than database_url",
+                reason="BAD_CONFIG",
+            )
+    if not url:
+        return SqliteSubjectKeyStore(config.subject_keys_path)
+    if url.startswith("sqlite:///"):
+        return SqliteSubjectKeyStore(Path(url.removeprefix("sqlite://")))
+    if is_postgres_url(url):
+        return PostgresSubjectKeyStore(url)
+    raise FailedPreconditionError(
+        "subject_key_database_url must start with postgresql:// or sqlite:///",
+        reason="BAD_CONFIG",
+    )
 
 
 def _check_data_dir(path: Path) -> None:

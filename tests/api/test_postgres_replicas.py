@@ -21,13 +21,14 @@ from vault.v1 import token_service_pb2_grpc
 
 
 @pytest.fixture
-async def replicas(tmp_path, pg_database):
+async def replicas(tmp_path, pg_database, pg_subject_key_database):
     clock = ManualClock()
     settings = {
         "listen": "127.0.0.1:0",
         "metrics_listen": "",
         "purge_interval": 3600,
         "database_url": pg_database,
+        "subject_key_database_url": pg_subject_key_database,
     }
     first = VaultServer(Config(data_dir=tmp_path / "a", dev=True, **settings), clock=clock)
     await first.start()

@@ -87,11 +87,19 @@ def _replica_dir(tmp_path: Path, first: Path, name: str) -> Path:
     ids=["wrong-password", "no-database", "unreachable", "bad-scheme"],
 )
 def test_serve_start_up_errors_are_one_line_without_the_password(
-    launcher, pg_cluster, pg_database, tmp_path, make_url, says
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path, make_url, says
 ):
     url = make_url(pg_cluster, _db(pg_database))
     result = run_vaultctl(
-        "serve", "--dev", "--data-dir", tmp_path / "data", "--database-url", url, timeout=60
+        "serve",
+        "--dev",
+        "--data-dir",
+        tmp_path / "data",
+        "--database-url",
+        url,
+        "--subject-key-database-url",
+        pg_subject_key_database,
+        timeout=60,
     )
     line = assert_one_line_failure(result)
     assert says in line
@@ -100,7 +108,36 @@ def test_serve_start_up_errors_are_one_line_without_the_password(
         assert secret not in result.stdout
 
 
-def test_schema_too_new_refuses_to_start_and_changes_nothing(pg_cluster, pg_database, tmp_path):
+@pytest.mark.parametrize(
+    ("keys_url", "says"),
+    [
+        (None, "needs subject_key_database_url"),
+        ("sqlite:///tmp/subject-keys.db", "needs subject_key_database_url"),
+        ("main", "another database"),
+    ],
+    ids=["missing", "local-file", "the-main-database"],
+)
+def test_a_postgres_vault_without_its_own_subject_key_database_is_refused(
+    pg_database, tmp_path, keys_url, says
+):
+    init = run_vaultctl(
+        "keys", "init", "--data-dir", tmp_path / "data", "--database-url", pg_database
+    )
+    assert init.returncode == 0, init.stderr
+    extra = [] if keys_url is None else ["--subject-key-database-url", keys_url]
+    if keys_url == "main":
+        extra = ["--subject-key-database-url", pg_database]
+    store = ["--data-dir", tmp_path / "data", "--database-url", pg_database, *extra]
+    for command in (["serve"], ["subjects", "export", "cust-1", "--tenant", "default"]):
+        result = run_vaultctl(*command, *store, timeout=60)
+        line = assert_one_line_failure(result)
+        assert says in line
+        assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_schema_too_new_refuses_to_start_and_changes_nothing(
+    pg_cluster, pg_database, pg_subject_key_database, tmp_path
+):
     init = run_vaultctl(
         "keys", "init", "--data-dir", tmp_path / "data", "--database-url", pg_database
     )
@@ -108,7 +145,14 @@ def test_schema_too_new_refuses_to_start_and_changes_nothing(pg_cluster, pg_data
     pg_cluster.psql(_db(pg_database), "INSERT INTO schema_migrations (version) VALUES (9999)")
     before = pg_cluster.psql(_db(pg_database), "SELECT version FROM schema_migrations ORDER BY 1")
     result = run_vaultctl(
-        "serve", "--data-dir", tmp_path / "data", "--database-url", pg_database, timeout=60
+        "serve",
+        "--data-dir",
+        tmp_path / "data",
+        "--database-url",
+        pg_database,
+        "--subject-key-database-url",
+        pg_subject_key_database,
+        timeout=60,
     )
     assert "newer than this vault" in assert_one_line_failure(result)
     after = pg_cluster.psql(_db(pg_database), "SELECT version FROM schema_migrations ORDER BY 1")
@@ -116,10 +160,10 @@ def test_schema_too_new_refuses_to_start_and_changes_nothing(pg_cluster, pg_data
 
 
 def test_two_replicas_share_tokens_rotation_and_the_job_lease(
-    launcher, pg_cluster, pg_database, tmp_path
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path
 ):
     url = pg_database
-    args = ["--database-url", url]
+    args = ["--database-url", url, "--subject-key-database-url", pg_subject_key_database]
     first_dir = tmp_path / "a"
     a = launcher.start(first_dir, extra_args=args, env=FAST_JOBS)
     b_dir = _replica_dir(tmp_path, first_dir, "b")
@@ -216,9 +260,17 @@ class _TokenizeLoop(threading.Thread):
 
 
 def test_database_restart_under_load_loses_no_acknowledged_token(
-    launcher, pg_cluster, pg_database, tmp_path
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path
 ):
-    vault = launcher.start(tmp_path / "data", extra_args=["--database-url", pg_database])
+    vault = launcher.start(
+        tmp_path / "data",
+        extra_args=[
+            "--database-url",
+            pg_database,
+            "--subject-key-database-url",
+            pg_subject_key_database,
+        ],
+    )
     md = vault.metadata()
     loop = _TokenizeLoop(vault.target, md)
     loop.start()
@@ -245,11 +297,18 @@ def test_database_restart_under_load_loses_no_acknowledged_token(
     assert int(stored) >= len(loop.acknowledged)
 
 
-def test_workers_share_one_postgres_store(launcher, pg_database, tmp_path):
+def test_workers_share_one_postgres_store(launcher, pg_database, pg_subject_key_database, tmp_path):
     vault = launcher.start(
         tmp_path / "data",
         metrics_listen="",
-        extra_args=["--workers", "2", "--database-url", pg_database],
+        extra_args=[
+            "--workers",
+            "2",
+            "--database-url",
+            pg_database,
+            "--subject-key-database-url",
+            pg_subject_key_database,
+        ],
     )
     md = vault.metadata()
     tokens: dict[str, str] = {}
@@ -265,14 +324,18 @@ def test_workers_share_one_postgres_store(launcher, pg_database, tmp_path):
 
 
 def test_custodian_shares_then_rotate_master_on_postgres(
-    launcher, pg_cluster, pg_database, tmp_path
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path
 ):
     """The share facts and the wrapped keys live in PostgreSQL: init --shares records the
     facts once, a sealed server there unseals with them, and rotate-master moves every
     wrapped key to a key file (compare-and-set per key) so a file-KEK server reads on."""
     data = tmp_path / "vault"
     share_dir = tmp_path / "custodians"
-    env = {"VAULT_KEK_PROVIDER": "shares", "VAULT_DATABASE_URL": pg_database}
+    env = {
+        "VAULT_KEK_PROVIDER": "shares",
+        "VAULT_DATABASE_URL": pg_database,
+        "VAULT_SUBJECT_KEY_DATABASE_URL": pg_subject_key_database,
+    }
     init = ["keys", "init", "--shares", "2", "--threshold", "2", "--data-dir", data]
     made = run_vaultctl(*init, "--share-dir", share_dir, env=env)
     assert made.returncode == 0, made.stderr
@@ -305,9 +368,7 @@ def test_custodian_shares_then_rotate_master_on_postgres(
     assert len(kek_ids) == 1
     assert kek_ids[0].startswith("file:")
 
-    on_file = launcher.start(
-        data, dev=False, env={"VAULT_KEK_PROVIDER": "file", "VAULT_DATABASE_URL": pg_database}
-    )
+    on_file = launcher.start(data, dev=False, env=env | {"VAULT_KEK_PROVIDER": "file"})
     assert health(on_file.target) == "SERVING"
     reveal(on_file.target, bearer(app), tokens)
     verify = run_vaultctl("audit", "verify", "--data-dir", data, "--database-url", pg_database)

@@ -22,6 +22,7 @@ from .support import PURPOSE, assert_one_line_failure, run_vaultctl
 pytestmark = pytest.mark.slow
 
 CALL_TIMEOUT = 10.0
+SUBJECT = "cust-copied-1"
 
 
 def _tokenize_some(stub, md) -> dict[str, str]:
@@ -34,6 +35,12 @@ def _tokenize_some(stub, md) -> dict[str, str]:
         out[stub.Tokenize(req, metadata=md, timeout=CALL_TIMEOUT).token] = req.text
     pan = pb.TokenizeRequest(kind=types_pb2.DATA_KIND_PAN, text="4242424242424242")
     out[stub.Tokenize(pan, metadata=md, timeout=CALL_TIMEOUT).token] = "4242424242424242"
+    # A data subject's values: encrypted under its own key, in subject-keys.db.
+    for i in range(3):
+        req = pb.TokenizeRequest(
+            kind=types_pb2.DATA_KIND_TEXT, text=f"subject value {i}", subject=SUBJECT
+        )
+        out[stub.Tokenize(req, metadata=md, timeout=CALL_TIMEOUT).token] = req.text
     return out
 
 
@@ -46,6 +53,10 @@ def _reveal_all(target: str, md, tokens: dict[str, str]) -> None:
             timeout=CALL_TIMEOUT,
         )
         assert [r.text for r in resp.responses] == list(tokens.values())
+
+
+def _db(url: str) -> str:
+    return url.rsplit("/", 1)[1]
 
 
 def _sqlite_count(path, table: str) -> int:
@@ -64,7 +75,9 @@ def _rewrap_status(*store_args: object) -> dict[str, object]:
     return rewrap
 
 
-def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_database, tmp_path):
+def test_copy_to_postgres_then_serve_on_the_copy(
+    launcher, pg_cluster, pg_database, pg_subject_key_database, tmp_path
+):
     data = tmp_path / "data"
     source = launcher.start(data)
     md = source.metadata()
@@ -81,6 +94,16 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     db_file = data / "vault.db"
 
     copy = ["store", "copy", "--from", f"sqlite://{db_file}", "--to", pg_database]
+    # Without a place for the subject keys the copy is refused before it starts.
+    no_keys = run_vaultctl(*copy, "--data-dir", data, timeout=120)
+    assert "--subject-keys-to" in assert_one_line_failure(no_keys)
+    assert (
+        pg_cluster.psql(
+            _db(pg_database), "SELECT count(*) FROM pg_tables WHERE tablename = 'tokens'"
+        ).strip()
+        == "0"
+    )
+    copy += ["--subject-keys-to", pg_subject_key_database]
     first = run_vaultctl(*copy, "--data-dir", data, "--json", timeout=120)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
@@ -94,6 +117,7 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     assert not {"rewrap_lease", "job_leases"} & set(report["tables"])
     assert report["audit_records_verified"] == _sqlite_count(db_file, "audit_log") > 0
     assert report["tables"]["tokens"]["rows"] == len(tokens)
+    assert report["tables"]["subject_keys"] == {"rows": 1, "copied": 1}
 
     # Again: nothing to do, still verified.
     again = run_vaultctl(*copy, "--data-dir", data, "--json", timeout=120)
@@ -104,8 +128,17 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     replica = tmp_path / "pg-data"
     replica.mkdir(mode=0o700)
     shutil.copy2(data / "master.key", replica / "master.key")
-    served = launcher.start(replica, dev=False, extra_args=["--database-url", pg_database])
-    _reveal_all(served.target, md, tokens)  # the dev caller came along
+    served = launcher.start(
+        replica,
+        dev=False,
+        extra_args=[
+            "--database-url",
+            pg_database,
+            "--subject-key-database-url",
+            pg_subject_key_database,
+        ],
+    )
+    _reveal_all(served.target, md, tokens)  # the dev caller and the subject keys came along
     with grpc.insecure_channel(served.target) as channel:
         stub = pb_grpc.TokenServiceStub(channel)
         new = stub.Tokenize(
@@ -127,7 +160,7 @@ def test_copy_to_postgres_then_serve_on_the_copy(launcher, pg_cluster, pg_databa
     assert served.terminate() == 0
 
     # The target now holds more than the source: a copy is refused and changes nothing.
-    before = pg_cluster.psql(pg_database.rsplit("/", 1)[1], "SELECT count(*) FROM tokens")
+    before = pg_cluster.psql(_db(pg_database), "SELECT count(*) FROM tokens")
     refused = run_vaultctl(*copy, "--data-dir", data, timeout=120)
     assert "other data" in assert_one_line_failure(refused)
     after = pg_cluster.psql(pg_database.rsplit("/", 1)[1], "SELECT count(*) FROM tokens")

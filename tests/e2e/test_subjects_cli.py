@@ -21,10 +21,23 @@ VALUES = {"EMAIL": "alice.e2e@example.com", "PHONE": "+447700900456"}
 POLL_TIMEOUT = 15.0
 
 
-@pytest.fixture
-def served(launcher, tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request, launcher, tmp_path):
+    """A server, and the store arguments vaultctl needs to reach its store: none for
+    SQLite (the data dir), the two database URLs for PostgreSQL."""
+    store_args: list[str] = []
+    if request.param == "postgres":
+        store_args = [
+            "--database-url",
+            request.getfixturevalue("pg_database"),
+            "--subject-key-database-url",
+            request.getfixturevalue("pg_subject_key_database"),
+        ]
     # The retention job every 0.2 s, so a policy set by the CLI is applied while we wait.
-    vault = launcher.start(tmp_path / "data", env={"VAULT_RETENTION_INTERVAL": "0.2"})
+    vault = launcher.start(
+        tmp_path / "data", env={"VAULT_RETENTION_INTERVAL": "0.2"}, extra_args=store_args
+    )
+    vault.store_args = store_args
     channel = grpc.insecure_channel(vault.target)
     stub = pb_grpc.TokenServiceStub(channel)
     yield vault, stub
@@ -47,7 +60,7 @@ def _reveal_code(stub, vault, token):
 
 
 def _ctl(vault, *args):
-    return run_vaultctl(*args, "--data-dir", vault.data_dir)
+    return run_vaultctl(*args, "--data-dir", vault.data_dir, *getattr(vault, "store_args", []))
 
 
 def test_export_hold_erase_from_the_cli(served):

@@ -21,6 +21,7 @@ import pytest
 from vault.storage.base import CallerRow, Store, SubjectKeyStore, TokenRecord
 from vault.storage.postgres import PostgresStore
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 # The fixed "now" of the suite (unix seconds); tests move time by passing other values.
@@ -141,14 +142,34 @@ def make_caller():
     return make
 
 
-# Subject-key stores (kept apart from the Store; see SubjectKeyStore). A PostgreSQL one
-# plugs in here the same way.
-SUBJECT_KEY_BACKENDS: dict[str, Callable[[Path], SubjectKeyStore]] = {
-    "sqlite": lambda tmp: SqliteSubjectKeyStore(tmp / "subject-keys.db"),
+# Subject-key stores (kept apart from the Store; see SubjectKeyStore): each entry gives
+# a maker of new, unopened stores on this test's own subject-key database.
+def _sqlite_subject_keys(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[], SubjectKeyStore]:
+    return lambda: SqliteSubjectKeyStore(tmp_path / "subject-keys.db")
+
+
+def _postgres_subject_keys(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[], SubjectKeyStore]:
+    # A second fresh database of the cluster: never the main store's (pg_database).
+    cluster = request.getfixturevalue("pg_cluster")
+    name = cluster.create_database()
+    request.addfinalizer(lambda: cluster.drop_database(name))
+    url = cluster.url(name)
+    return lambda: PostgresSubjectKeyStore(url)
+
+
+SUBJECT_KEY_BACKENDS: dict[
+    str, Callable[[pytest.FixtureRequest, Path], Callable[[], SubjectKeyStore]]
+] = {
+    "sqlite": _sqlite_subject_keys,
+    "postgres": _postgres_subject_keys,
 }
 
 
 @pytest.fixture(params=sorted(SUBJECT_KEY_BACKENDS))
 def new_subject_key_store(request, tmp_path) -> Callable[[], SubjectKeyStore]:
     """A new, unopened subject-key store on this test's database (each call: a process)."""
-    return lambda: SUBJECT_KEY_BACKENDS[request.param](tmp_path)
+    return SUBJECT_KEY_BACKENDS[request.param](request, tmp_path)

@@ -11,9 +11,11 @@ import hashlib
 import pytest
 
 from vault.storage.base import AuditRow, InsertStatus, RewrapProgressRow, ShareSchemeRow
-from vault.storage.copy import CopyError, copy_sqlite_to_postgres
+from vault.storage.copy import CopyError, copy_sqlite_to_postgres, copy_subject_keys
 from vault.storage.postgres import PostgresStore
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
+from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 NOW = 1_800_000_000.0  # the suite's fixed clock (as in conftest.py)
 LEASE_EXPIRY = NOW + 3600  # the source's leases are live throughout the test
@@ -58,6 +60,12 @@ async def _fill(store, make_record, make_caller) -> list:
     assert await store.take_rewrap_lease(PROGRESS.holder, NOW, LEASE_EXPIRY)
     await store.put_rewrap_progress(PROGRESS)
     assert await store.take_job_lease("ttl-purge", "source-process", NOW, LEASE_EXPIRY)
+    # The data-subject tables: a hold, a policy, a purge counter.
+    assert await store.set_subject_hold("tenant-a", b"subject", "case 7", NOW)
+    await store.set_retention_policy("tenant-a", 8, 3600.0, NOW)
+    purged = make_record(key_version=2, kind=8)
+    await store.insert_tokens([purged], NOW, {2: 1})
+    assert await store.purge_retained("tenant-a", 8, NOW + 1, NOW, 10) == 1
     return records
 
 
@@ -72,6 +80,9 @@ async def _snapshot(store, tokens) -> tuple:
         await store.audit_head(),
         await store.records_by_key_version(),
         await store.share_scheme(),
+        await store.subject_held("tenant-a", b"subject"),
+        await store.retention_policies(),
+        await store.retention_stats(NOW),
     )
 
 
@@ -106,6 +117,8 @@ async def test_copy_reads_back_identically_and_reruns_as_a_no_op(
 
     report = {t.table: t for t in await copy_sqlite_to_postgres(path, pg_database)}
     assert report["tokens"].rows == report["tokens"].copied == 3
+    for table in ("subject_holds", "retention_policies", "retention_purges"):
+        assert (report[table].rows, report[table].copied) == (1, 1), table
     assert report["request_ids"].rows == 1
     assert report["audit_log"].copied == 2
     assert report["kek_shares"].rows == report["kek_shares"].copied == 1
@@ -172,3 +185,31 @@ async def test_a_target_of_another_schema_is_refused(filled_source, pg_cluster, 
     pg_cluster.psql(pg_database.rsplit("/", 1)[1], "CREATE TABLE stray (id INTEGER)")
     with pytest.raises(CopyError, match="different tables"):
         await copy_sqlite_to_postgres(path, pg_database)
+
+
+async def test_subject_keys_copy_as_stored_rerun_and_refuse_other_bytes(
+    tmp_path, pg_subject_key_database
+):
+    source = SqliteSubjectKeyStore(tmp_path / "subject-keys.db")
+    await source.open()
+    keys = {("t", bytes([i]) * 32): b"wrapped-%d\x00\xff" % i for i in range(5)}
+    for (tenant, ref), wrapped in keys.items():
+        await source.put_subject_key(tenant, ref, wrapped, NOW)
+    await source.close()
+    target = PostgresSubjectKeyStore(pg_subject_key_database)
+    await target.open()
+    try:
+        first = await copy_subject_keys(tmp_path / "subject-keys.db", target)
+        assert (first.table, first.rows, first.copied) == ("subject_keys", 5, 5)
+        for (tenant, ref), wrapped in keys.items():
+            assert await target.subject_key(tenant, ref) == wrapped
+        again = await copy_subject_keys(tmp_path / "subject-keys.db", target)
+        assert (again.rows, again.copied) == (5, 0)
+        # A key the target holds with other bytes: refused (first writer wins there).
+        await target.destroy_subject_key("t", bytes([3]) * 32)
+        await target.put_subject_key("t", bytes([3]) * 32, b"another key", NOW)
+        with pytest.raises(CopyError, match="other data in subject_keys"):
+            await copy_subject_keys(tmp_path / "subject-keys.db", target)
+        assert await target.subject_key("t", bytes([3]) * 32) == b"another key"
+    finally:
+        await target.close()

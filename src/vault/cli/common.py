@@ -50,6 +50,7 @@ def config_for(args: argparse.Namespace, **extra: Any) -> Config:
     overrides = {
         "data_dir": getattr(args, "data_dir", None),
         "database_url": getattr(args, "database_url", None),
+        "subject_key_database_url": getattr(args, "subject_key_database_url", None),
         **extra,
     }
     return load_config(getattr(args, "config", None), overrides)
@@ -82,6 +83,12 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
         "--database-url",
         help="the store: postgresql://USER@HOST[:PORT]/DB or sqlite:///PATH (default: "
         "vault.db in the data dir); prefer VAULT_DATABASE_URL or PGPASSWORD for a password",
+    )
+    p.add_argument(
+        "--subject-key-database-url",
+        help="per-subject keys: postgresql://… of a separate database (required with a "
+        "PostgreSQL --database-url) or sqlite:///PATH (default: subject-keys.db in the "
+        "data dir); prefer VAULT_SUBJECT_KEY_DATABASE_URL for a password",
     )
 
 

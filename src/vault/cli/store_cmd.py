@@ -6,6 +6,11 @@ is copied as stored (ciphertext is never decrypted), in one transaction; the cop
 verified (row counts and contents per table, then the audit chain with the audit key,
 which takes the master key file in --data-dir). Safe to re-run: what is already there
 is skipped, and a target holding other data is refused.
+
+The per-subject keys are not in vault.db (its backups must not hold them): with
+``--subject-keys-to`` they are copied, wrapped as stored, from the subject-keys.db next to
+the source into the separate PostgreSQL subject-key database; a source that has subject
+keys is refused without it (its subjects' values would not open on the target).
 """
 
 from __future__ import annotations
@@ -20,9 +25,15 @@ from vault.cli.common import CommandError, config_for
 from vault.clock import SystemClock
 from vault.crypto.keyfile import KeyFileKek
 from vault.errors import FailedPreconditionError
-from vault.storage.copy import copy_sqlite_to_postgres
-from vault.storage.postgres import PostgresStore, is_postgres_url, redact_url
+from vault.storage.copy import (
+    TableCopy,
+    copy_sqlite_to_postgres,
+    copy_subject_keys,
+    subject_key_count,
+)
+from vault.storage.postgres import PostgresStore, is_postgres_url, redact_url, same_database
 from vault.storage.sqlite import SqliteStore
+from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 
 __all__ = ["register"]
 
@@ -66,8 +77,42 @@ def _checked(args: argparse.Namespace) -> tuple[Path, str, KeyFileKek]:
     return source, target_url, KeyFileKek.load(cfg.master_key_path)
 
 
+def _subject_keys_checked(args: argparse.Namespace, source: Path, target_url: str) -> Path | None:
+    """The source's subject-key file (None if it has none), or a one-line refusal (before
+    anything is copied)."""
+    keys_from = args.subject_keys_from
+    if keys_from is not None and not keys_from.startswith(_SQLITE + "/"):
+        raise CommandError("--subject-keys-from must be sqlite:///PATH of subject-keys.db")
+    path = Path(keys_from.removeprefix(_SQLITE)) if keys_from else source.parent / "subject-keys.db"
+    keys_to = args.subject_keys_to
+    if keys_to is None:
+        if count := subject_key_count(path):
+            raise CommandError(
+                f"the vault has {count} subject keys: copy them too with --subject-keys-to "
+                "postgresql://… (a separate database, left out of the store's backups)"
+            )
+        return path
+    if not is_postgres_url(keys_to):
+        raise CommandError("--subject-keys-to must be a postgresql:// URL")
+    if same_database(keys_to, target_url):
+        raise CommandError("--subject-keys-to must name another database than --to")
+    return path if path.is_file() else None
+
+
+async def _copy_keys(path: Path | None, url: str) -> TableCopy:
+    keys = PostgresSubjectKeyStore(url)
+    await keys.open()
+    try:
+        if path is None:
+            return TableCopy("subject_keys", 0, 0)
+        return await copy_subject_keys(path, keys)
+    finally:
+        await keys.close()
+
+
 async def _copy(args: argparse.Namespace) -> int:
     source, target_url, kek = _checked(args)
+    keys_path = _subject_keys_checked(args, source, target_url)
     # Both at this vault's schema version (the copy compares their tables one to one).
     sqlite_store = SqliteStore(source)
     await sqlite_store.open()
@@ -84,6 +129,8 @@ async def _copy(args: argparse.Namespace) -> int:
         audited = await _verify_audit(target, kek)
     finally:
         await target.close()
+    if args.subject_keys_to is not None:
+        tables.append(await _copy_keys(keys_path, args.subject_keys_to))
     summary: dict[str, Any] = {
         "to": redact_url(target_url),
         "tables": {t.table: {"rows": t.rows, "copied": t.copied} for t in tables},
@@ -112,6 +159,15 @@ def register(subparsers: Any) -> None:
     )
     copy.add_argument(
         "--to", dest="target", required=True, help="postgresql://USER@HOST[:PORT]/DB to copy to"
+    )
+    copy.add_argument(
+        "--subject-keys-to",
+        help="postgresql://… of the separate subject-key database to copy the per-subject "
+        "keys into (the target vault's subject_key_database_url)",
+    )
+    copy.add_argument(
+        "--subject-keys-from",
+        help="sqlite:///PATH of the subject-key file (default: subject-keys.db beside --from)",
     )
     copy.add_argument(
         "--data-dir",

@@ -26,9 +26,16 @@ from typing import Any
 import asyncpg
 
 from vault.errors import FailedPreconditionError
+from vault.storage.base import SubjectKeyStore
 from vault.storage.postgres import open_error, redact_url
 
-__all__ = ["CopyError", "TableCopy", "copy_sqlite_to_postgres"]
+__all__ = [
+    "CopyError",
+    "TableCopy",
+    "copy_sqlite_to_postgres",
+    "copy_subject_keys",
+    "subject_key_count",
+]
 
 # Bookkeeping and coordination, not data: never copied. The target has its own
 # migrations. A lease (rewrap_lease, job_leases) names a process of the source, which
@@ -51,6 +58,9 @@ _ORDER = (
     "audit_log",
     "audit_head",
     "rewrap_progress",
+    "subject_holds",
+    "retention_policies",
+    "retention_purges",
 )
 _BATCH = 1000
 _MOD = 2**256
@@ -209,3 +219,48 @@ async def _advance_identities(
                 f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "  # noqa: S608
                 f"GREATEST((SELECT max({column}) FROM {table}), 1))"
             )
+
+
+# -- subject keys ------------------------------------------------------------------------
+# They live apart from the store (subject-keys.db; a database of their own on PostgreSQL)
+# and are copied apart: wrapped as stored, never unwrapped, through the SubjectKeyStore
+# protocol, whose first-writer-wins put makes a re-run a no-op.
+
+
+def subject_key_count(source: Path) -> int:
+    """Subject keys in an SQLite subject-key file (0 if it does not exist)."""
+    if not source.is_file():
+        return 0
+    src = _open_readonly(source)
+    try:
+        return int(src.execute("SELECT count(*) FROM subject_keys").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        src.close()
+
+
+async def copy_subject_keys(source: Path, target: SubjectKeyStore) -> TableCopy:
+    """Copy every wrapped subject key of the SQLite file into the (open) target store;
+    a key the target holds with other bytes is refused (CopyError)."""
+    src = _open_readonly(source)
+    rows = copied = 0
+    try:
+        for batch in _source_rows(
+            src, "subject_keys", ("tenant", "subject_ref", "wrapped_key", "created_at")
+        ):
+            for tenant, ref, wrapped, created_at in batch:
+                had = await target.subject_key(tenant, bytes(ref))
+                stored = await target.put_subject_key(
+                    tenant, bytes(ref), bytes(wrapped), float(created_at)
+                )
+                if stored != bytes(wrapped):
+                    raise CopyError("the target holds other data in subject_keys")
+                rows += 1
+                copied += had is None
+    except sqlite3.Error as exc:
+        msg = f"the subject-key copy failed ({type(exc).__name__})"
+        raise CopyError(msg) from None
+    finally:
+        src.close()
+    return TableCopy("subject_keys", rows, copied)

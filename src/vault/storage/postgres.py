@@ -22,7 +22,10 @@ gets from its single writer comes from row locks here:
   REQUEST_EXISTS as on SQLite); serialization failures and deadlocks are retried alike;
 - retirement: the retired-key trigger holds the version row FOR KEY SHARE, retire
   locks it FOR UPDATE: a record can never be committed under a destroyed key;
-- migrations: one transaction holding the migrations table's lock row FOR UPDATE.
+- migrations: one transaction holding the migrations table's lock row FOR UPDATE;
+- legal holds: setting one locks the subject's rows FOR KEY SHARE; whoever deletes rows
+  (erasure, TTL and retention purges, an insert freeing an expired row) locks them FOR
+  UPDATE and reads the holds in a later statement, so a hold is never missed.
 
 No advisory locks, no extensions: row locks and plain SQL only (see README, PostgreSQL).
 """
@@ -54,15 +57,20 @@ from vault.storage.base import (
     AuditSeal,
     CallerRow,
     CommitObserver,
+    EraseOutcome,
     InsertOutcome,
     InsertStatus,
     KeyVersionRow,
+    RetentionPolicy,
+    RetentionStats,
     RetireOutcome,
     RewrapProgressRow,
     RewrapRow,
     RewrapUpdate,
     ShareSchemeRow,
     TokenRecord,
+    TokenUpdate,
+    UpdateStatus,
     WrappedKeyKind,
     WrappedKeyRow,
     audit_content,
@@ -74,6 +82,7 @@ from vault.storage.base import (
 # The store-independent rules (insert resolution, the audit row codec, caller rows)
 # are shared with the SQLite store, which defines them.
 from vault.storage.sqlite import (
+    _HELD,
     _audit_from_row,
     _caller_from_row,
     _Resolver,
@@ -81,7 +90,7 @@ from vault.storage.sqlite import (
     migrations,
 )
 
-__all__ = ["PostgresStore", "is_postgres_url", "open_error", "redact_url"]
+__all__ = ["PostgresStore", "is_postgres_url", "open_error", "redact_url", "same_database"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +168,16 @@ _RETRYABLE = (
 
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
+
+
+def same_database(one: str, other: str) -> bool:
+    """Whether two postgresql:// URLs name the same database (host, port, name)."""
+    try:
+        a, b = urllib.parse.urlsplit(one), urllib.parse.urlsplit(other)
+        where = [(u.hostname, u.port or 5432, u.path.strip("/")) for u in (a, b)]
+    except ValueError:
+        return False
+    return where[0] == where[1]
 
 
 def redact_url(url: str) -> str:
@@ -307,12 +326,14 @@ async def _apply_inserts(conn: _Conn, ops: list[_InsertOp]) -> int:
             return len(records)
     existing, reserved = await _existing_for(conn, records)
     expired = [row_id for row_id, rec in existing.items() if not rec.live(now)]
+    held: set[int] = set()
     if expired:
-        # Dead rows: free their token, deterministic key and request id for reuse.
-        await conn.execute("DELETE FROM tokens WHERE id = ANY($1::bigint[])", expired)
-    resolver = _Resolver([rec for rec in existing.values() if rec.live(now)])
+        # Dead rows: free their token, deterministic key and request id for reuse; but
+        # expired rows of a subject under legal hold are kept, and count as live.
+        _, held = await _delete_unheld(conn, expired)
+    resolver = _Resolver([rec for i, rec in existing.items() if rec.live(now) or i in held])
     for tenant, request_id, request_hash, row_id in reserved:
-        if existing[row_id].live(now):
+        if existing[row_id].live(now) or row_id in held:
             resolver.by_request[(tenant, request_id)] = (request_hash, existing[row_id])
     for op in ops:
         op.outcomes = resolver.resolve(op.records)
@@ -325,6 +346,27 @@ async def _apply_inserts(conn: _Conn, ops: list[_InsertOp]) -> int:
             resolver.reservations,
         )
     return len(resolver.to_insert)
+
+
+async def _delete_unheld(conn: _Conn, ids: Sequence[int]) -> tuple[set[int], set[int]]:
+    """Delete the rows unless their subject is under legal hold; returns the ids deleted
+    and the ids kept because held (rows gone meanwhile are in neither).
+
+    The rows are locked FOR UPDATE first and the holds read by a later statement: under
+    READ COMMITTED that one sees a hold committed while this waited for a row
+    (set_subject_hold locks the subject's rows FOR KEY SHARE), so none is missed."""
+    locked = await conn.fetch(
+        "SELECT id FROM tokens WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", list(ids)
+    )
+    if not locked:
+        return set(), set()
+    present = [int(r[0]) for r in locked]
+    rows = await conn.fetch(
+        f"DELETE FROM tokens WHERE id = ANY($1::bigint[]) AND NOT ({_HELD}) RETURNING id",  # noqa: S608 - constant
+        present,
+    )
+    deleted = {int(r[0]) for r in rows}
+    return deleted, set(present) - deleted
 
 
 async def _count_encryptions(conn: _Conn, ops: list[_InsertOp]) -> None:
@@ -714,13 +756,17 @@ class PostgresStore:
 
     async def purge_expired(self, now: float, limit: int) -> int:
         async def apply(conn: _Conn) -> int:
-            status = await conn.execute(
-                "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens "
-                "WHERE expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2)",
+            # Never a held subject's row, even one held while this runs (_delete_unheld).
+            rows = await conn.fetch(
+                "SELECT id FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= $1 "  # noqa: S608 - constant
+                f"AND NOT ({_HELD}) ORDER BY expires_at LIMIT $2",
                 now,
                 limit,
             )
-            return _rowcount(status)
+            if not rows:
+                return 0
+            deleted, _ = await _delete_unheld(conn, [int(r[0]) for r in rows])
+            return len(deleted)
 
         return await self._write(apply)
 
@@ -1140,6 +1186,301 @@ class PostgresStore:
         rows = await self._fetch("SELECT seq, mac FROM audit_head WHERE id = 1 AND seq > 0")
         return AuditHead(int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
+    # -- data subjects (legal hold, erasure, export, correction) ---------------------
+    # Holds against erasure and purges: set_subject_hold locks the subject's rows FOR
+    # KEY SHARE; whoever deletes them locks them FOR UPDATE first and reads the holds in
+    # a later statement (READ COMMITTED: it sees every hold committed before its lock).
+
+    async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
+        rows = await self._fetch(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+            "WHERE tenant = $1 AND subject_ref = $2 ORDER BY id",
+            tenant,
+            subject_ref,
+        )
+        return [_record(row) for row in rows]
+
+    async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
+        async def apply(conn: _Conn) -> EraseOutcome:
+            # The rows first: a hold being set waits for this transaction, or this waits
+            # for the hold's and then sees it below.
+            await conn.execute(
+                "SELECT id FROM tokens WHERE tenant = $1 AND subject_ref = $2 "
+                "ORDER BY id FOR UPDATE",
+                tenant,
+                subject_ref,
+            )
+            held = await conn.fetchval(
+                "SELECT 1 FROM subject_holds WHERE tenant = $1 AND subject_ref = $2",
+                tenant,
+                subject_ref,
+            )
+            if held is not None:
+                return EraseOutcome(held=True, erased=0)
+            # PostgreSQL has no secure_delete: the dead rows stay in their pages until
+            # VACUUM reuses them (README, PostgreSQL); the subject key is what shreds.
+            status = await conn.execute(
+                "DELETE FROM tokens WHERE tenant = $1 AND subject_ref = $2", tenant, subject_ref
+            )
+            return EraseOutcome(held=False, erased=_rowcount(status))
+
+        return await self._write(apply)
+
+    async def set_subject_hold(
+        self, tenant: str, subject_ref: bytes, reason: str, now: float
+    ) -> bool:
+        async def apply(conn: _Conn) -> bool:
+            status = await conn.execute(
+                "INSERT INTO subject_holds (tenant, subject_ref, reason, held_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, subject_ref) DO NOTHING",
+                tenant,
+                subject_ref,
+                reason,
+                now,
+            )
+            # Until commit: an erasure or purge that locked a row first commits first; one
+            # that comes later waits, then sees the hold.
+            await conn.execute(
+                "SELECT id FROM tokens WHERE tenant = $1 AND subject_ref = $2 "
+                "ORDER BY id FOR KEY SHARE",
+                tenant,
+                subject_ref,
+            )
+            return _rowcount(status) > 0
+
+        return await self._write(apply, retry_unique=True)
+
+    async def release_subject_hold(self, tenant: str, subject_ref: bytes) -> bool:
+        async def apply(conn: _Conn) -> bool:
+            status = await conn.execute(
+                "DELETE FROM subject_holds WHERE tenant = $1 AND subject_ref = $2",
+                tenant,
+                subject_ref,
+            )
+            return _rowcount(status) > 0
+
+        return await self._write(apply)
+
+    async def subject_held(self, tenant: str, subject_ref: bytes) -> bool:
+        rows = await self._fetch(
+            "SELECT 1 FROM subject_holds WHERE tenant = $1 AND subject_ref = $2",
+            tenant,
+            subject_ref,
+        )
+        return bool(rows)
+
+    async def update_token(self, update: TokenUpdate) -> UpdateStatus:
+        u = update
+
+        async def apply(conn: _Conn) -> UpdateStatus:
+            # FOR UPDATE: a concurrent correction of the same row waits, then finds the
+            # ciphertext changed (compare-and-set).
+            row = await conn.fetchrow(
+                f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+                "WHERE token = $1 AND tenant = $2 AND key_version = $3 AND ciphertext = $4 "
+                "FOR UPDATE",
+                u.token,
+                u.tenant,
+                u.old_version,
+                u.old_ciphertext,
+            )
+            if row is None:
+                return UpdateStatus.CHANGED
+            row_id, rec = int(row[0]), _record(row, 1)
+            if rec.deterministic:
+                other = await conn.fetchrow(
+                    f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE deterministic "  # noqa: S608 - constant
+                    "AND tenant = $1 AND kind = $2 AND token_format = $3 AND fingerprint = $4 "
+                    "AND id <> $5",
+                    rec.tenant,
+                    rec.kind,
+                    rec.token_format,
+                    u.new_fingerprint,
+                    row_id,
+                )
+                if other is not None:
+                    if _record(other, 1).live(u.now):
+                        return UpdateStatus.DETERMINISTIC_EXISTS
+                    # Expired: its deterministic key is free again, unless it is held.
+                    _, held = await _delete_unheld(conn, [int(other[0])])
+                    if held:
+                        return UpdateStatus.DETERMINISTIC_EXISTS
+            # A twin committed meanwhile makes this a unique violation: run again, and
+            # the look-up above finds it.
+            await conn.execute(
+                "UPDATE tokens SET ciphertext = $1, key_version = $2, fingerprint = $3 "
+                "WHERE id = $4",
+                u.new_ciphertext,
+                u.new_version,
+                u.new_fingerprint,
+                row_id,
+            )
+            await conn.execute(
+                "UPDATE key_versions SET encryptions = encryptions + 1 WHERE version = $1",
+                u.new_version,
+            )
+            return UpdateStatus.UPDATED
+
+        return await self._write(apply, retry_unique=True)
+
+    async def audit_records_for_tokens(
+        self, tenant: str, action: str, tokens: Sequence[str]
+    ) -> list[AuditRow]:
+        wanted = list(dict.fromkeys(tokens))
+        if not wanted:
+            return []
+        # A text search of the JSON column (no jsonb cast: a row that is not valid JSON
+        # must not fail the query), confirmed on the decoded row below.
+        patterns = ["%" + _like_escape(json.dumps(t)) + "%" for t in wanted]
+        rows = await self._fetch(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
+            "WHERE tenant = $1 AND action = $2 AND tokens LIKE ANY($3::text[]) ORDER BY seq",
+            tenant,
+            action,
+            patterns,
+        )
+        found = [_audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
+        targets = set(wanted)
+        return [r for r in found if targets.intersection(r.tokens)]
+
+    # -- retention -------------------------------------------------------------------
+
+    async def set_retention_policy(
+        self, tenant: str, kind: int, max_age: float, now: float
+    ) -> None:
+        async def apply(conn: _Conn) -> None:
+            await conn.execute(
+                "INSERT INTO retention_policies (tenant, kind, max_age, set_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, kind) DO UPDATE SET "
+                "max_age = excluded.max_age, set_at = excluded.set_at",
+                tenant,
+                kind,
+                max_age,
+                now,
+            )
+
+        await self._write(apply, retry_unique=True)
+
+    async def clear_retention_policy(self, tenant: str, kind: int) -> bool:
+        async def apply(conn: _Conn) -> bool:
+            status = await conn.execute(
+                "DELETE FROM retention_policies WHERE tenant = $1 AND kind = $2", tenant, kind
+            )
+            return _rowcount(status) > 0
+
+        return await self._write(apply)
+
+    async def retention_policies(self) -> list[RetentionPolicy]:
+        rows = await self._fetch(
+            "SELECT tenant, kind, max_age, set_at FROM retention_policies ORDER BY tenant, kind"
+        )
+        return [RetentionPolicy(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+    async def _age_boundary(self, created_before: float) -> int:
+        """The last row id created before ``created_before``, by binary search over the
+        id (as in SQLite: created_at grows with id, so old rows are an id prefix; a row
+        whose clock ran behind is found by a later run)."""
+        first = await self._fetch("SELECT min(id), max(id) FROM tokens")
+        lo, hi = (int(first[0][0] or 0), int(first[0][1] or 0)) if first else (0, 0)
+        if not hi:
+            return 0
+        oldest = await self._fetch("SELECT created_at FROM tokens WHERE id = $1", lo)
+        if not oldest or oldest[0][0] >= created_before:
+            return 0
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            row = await self._fetch(
+                "SELECT id, created_at FROM tokens WHERE id >= $1 ORDER BY id LIMIT 1", mid
+            )
+            if row and row[0][1] < created_before:
+                lo = int(row[0][0])
+            else:
+                hi = mid - 1
+        return lo
+
+    async def purge_retained(
+        self, tenant: str, kind: int, created_before: float, now: float, limit: int
+    ) -> int:
+        boundary = await self._age_boundary(created_before)
+        purged, after = 0, 0
+        while after < boundary:
+            done, after = await self._purge_retained_batch(
+                tenant, kind, created_before, now, limit, after, boundary
+            )
+            purged += done
+        return purged
+
+    async def _purge_retained_batch(
+        self,
+        tenant: str,
+        kind: int,
+        created_before: float,
+        now: float,
+        limit: int,
+        after: int,
+        boundary: int,
+    ) -> tuple[int, int]:
+        """One transaction: up to ``limit`` unheld rows past id ``after``; returns how
+        many went and the id to go on after (``boundary`` once none are left)."""
+
+        async def apply(conn: _Conn) -> tuple[int, int]:
+            rows = await conn.fetch(
+                "SELECT id FROM tokens WHERE id > $1 AND id <= $2 AND tenant = $3 "  # noqa: S608 - constant
+                f"AND kind = $4 AND created_at < $5 AND NOT ({_HELD}) ORDER BY id LIMIT $6",
+                after,
+                boundary,
+                tenant,
+                kind,
+                created_before,
+                limit,
+            )
+            if not rows:
+                return 0, boundary
+            ids = [int(r[0]) for r in rows]
+            deleted, _ = await _delete_unheld(conn, ids)
+            if deleted:
+                await conn.execute(
+                    "INSERT INTO retention_purges (tenant, kind, purged, last_purge_at) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, kind) DO UPDATE SET "
+                    "purged = retention_purges.purged + excluded.purged, "
+                    "last_purge_at = excluded.last_purge_at",
+                    tenant,
+                    kind,
+                    len(deleted),
+                    now,
+                )
+            return len(deleted), ids[-1] if len(ids) == limit else boundary
+
+        return await self._write(apply, retry_unique=True)
+
+    async def retention_stats(self, now: float) -> list[RetentionStats]:
+        policies = await self.retention_policies()
+        counters = {
+            (r[0], int(r[1])): (int(r[2]), float(r[3]))
+            for r in await self._fetch(
+                "SELECT tenant, kind, purged, last_purge_at FROM retention_purges"
+            )
+        }
+        out: dict[tuple[str, int], RetentionStats] = {}
+        for p in policies:
+            created_before = now - p.max_age
+            rows = await self._fetch(
+                f"SELECT ({_HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
+                "WHERE id <= $1 AND tenant = $2 AND kind = $3 AND created_at < $4 GROUP BY 1",
+                await self._age_boundary(created_before),
+                p.tenant,
+                p.kind,
+                created_before,
+            )
+            by_held = {bool(r[0]): int(r[1]) for r in rows}
+            purged, last = counters.get((p.tenant, p.kind), (0, None))
+            out[(p.tenant, p.kind)] = RetentionStats(
+                p.tenant, p.kind, by_held.get(False, 0), by_held.get(True, 0), purged, last
+            )
+        for (tenant, kind), (purged, last) in counters.items():
+            out.setdefault((tenant, kind), RetentionStats(tenant, kind, 0, 0, purged, last))
+        return [out[k] for k in sorted(out)]
+
 
 class _NotNext(Exception):  # noqa: N818 - a control-flow signal, not an error
     """add_next_key_version lost the race for its number."""
@@ -1150,6 +1491,11 @@ def _pg_caller(row: asyncpg.Record) -> CallerRow:
     if values[4] is not None:
         values[4] = bytes(values[4])
     return _caller_from_row(values)
+
+
+def _like_escape(text: str) -> str:
+    """``text`` matched literally by LIKE (backslash is its default escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _rowcount(status: str) -> int:
