@@ -4,8 +4,8 @@ Both stores are brought to this vault's schema first (their migrations), then ev
 record, key version, fingerprint and service key, caller, request id and audit record
 is copied as stored (ciphertext is never decrypted), in one transaction; the copy is
 verified (row counts and contents per table, then the audit chain with the audit key,
-which takes the master key file in --data-dir). Safe to re-run: what is already there
-is skipped, and a target holding other data is refused.
+which takes the master key: the file in --data-dir, the HSM, or --shares-from -). Safe
+to re-run: what is already there is skipped, and a target holding other data is refused.
 
 The per-subject keys are not in vault.db (its backups must not hold them): with
 ``--subject-keys-to`` they are copied, wrapped as stored, from the subject-keys.db next to
@@ -22,8 +22,9 @@ from typing import Any
 
 from vault.audit.trail import AuditTrail
 from vault.cli.common import CommandError, config_for
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
-from vault.crypto.keyfile import KeyFileKek
+from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
 from vault.storage.copy import (
     TableCopy,
@@ -40,7 +41,7 @@ __all__ = ["register"]
 _SQLITE = "sqlite://"
 
 
-async def _verify_audit(store: PostgresStore, kek: KeyFileKek) -> int:
+async def _verify_audit(store: PostgresStore, kek: KekProvider) -> int:
     """Records in the copied chain, once verified; CommandError naming a break."""
     try:
         trail = await AuditTrail.open(store, kek, SystemClock(), None, create=False)
@@ -59,8 +60,8 @@ async def _verify_audit(store: PostgresStore, kek: KeyFileKek) -> int:
     return result.records
 
 
-def _checked(args: argparse.Namespace) -> tuple[Path, str, KeyFileKek]:
-    """The source file, the target URL and the master key, or a one-line refusal."""
+def _checked(args: argparse.Namespace) -> tuple[Path, str]:
+    """The source file and the target URL, or a one-line refusal."""
     source_url, target_url = args.source, args.target
     if not source_url.startswith(_SQLITE + "/"):
         raise CommandError("--from must be sqlite:///PATH of the vault's SQLite file")
@@ -69,12 +70,7 @@ def _checked(args: argparse.Namespace) -> tuple[Path, str, KeyFileKek]:
     source = Path(source_url.removeprefix(_SQLITE))
     if not source.is_file():
         raise CommandError("--from names no file (the vault's vault.db)")
-    cfg = config_for(args)
-    if not cfg.master_key_path.exists():
-        raise CommandError(
-            "the vault's master key file is needed in --data-dir to verify the audit chain"
-        )
-    return source, target_url, KeyFileKek.load(cfg.master_key_path)
+    return source, target_url
 
 
 def _subject_keys_checked(args: argparse.Namespace, source: Path, target_url: str) -> Path | None:
@@ -111,12 +107,17 @@ async def _copy_keys(path: Path | None, url: str) -> TableCopy:
 
 
 async def _copy(args: argparse.Namespace) -> int:
-    source, target_url, kek = _checked(args)
+    source, target_url = _checked(args)
     keys_path = _subject_keys_checked(args, source, target_url)
     # Both at this vault's schema version (the copy compares their tables one to one).
     sqlite_store = SqliteStore(source)
     await sqlite_store.open()
-    await sqlite_store.close()
+    try:
+        # The configured master key (key file in --data-dir, HSM, or K shares with
+        # --shares-from -): the audit key it unwraps verifies the copied chain.
+        kek = await master_key(config_for(args), sqlite_store, args)
+    finally:
+        await sqlite_store.close()
     target = PostgresStore(target_url)
     await target.open()
     await target.close()
@@ -172,8 +173,10 @@ def register(subparsers: Any) -> None:
     copy.add_argument(
         "--data-dir",
         type=Path,
-        help="where the vault's master.key is (needed to verify the audit chain)",
+        help="the vault's data dir: its master key (file, or the configured HSM or shares) "
+        "verifies the audit chain",
     )
     copy.add_argument("--config", type=Path, help="TOML config file")
+    add_shares_arg(copy)
     copy.add_argument("--json", action="store_true")
     copy.set_defaults(handler=_copy)
