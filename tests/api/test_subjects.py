@@ -418,3 +418,36 @@ async def test_deterministic_tokens_are_per_subject_and_fingerprints_per_tenant(
     await subject_stub(vault).EraseSubject(erase_request(ALICE), metadata=vault.md)
     assert (await _reveal(vault, b.token)).text == pan
     assert (await _reveal(vault, n.token)).text == pan
+
+
+async def test_export_obeys_the_callers_reveal_kinds(vault, people):
+    """An export reveals values: a subjects caller that may reveal only emails gets none of
+    a subject who also has a card or an address on file."""
+    md = await vault.add_caller("dpo-email-only", ("subjects",), reveal_kinds=("EMAIL",))
+    exc = await expect_code(
+        subject_stub(vault).ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=md),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert_reason(exc, "KIND_NOT_ALLOWED")
+    assert "@" not in (exc.details() or "")
+    every_kind = await vault.add_caller("dpo", ("subjects",))
+    resp = await subject_stub(vault).ExportSubject(
+        spb.ExportSubjectRequest(subject=ALICE), metadata=every_kind
+    )
+    assert {r.token for r in resp.records} == set(people["alice"])
+
+
+async def test_export_spends_the_callers_reveal_rate(vault, people):
+    alice = people["alice"]
+    md = await vault.add_caller(
+        "dpo-limited", ("subjects",), reveal_rate=0.001, reveal_burst=len(alice)
+    )
+    first = await subject_stub(vault).ExportSubject(
+        spb.ExportSubjectRequest(subject=ALICE), metadata=md
+    )
+    assert len(first.records) == len(alice)
+    exc = await expect_code(
+        subject_stub(vault).ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=md),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert_reason(exc, "REVEAL_RATE_EXCEEDED")

@@ -188,6 +188,9 @@ class SubjectRequests:
             ref = await self._ref(caller.tenant, subject)
             detail["subject_ref"] = ref.hex()
             rows = await self._store.subject_tokens(caller.tenant, ref)
+            # An export reveals values: the caller's reveal kinds and rate apply as to
+            # Detokenize (a kind it may not reveal refuses the whole export).
+            self._vault.check_reveal_policy(caller, rows)
             skeys = await self._vault.subject_keys_for(rows)
             records = []
             for row in rows:

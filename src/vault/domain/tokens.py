@@ -793,6 +793,17 @@ class TokenVault:
             )
         return out
 
+    def check_reveal_policy(self, caller: Caller, rows: Sequence[TokenRecord]) -> None:
+        """The caller's reveal policy for values shown other than by Detokenize (a
+        subject's export): its data kinds, then its reveal rate (one per value)."""
+        for row in rows:
+            if not caller.may_reveal(_KINDS[row.kind].name):
+                raise PermissionDeniedError(
+                    "the caller may not reveal this data kind", reason="KIND_NOT_ALLOWED"
+                )
+        if rows:
+            self._limiter.take(caller, len(rows))
+
     def _give_back(self, held: dict[int, EphemeralEntry], taken: dict[int, str]) -> None:
         for i, entry in held.items():
             self.ephemeral.give_back(entry, taken[i])
