@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +157,21 @@ def _find_key(session: Any, settings: Pkcs11Settings) -> Any:
 
 
 class Pkcs11Kek:
-    """A KekProvider whose key is on an HSM token; one logged-in session, serialised."""
+    """A KekProvider whose key is on an HSM token; one logged-in session, serialised.
 
-    __slots__ = ("_key", "_lock", "_session", "_settings")
+    A session the HSM drops (a restart, a network HSM reconnecting) is opened again, with
+    a new login, at the next wrap or unwrap, so the vault follows the HSM back without a
+    restart; only ``close`` ends it for good. The PIN stays in memory for that.
+    """
 
-    def __init__(self, settings: Pkcs11Settings, session: Any, key: Any) -> None:
+    __slots__ = ("_closed", "_key", "_lock", "_pin", "_session", "_settings")
+
+    def __init__(self, settings: Pkcs11Settings, session: Any, key: Any, pin: SecretBytes) -> None:
         self._settings = settings
         self._session = session
         self._key = key
+        self._pin = pin
+        self._closed = False
         # A PKCS#11 session runs one operation at a time.
         self._lock = threading.Lock()
 
@@ -192,7 +200,7 @@ class Pkcs11Kek:
         except BaseException:
             session.close()
             raise
-        return cls(settings, session, key)
+        return cls(settings, session, key, pin)
 
     @staticmethod
     def _generate(session: Any, settings: Pkcs11Settings) -> Any:
@@ -218,37 +226,62 @@ class Pkcs11Kek:
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(p11.PKCS11Error):
+            self._closed = True
             self._session.close()
+
+    def _run(self, op: Callable[[Any], Any]) -> Any:
+        """``op(key)`` under the session lock. If the HSM dropped the session, log in
+        again once and retry; PKCS#11 errors of the retry reach the caller's mapping."""
+        with self._lock:
+            if self._closed:
+                raise UnavailableError("the HSM session is closed", reason="HSM_UNAVAILABLE")
+            try:
+                return op(self._key)
+            except _HSM_GONE:
+                pass
+            try:
+                session = _open_session(self._settings, self._pin, rw=False)
+                key = _find_key(session, self._settings)
+            except FailedPreconditionError:
+                raise UnavailableError(
+                    "the HSM does not answer", reason="HSM_UNAVAILABLE"
+                ) from None
+            with contextlib.suppress(p11.PKCS11Error):
+                self._session.close()
+            self._session, self._key = session, key
+            return op(key)
 
     def wrap(self, key: SecretBytes, label: bytes) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
         params = GCMParams(nonce, b"wrap\x00" + label, _TAG_BITS)
-        with self._lock:
-            try:
-                sealed = self._key.encrypt(
+        try:
+            sealed = self._run(
+                lambda k: k.encrypt(
                     key.reveal(), mechanism=Mechanism.AES_GCM, mechanism_param=params
                 )
-            except p11.PKCS11Error:
-                raise UnavailableError(
-                    "the HSM could not wrap a key", reason="HSM_UNAVAILABLE"
-                ) from None
+            )
+        except p11.PKCS11Error:
+            raise UnavailableError(
+                "the HSM could not wrap a key", reason="HSM_UNAVAILABLE"
+            ) from None
         return nonce + bytes(sealed)
 
     def unwrap(self, wrapped: bytes, label: bytes) -> SecretBytes:
         if len(wrapped) <= _NONCE_BYTES + _TAG_BITS // 8:
             raise DecryptionError
         params = GCMParams(wrapped[:_NONCE_BYTES], b"wrap\x00" + label, _TAG_BITS)
-        with self._lock:
-            try:
-                plain = self._key.decrypt(
+        try:
+            plain = self._run(
+                lambda k: k.decrypt(
                     wrapped[_NONCE_BYTES:], mechanism=Mechanism.AES_GCM, mechanism_param=params
                 )
-            except _HSM_GONE:
-                raise UnavailableError(
-                    "the HSM could not unwrap a key", reason="HSM_UNAVAILABLE"
-                ) from None
-            except p11.PKCS11Error:
-                # A bad tag (wrong key, wrong label, edited bytes): SoftHSM2 says
-                # CKR_GENERAL_ERROR or CKR_ENCRYPTED_DATA_INVALID; either is a failed unwrap.
-                raise DecryptionError from None
+            )
+        except _HSM_GONE:
+            raise UnavailableError(
+                "the HSM could not unwrap a key", reason="HSM_UNAVAILABLE"
+            ) from None
+        except p11.PKCS11Error:
+            # A bad tag (wrong key, wrong label, edited bytes): SoftHSM2 says
+            # CKR_GENERAL_ERROR or CKR_ENCRYPTED_DATA_INVALID; either is a failed unwrap.
+            raise DecryptionError from None
         return SecretBytes(bytes(plain))

@@ -177,3 +177,16 @@ def test_a_lost_session_is_unavailable_not_a_bad_key(softhsm):
     assert raised.value.reason == "HSM_UNAVAILABLE"
     with pytest.raises(UnavailableError):
         kek.wrap(DEK, b"dek:1")
+
+
+def test_a_session_the_hsm_dropped_is_opened_again(softhsm):
+    """An HSM restart or a network HSM reconnecting drops the session: the next unwrap
+    logs in again and goes on (no vault restart). The drop is simulated by closing the
+    provider's session behind its back, as the HSM would."""
+    kek = opened(softhsm)
+    wrapped = kek.wrap(DEK, b"dek:1")
+    kek._session.close()  # the HSM's side of a lost session
+    assert kek.unwrap(wrapped, b"dek:1").reveal() == DEK.reveal()
+    kek._session.close()
+    assert kek.unwrap(kek.wrap(DEK, b"dek:2"), b"dek:2").reveal() == DEK.reveal()
+    kek.close()
