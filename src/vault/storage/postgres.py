@@ -83,6 +83,8 @@ from vault.storage.base import (
 # are shared with the SQLite store, which defines them.
 from vault.storage.sqlite import (
     _HELD,
+    _WRAPPED_KEY_TABLES,
+    _WRAPPED_KEYS_SQL,
     _audit_from_row,
     _caller_from_row,
     _Resolver,
@@ -150,11 +152,6 @@ _PUT_PROGRESS = (
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _PROGRESS_COLUMNS.split(","))
 )
 # Where each kind of wrapped key lives: (table, name column), as in the SQLite store.
-_WRAPPED_KEY_TABLES = {
-    WrappedKeyKind.DATA_KEY: ("key_versions", "version"),
-    WrappedKeyKind.FINGERPRINT_KEY: ("fingerprint_keys", "tenant"),
-    WrappedKeyKind.SERVICE_KEY: ("service_keys", "name"),
-}
 # SHA-256 share verifiers are stored back to back in one column.
 _VERIFIER_BYTES = 32
 _INSERTED = InsertOutcome(InsertStatus.INSERTED)
@@ -1106,12 +1103,7 @@ class PostgresStore:
 
     async def wrapped_keys(self) -> list[WrappedKeyRow]:
         # One statement: one snapshot of the three places wrapped keys live.
-        rows = await self._fetch(
-            "SELECT 'data_key', CAST(version AS TEXT), wrapped_key, kek_id FROM key_versions "
-            "WHERE wrapped_key IS NOT NULL "
-            "UNION ALL SELECT 'fingerprint_key', tenant, wrapped_key, kek_id FROM fingerprint_keys "
-            "UNION ALL SELECT 'service_key', name, wrapped_key, kek_id FROM service_keys"
-        )
+        rows = await self._fetch(_WRAPPED_KEYS_SQL)
         return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
     async def replace_wrapped_key(

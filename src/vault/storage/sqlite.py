@@ -86,6 +86,14 @@ _WRAPPED_KEY_TABLES = {
     WrappedKeyKind.FINGERPRINT_KEY: ("fingerprint_keys", "tenant"),
     WrappedKeyKind.SERVICE_KEY: ("service_keys", "name"),
 }
+# Every wrapped key, in one statement (one snapshot): the data keys not destroyed, the
+# tenants' fingerprint keys and the service keys, as (kind, name, wrapped_key, kek_id).
+_WRAPPED_KEYS_SQL = (
+    "SELECT 'data_key', CAST(version AS TEXT), wrapped_key, kek_id FROM key_versions "
+    "WHERE wrapped_key IS NOT NULL "
+    "UNION ALL SELECT 'fingerprint_key', tenant, wrapped_key, kek_id FROM fingerprint_keys "
+    "UNION ALL SELECT 'service_key', name, wrapped_key, kek_id FROM service_keys"
+)
 _T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
 _INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
 
@@ -1148,12 +1156,7 @@ class SqliteStore:
         )
 
     async def wrapped_keys(self) -> list[WrappedKeyRow]:
-        rows = await self._query(
-            "SELECT 'data_key', CAST(version AS TEXT), wrapped_key, kek_id FROM key_versions "
-            "WHERE wrapped_key IS NOT NULL "
-            "UNION ALL SELECT 'fingerprint_key', tenant, wrapped_key, kek_id FROM fingerprint_keys "
-            "UNION ALL SELECT 'service_key', name, wrapped_key, kek_id FROM service_keys"
-        )
+        rows = await self._query(_WRAPPED_KEYS_SQL)
         return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
     async def replace_wrapped_key(
