@@ -377,3 +377,50 @@ def test_bad_share_splits_are_one_line_and_create_nothing(tmp_path, args):
     line = assert_one_line_failure(run_vaultctl("keys", "init", *args, "--data-dir", data_dir))
     assert "--shares" in line or "--threshold" in line
     assert not (data_dir / "vault.db").exists()
+
+
+def _callers(data_dir: Path, env) -> dict[str, str | None]:
+    listed = run_vaultctl("callers", "list", "--json", "--data-dir", data_dir, env=env)
+    assert listed.returncode == 0, listed.stderr
+    return {c["name"]: c["revoked"] for c in json.loads(listed.stdout)["callers"]}
+
+
+def test_caller_changes_of_a_split_vault_need_the_shares_to_be_recorded(tmp_path):
+    """Adding a caller is refused, and nothing added, without the shares (its record needs
+    the audit key). Revoking goes through even then — a leaked key must stop working when
+    no custodian is at hand — and says in one line that the trail could not record it."""
+    data_dir = tmp_path / "vault"
+    share_dir = tmp_path / "custodians"
+    made = run_vaultctl(
+        "keys", "init", "--shares", "2", "--threshold", "2", "--share-dir", share_dir,
+        "--data-dir", data_dir,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    both = "\n".join(f.read_text().strip() for f in sorted(share_dir.iterdir())) + "\n"
+    env = {"VAULT_KEK_PROVIDER": "shares"}
+
+    refused = run_vaultctl(
+        "callers", "add", "app", "--tenant", "t1", "--scopes", "tokenize", "--data-dir", data_dir,
+        env=env,
+    )  # fmt: skip
+    assert "the vault is sealed" in assert_one_line_failure(refused)
+    assert _callers(data_dir, env) == {}
+
+    add_caller(data_dir, "app", "tokenize", env, both)
+    add_caller(data_dir, "ops", "keys", env, both)
+    unrecorded = run_vaultctl("callers", "revoke", "app", "--data-dir", data_dir, env=env)
+    line = assert_one_line_failure(unrecorded)
+    assert "revoked app, but the audit trail could not record it" in line
+    recorded = vaultctl_with_stdin(
+        both, "callers", "revoke", "ops", "--shares-from", "-", "--data-dir", data_dir, env=env
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    revoked = _callers(data_dir, env)
+    assert revoked["app"] is not None
+    assert revoked["ops"] is not None
+    verify = vaultctl_with_stdin(
+        both, "audit", "verify", "--json", "--shares-from", "-", "--data-dir", data_dir, env=env
+    )
+    assert verify.returncode == 0, verify.stderr
+    # two callers added and the recorded revoke; the unrecorded revoke is not in the trail.
+    assert json.loads(verify.stdout)["records"] == 3

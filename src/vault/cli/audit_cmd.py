@@ -41,11 +41,7 @@ def operator_name() -> str:
         return "vaultctl"
 
 
-async def open_trail(
-    cfg: Config, store: Store, *, create: bool, kek: KekProvider | None = None
-) -> AuditTrail:
-    if kek is None:
-        kek = await master_key(cfg, store)
+async def open_trail(cfg: Config, store: Store, *, create: bool, kek: KekProvider) -> AuditTrail:
     # A sink on stdout would mix records into the command's own output: files only here.
     exporter = (
         JsonLinesExporter.from_setting(cfg.audit_sink) if cfg.audit_sink != "stdout" else None
@@ -53,9 +49,7 @@ async def open_trail(
     return await AuditTrail.open(store, kek, SystemClock(), exporter, create=create)
 
 
-async def open_operator_trail(
-    cfg: Config, store: Store, kek: KekProvider | None = None
-) -> AuditTrail:
+async def open_operator_trail(cfg: Config, store: Store, kek: KekProvider) -> AuditTrail:
     """The audit trail for records vaultctl adds (created if absent); close it after."""
     return await open_trail(cfg, store, create=True, kek=kek)
 
@@ -67,12 +61,12 @@ async def record_operator_event(
     tenant: str,
     detail: Mapping[str, str],
     *,
+    kek: KekProvider,
     outcome: str = OUTCOME_OK,
     reason: str = "",
-    kek: KekProvider | None = None,
 ) -> None:
     """Append one record of a change made with vaultctl (durable when this returns);
-    ``kek``: the master key to open the trail with (default: the configured one)."""
+    ``kek``: the master key the audit key is wrapped under."""
     trail = await open_trail(cfg, store, create=True, kek=kek)
     try:
         await trail.record(
@@ -98,7 +92,9 @@ async def _verify(args: argparse.Namespace) -> int:
     await store.open()
     try:
         try:
-            trail = await open_trail(cfg, store, create=False)
+            trail = await open_trail(
+                cfg, store, create=False, kek=await master_key(cfg, store, args)
+            )
         except FailedPreconditionError as exc:
             if exc.reason != "AUDIT_KEY_MISSING":
                 raise

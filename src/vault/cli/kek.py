@@ -21,29 +21,16 @@ from vault.storage.base import Store
 __all__ = ["add_shares_arg", "master_key", "read_shares"]
 
 _MAX_SHARE_LINES = 255
-# This run's rebuilt key, and whether --shares-from - was given (recorded when parsed,
-# so helpers that open the audit trail without the parsed arguments see it too).
+# The key this vaultctl run rebuilt from the shares on stdin (stdin is read once; a
+# command that needs the key twice, e.g. for its change and for its audit record, gets
+# the same one).
 _rebuilt: dict[str, KekProvider] = {}
-_asked: dict[str, bool] = {}
-
-
-class _SharesFrom(argparse.Action):
-    def __call__(
-        self,
-        _parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: object,
-        _option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-        _asked["stdin"] = values == "-"
 
 
 def add_shares_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shares-from",
         choices=["-"],
-        action=_SharesFrom,
         help="with kek_provider = shares: read K custodian shares from stdin, one a line",
     )
 
@@ -56,10 +43,11 @@ async def read_shares(store: Store) -> KekProvider:
     return kek
 
 
-async def master_key(cfg: Config, store: Store, args: argparse.Namespace | None = None) -> KekRing:
-    """The configured master key (with any other the store's rows still name)."""
+async def master_key(cfg: Config, store: Store, args: argparse.Namespace) -> KekRing:
+    """The configured master key (with any other the store's rows still name); with
+    kek_provider = shares, rebuilt from stdin when the command got ``--shares-from -``."""
     shares_kek = _rebuilt.get("shares")
-    asked = _asked.get("stdin", False) or getattr(args, "shares_from", None) == "-"
+    asked = getattr(args, "shares_from", None) == "-"
     if cfg.kek_provider == "shares" and shares_kek is None and asked:
         shares_kek = await read_shares(store)
     return await open_kek(cfg, store, shares_kek)

@@ -207,6 +207,7 @@ def register(subparsers: Any) -> None:
     k_rewrap.set_defaults(handler=_rewrap)
     k_retire = keys_sub.add_parser("retire", help="destroy a version no record uses any more")
     add_store_args(k_retire)
+    add_shares_arg(k_retire)
     k_retire.add_argument("version", type=int)
     k_retire.set_defaults(handler=_retire)
     master_cmd.register(subparsers, keys_sub)

@@ -21,7 +21,7 @@ from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
 from vault.cli.common import existing_vault as _existing_vault
 from vault.cli.common import run_async as _run
-from vault.cli.kek import add_shares_arg
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.domain.model import DataKind
@@ -135,6 +135,8 @@ async def _callers_add(args: argparse.Namespace) -> int:
         "reveal_rate": str(args.reveal_rate),
     }
     try:
+        # The master key first: a vault that cannot record the change makes none.
+        kek = await master_key(cfg, store, args)
         try:
             await store.add_caller(
                 CallerRow(
@@ -159,12 +161,15 @@ async def _callers_add(args: argparse.Namespace) -> int:
                 ACTION_CALLER_ADD,
                 args.tenant,
                 detail,
+                kek=kek,
                 outcome=OUTCOME_ERROR,
                 reason=exc.reason,
             )
             raise
         # Recorded before the key is shown: a change the trail lacks hands out no key.
-        await audit_cmd.record_operator_event(cfg, store, ACTION_CALLER_ADD, args.tenant, detail)
+        await audit_cmd.record_operator_event(
+            cfg, store, ACTION_CALLER_ADD, args.tenant, detail, kek=kek
+        )
     finally:
         await store.close()
     if key is None:
@@ -220,14 +225,25 @@ async def _callers_revoke(args: argparse.Namespace) -> int:
     store = open_store(cfg)
     await store.open()
     try:
+        # Revoked first, whatever follows: a leaked key must stop working even when the
+        # master key (needed for the audit record) is not at hand.
         done = await store.revoke_caller(args.name, SystemClock().now())
         tenant = next((r.tenant for r in await store.callers() if r.name == args.name), "")
+        try:
+            kek = await master_key(cfg, store, args)
+        except VaultError as exc:
+            if not done:
+                raise
+            raise CommandError(
+                f"revoked {args.name}, but the audit trail could not record it: {exc}"
+            ) from None
         await audit_cmd.record_operator_event(
             cfg,
             store,
             ACTION_CALLER_REVOKE,
             tenant,
             {"name": args.name},
+            kek=kek,
             outcome=OUTCOME_OK if done else OUTCOME_ERROR,
             reason="" if done else "CALLER_NOT_FOUND",
         )
@@ -335,6 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     c_list.set_defaults(handler=_callers_list)
     c_revoke = c_sub.add_parser("revoke", help="revoke a caller's key")
     _add_store_args(c_revoke)
+    add_shares_arg(c_revoke)
     c_revoke.add_argument("name")
     c_revoke.set_defaults(handler=_callers_revoke)
 

@@ -16,6 +16,7 @@ from typing import Any
 from vault.audit.base import ACTION_RETENTION_CLEAR, ACTION_RETENTION_SET, OUTCOME_ERROR
 from vault.cli import audit_cmd
 from vault.cli.common import CommandError, add_store_args, existing_vault, iso_time
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.domain.model import DataKind
 from vault.domain.retention import parse_kind, parse_max_age
@@ -41,6 +42,7 @@ async def _set(args: argparse.Namespace) -> int:
     store = open_store(cfg)
     await store.open()
     try:
+        kek = await master_key(cfg, store, args)  # before the change: it must be recorded
         await store.set_retention_policy(args.tenant, int(kind), max_age, SystemClock().now())
         await audit_cmd.record_operator_event(
             cfg,
@@ -48,6 +50,7 @@ async def _set(args: argparse.Namespace) -> int:
             ACTION_RETENTION_SET,
             args.tenant,
             {"kind": kind.name, "max_age_seconds": f"{max_age:g}"},
+            kek=kek,
         )
     finally:
         await store.close()
@@ -61,6 +64,7 @@ async def _clear(args: argparse.Namespace) -> int:
     store = open_store(cfg)
     await store.open()
     try:
+        kek = await master_key(cfg, store, args)  # before the change: it must be recorded
         cleared = await store.clear_retention_policy(args.tenant, int(kind))
         await audit_cmd.record_operator_event(
             cfg,
@@ -68,6 +72,7 @@ async def _clear(args: argparse.Namespace) -> int:
             ACTION_RETENTION_CLEAR,
             args.tenant,
             {"kind": kind.name},
+            kek=kek,
             outcome="ok" if cleared else OUTCOME_ERROR,
             reason="" if cleared else "RETENTION_POLICY_NOT_FOUND",
         )
@@ -133,12 +138,14 @@ def register(subparsers: Any) -> None:
     r_sub = retention.add_subparsers(dest="retention_command", required=True)
     r_set = r_sub.add_parser("set", help="set the maximum age of a tenant's values of a kind")
     add_store_args(r_set)
+    add_shares_arg(r_set)
     r_set.add_argument("--tenant", required=True)
     r_set.add_argument("--kind", required=True, help="data kind, e.g. PAN or EMAIL")
     r_set.add_argument("--max-age", required=True, help="e.g. 400d, 12h, 90m, 3600s")
     r_set.set_defaults(handler=_set)
     r_clear = r_sub.add_parser("clear", help="remove a tenant's maximum age for a kind")
     add_store_args(r_clear)
+    add_shares_arg(r_clear)
     r_clear.add_argument("--tenant", required=True)
     r_clear.add_argument("--kind", required=True)
     r_clear.set_defaults(handler=_clear)

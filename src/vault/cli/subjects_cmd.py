@@ -20,7 +20,7 @@ from typing import Any
 from vault.auth.policy import SCOPE_SUBJECTS, Caller
 from vault.cli import audit_cmd
 from vault.cli.common import add_store_args, existing_vault, iso_time
-from vault.cli.kek import master_key
+from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import Address, RequestContext, Value
@@ -147,6 +147,7 @@ def register(subparsers: Any) -> None:
     def command(name: str, help_text: str, *, reason: bool) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = s_sub.add_parser(name, help=help_text)
         add_store_args(p)
+        add_shares_arg(p)
         p.add_argument("subject", help="the data subject's id, as given at tokenize")
         p.add_argument("--tenant", required=True, help="the subject's tenant")
         if reason:
