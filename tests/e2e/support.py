@@ -74,9 +74,12 @@ def run_vaultctl(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """vaultctl as a process; ``stdin`` is what it reads (e.g. custodian shares)."""
     return subprocess.run(
         [str(VAULTCTL), *map(str, args)],
+        input=stdin,
         capture_output=True,
         text=True,
         env=clean_env(env),
@@ -84,6 +87,17 @@ def run_vaultctl(
         timeout=timeout,
         check=False,
     )
+
+
+def split_vault(data_dir: Path, share_dir: Path, count: int, threshold: int) -> list[str]:
+    """`vaultctl keys init --shares COUNT --threshold THRESHOLD --share-dir …`: the share
+    lines, one per custodian, in order."""
+    made = run_vaultctl(
+        "keys", "init", "--shares", count, "--threshold", threshold, "--share-dir", share_dir,
+        "--data-dir", data_dir,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return [f.read_text().strip() for f in sorted(share_dir.iterdir())]
 
 
 def assert_one_line_failure(result: subprocess.CompletedProcess[str]) -> str:

@@ -27,6 +27,7 @@ from .support import (
     clean_env,
     error_reason,
     run_vaultctl,
+    split_vault,
 )
 
 pytestmark = pytest.mark.slow
@@ -36,15 +37,7 @@ TOKEN_SERVICE = "vault.v1.TokenService"
 
 
 def vaultctl_with_stdin(stdin: str, *args: object, env=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VAULTCTL), *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=clean_env(env),
-        timeout=60,
-        check=False,
-    )
+    return run_vaultctl(*args, env=env, stdin=stdin)
 
 
 def add_caller(data_dir: Path, name: str, scopes: str, env=None, stdin: str | None = None) -> str:
@@ -390,13 +383,7 @@ def test_caller_changes_of_a_split_vault_need_the_shares_to_be_recorded(tmp_path
     the audit key). Revoking goes through even then — a leaked key must stop working when
     no custodian is at hand — and says in one line that the trail could not record it."""
     data_dir = tmp_path / "vault"
-    share_dir = tmp_path / "custodians"
-    made = run_vaultctl(
-        "keys", "init", "--shares", "2", "--threshold", "2", "--share-dir", share_dir,
-        "--data-dir", data_dir,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    both = "\n".join(f.read_text().strip() for f in sorted(share_dir.iterdir())) + "\n"
+    both = "\n".join(split_vault(data_dir, tmp_path / "custodians", 2, 2)) + "\n"
     env = {"VAULT_KEK_PROVIDER": "shares"}
 
     refused = run_vaultctl(

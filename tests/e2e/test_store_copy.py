@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
 
 import grpc
 import pytest
@@ -18,7 +17,7 @@ from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc as pb_grpc
 from vault.v1 import types_pb2
 
-from .support import PURPOSE, VAULTCTL, assert_one_line_failure, clean_env, run_vaultctl
+from .support import PURPOSE, assert_one_line_failure, run_vaultctl, split_vault
 
 pytestmark = pytest.mark.slow
 
@@ -195,17 +194,11 @@ def test_a_vault_split_among_custodians_copies_with_its_shares(tmp_path, pg_data
     custodian shares rebuild (``--shares-from -``); without them, one line and no copy."""
     data = tmp_path / "vault"
     env = {"VAULT_KEK_PROVIDER": "shares"}
-    made = run_vaultctl(
-        "keys", "init", "--shares", "3", "--threshold", "2", "--share-dir", tmp_path / "shares",
-        "--data-dir", data, env=env,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    shares = [f.read_text().strip() for f in sorted((tmp_path / "shares").iterdir())]
+    shares = split_vault(data, tmp_path / "shares", 3, 2)
     two = "\n".join(shares[:2]) + "\n"
-    added = subprocess.run(
-        [str(VAULTCTL), "callers", "add", "ops", "--tenant", "t1", "--scopes", "keys",
-         "--data-dir", str(data), "--shares-from", "-"],
-        input=two, capture_output=True, text=True, env=clean_env(env), timeout=60, check=False,
+    added = run_vaultctl(
+        "callers", "add", "ops", "--tenant", "t1", "--scopes", "keys", "--data-dir", data,
+        "--shares-from", "-", env=env, stdin=two,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     copy = ["store", "copy", "--from", f"sqlite://{data / 'vault.db'}", "--to", pg_database]
@@ -213,10 +206,9 @@ def test_a_vault_split_among_custodians_copies_with_its_shares(tmp_path, pg_data
     sealed = run_vaultctl(*copy, "--data-dir", data, env=env, timeout=120)
     assert "sealed" in assert_one_line_failure(sealed)
 
-    done = subprocess.run(
-        [str(VAULTCTL), *copy, "--data-dir", str(data), "--shares-from", "-", "--json"],
-        input=two, capture_output=True, text=True, env=clean_env(env), timeout=120, check=False,
-    )  # fmt: skip
+    done = run_vaultctl(
+        *copy, "--data-dir", data, "--shares-from", "-", "--json", env=env, stdin=two, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["tables"]["kek_shares"]["rows"] == 1

@@ -127,6 +127,18 @@ class SubjectRequests:
                 )
             )
 
+    async def _changing_request(
+        self, caller: Caller, subject: str, reason: str, detail: dict[str, str]
+    ) -> bytes:
+        """The checks an erase or a hold starts with (scope, subject, reason); the
+        subject's ref, also put in the audit detail."""
+        require_scope(caller, SCOPE_SUBJECTS)
+        self._check_subject(subject)
+        self._check_reason(reason)
+        ref = await self._ref(caller.tenant, subject)
+        detail["subject_ref"] = ref.hex()
+        return ref
+
     async def _ref(self, tenant: str, subject: str) -> bytes:
         fp = await self._keys.fingerprinter(tenant)
         return fp.digest(b"subject", subject.encode())
@@ -245,11 +257,7 @@ class SubjectRequests:
         ctx = request or _NO_CONTEXT
         detail: dict[str, str] = {}
         try:
-            require_scope(caller, SCOPE_SUBJECTS)
-            self._check_subject(subject)
-            self._check_reason(reason)
-            ref = await self._ref(caller.tenant, subject)
-            detail["subject_ref"] = ref.hex()
+            ref = await self._changing_request(caller, subject, reason, detail)
             # Rows first, in one transaction with the hold check; then the key (a failure
             # in between leaves a key and no rows: erasing again destroys it).
             outcome = await self._store.erase_subject(caller.tenant, ref)
@@ -300,11 +308,7 @@ class SubjectRequests:
         action = ACTION_SUBJECT_HOLD if hold else ACTION_SUBJECT_RELEASE
         detail: dict[str, str] = {}
         try:
-            require_scope(caller, SCOPE_SUBJECTS)
-            self._check_subject(subject)
-            self._check_reason(reason)
-            ref = await self._ref(caller.tenant, subject)
-            detail["subject_ref"] = ref.hex()
+            ref = await self._changing_request(caller, subject, reason, detail)
             if hold:
                 if not await self._store.subject_tokens(caller.tenant, ref):
                     raise NotFoundError(
