@@ -363,14 +363,8 @@ class AuditHead:
 AuditSeal = Callable[[bytes, bytes], bytes]
 
 
-class Store(Protocol):
-    async def open(self) -> None:
-        """Connect and apply migrations; afterwards the store serves."""
-        ...
-
-    async def close(self) -> None:
-        """Flush pending commits, then disconnect."""
-        ...
+class TokenStore(Protocol):
+    """Token rows: the tokenize, reveal, delete and correction paths."""
 
     async def insert_tokens(
         self, records: Sequence[TokenRecord], now: float, encryptions: Mapping[int, int]
@@ -396,10 +390,20 @@ class Store(Protocol):
         """Remove the row if it belongs to the tenant; False if there was none."""
         ...
 
+    async def update_token(self, update: TokenUpdate) -> UpdateStatus:
+        """Apply the compare-and-set; a deterministic row's new fingerprint must not be
+        taken by another live deterministic row of its tenant, kind and format (an
+        expired, unheld one is removed). Adds one encryption to ``new_version``."""
+        ...
+
     async def purge_expired(self, now: float, limit: int) -> int:
         """Delete up to ``limit`` rows expired at ``now`` (never a held subject's); returns
         how many."""
         ...
+
+
+class KeyVersionStore(Protocol):
+    """Data-key versions and their usage counters."""
 
     async def key_versions(self) -> list[KeyVersionRow]: ...
 
@@ -420,43 +424,15 @@ class Store(Protocol):
         """How many token rows name each key version (versions without rows absent)."""
         ...
 
-    async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
-        """Up to ``limit`` rows not under ``primary``, past position ``after``, in order."""
-        ...
-
-    async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
-        """Apply each update only if the row still has its old version and ciphertext;
-        add ``encryptions`` to the new version's counter in the same transaction.
-        Returns how many rows were updated."""
-        ...
-
-    async def take_rewrap_lease(self, holder: str, now: float, expires_at: float) -> bool:
-        """Take or renew the store's one rewrap lease; False if another holder's is live."""
-        ...
-
-    async def release_rewrap_lease(self, holder: str) -> None: ...
-
-    async def put_rewrap_progress(self, progress: RewrapProgressRow) -> None:
-        """Replace the stored progress with ``progress`` (one write)."""
-        ...
-
-    async def rewrap_progress(self) -> RewrapProgressRow | None:
-        """The stored progress with the lease's expiry if its run holds the lease (one
-        read); None if no rewrap ever ran."""
-
-    async def take_job_lease(self, job: str, holder: str, now: float, expires_at: float) -> bool:
-        """Take or renew the lease of background job ``job`` (one holder per job across
-        every process on the store); False if another holder's lease is live at ``now``."""
-        ...
-
-    async def release_job_lease(self, job: str, holder: str) -> None:
-        """Give the job's lease up if ``holder`` holds it (another process may take it)."""
-        ...
-
     async def retire_key_version(self, version: int) -> RetireOutcome:
         """In one transaction: refuse (nothing changed) unknown, primary, retired or
         in-use versions; otherwise set it retired and destroy its wrapped key."""
         ...
+
+
+class WrappedKeyStore(Protocol):
+    """Keys wrapped by the master key: fingerprint keys, service keys, and the
+    listing master-key rotation walks."""
 
     async def fingerprint_key(self, tenant: str) -> bytes | None: ...
 
@@ -465,18 +441,6 @@ class Store(Protocol):
     ) -> bytes:
         """Store the tenant's wrapped fingerprint key unless one exists; return the stored one."""
         ...
-
-    async def add_caller(self, caller: CallerRow) -> None:
-        """Raises AlreadyExistsError if the name is taken."""
-        ...
-
-    async def caller_by_key_id(self, key_id: str) -> CallerRow | None: ...
-
-    async def caller_by_cert_identity(self, identity: str) -> CallerRow | None: ...
-
-    async def callers(self) -> list[CallerRow]: ...
-
-    async def revoke_caller(self, name: str, revoked_at: float) -> bool: ...
 
     async def service_key(self, name: str) -> bytes | None:
         """A wrapped vault-wide key (e.g. the audit key ``audit:1``), or None."""
@@ -500,6 +464,10 @@ class Store(Protocol):
         holds ``old``; False (nothing written) if it changed or is gone."""
         ...
 
+
+class ShareSchemeStore(Protocol):
+    """The custodian-share facts of a split master key."""
+
     async def share_scheme(self) -> ShareSchemeRow | None:
         """The custodian-share facts of the master key; None unless it was split."""
         ...
@@ -507,6 +475,67 @@ class Store(Protocol):
     async def put_share_scheme(self, scheme: ShareSchemeRow) -> bool:
         """Record the facts unless some are recorded; False (nothing written) if so."""
         ...
+
+
+class RewrapStore(Protocol):
+    """Rewrap: the rows still under an older version, their updates, and progress."""
+
+    async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
+        """Up to ``limit`` rows not under ``primary``, past position ``after``, in order."""
+        ...
+
+    async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
+        """Apply each update only if the row still has its old version and ciphertext;
+        add ``encryptions`` to the new version's counter in the same transaction.
+        Returns how many rows were updated."""
+        ...
+
+    async def put_rewrap_progress(self, progress: RewrapProgressRow) -> None:
+        """Replace the stored progress with ``progress`` (one write)."""
+        ...
+
+    async def rewrap_progress(self) -> RewrapProgressRow | None:
+        """The stored progress with the lease's expiry if its run holds the lease (one
+        read); None if no rewrap ever ran."""
+
+
+class LeaseStore(Protocol):
+    """Leases that keep one holder per job across every process on the store."""
+
+    async def take_rewrap_lease(self, holder: str, now: float, expires_at: float) -> bool:
+        """Take or renew the store's one rewrap lease; False if another holder's is live."""
+        ...
+
+    async def release_rewrap_lease(self, holder: str) -> None: ...
+
+    async def take_job_lease(self, job: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take or renew the lease of background job ``job`` (one holder per job across
+        every process on the store); False if another holder's lease is live at ``now``."""
+        ...
+
+    async def release_job_lease(self, job: str, holder: str) -> None:
+        """Give the job's lease up if ``holder`` holds it (another process may take it)."""
+        ...
+
+
+class CallerStore(Protocol):
+    """Callers (API-key hashes and certificate identities) and their policies."""
+
+    async def add_caller(self, caller: CallerRow) -> None:
+        """Raises AlreadyExistsError if the name is taken."""
+        ...
+
+    async def caller_by_key_id(self, key_id: str) -> CallerRow | None: ...
+
+    async def caller_by_cert_identity(self, identity: str) -> CallerRow | None: ...
+
+    async def callers(self) -> list[CallerRow]: ...
+
+    async def revoke_caller(self, name: str, revoked_at: float) -> bool: ...
+
+
+class AuditStore(Protocol):
+    """The hash-chained audit trail."""
 
     async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
         """Append rows to the audit chain, in order, atomically; return them as stored.
@@ -526,8 +555,17 @@ class Store(Protocol):
         """The sealed head of the chain; None before the first append."""
         ...
 
-    # -- data subjects (legal hold, erasure, export, correction) -----------------
-    # A subject is known to the store only as (tenant, subject_ref): the HMAC of its id.
+    async def audit_records_for_tokens(
+        self, tenant: str, action: str, tokens: Sequence[str]
+    ) -> list[AuditRow]:
+        """Records of ``action`` in ``tenant`` naming any of ``tokens``, by seq (a scan of
+        the trail: it has no token index, so appends stay as cheap as they are)."""
+        ...
+
+
+class SubjectStore(Protocol):
+    """Data subjects, known to the store only as (tenant, subject_ref): the HMAC
+    of the subject id."""
 
     async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
         """Every row of the subject (expired ones too), in creation order."""
@@ -550,20 +588,9 @@ class Store(Protocol):
 
     async def subject_held(self, tenant: str, subject_ref: bytes) -> bool: ...
 
-    async def update_token(self, update: TokenUpdate) -> UpdateStatus:
-        """Apply the compare-and-set; a deterministic row's new fingerprint must not be
-        taken by another live deterministic row of its tenant, kind and format (an
-        expired, unheld one is removed). Adds one encryption to ``new_version``."""
-        ...
 
-    async def audit_records_for_tokens(
-        self, tenant: str, action: str, tokens: Sequence[str]
-    ) -> list[AuditRow]:
-        """Records of ``action`` in ``tenant`` naming any of ``tokens``, by seq (a scan of
-        the trail: it has no token index, so appends stay as cheap as they are)."""
-        ...
-
-    # -- retention -----------------------------------------------------------------
+class RetentionStore(Protocol):
+    """Retention policies per tenant and kind, and their purges."""
 
     async def set_retention_policy(
         self, tenant: str, kind: int, max_age: float, now: float
@@ -586,6 +613,31 @@ class Store(Protocol):
 
     async def retention_stats(self, now: float) -> list[RetentionStats]:
         """Per policy (and per counter left by a cleared one): due, held, purged."""
+        ...
+
+
+class Store(
+    TokenStore,
+    KeyVersionStore,
+    WrappedKeyStore,
+    ShareSchemeStore,
+    RewrapStore,
+    LeaseStore,
+    CallerStore,
+    AuditStore,
+    SubjectStore,
+    RetentionStore,
+    Protocol,
+):
+    """Every aggregate together: for the composition root and the storage contract
+    suite only. A use case takes the narrowest protocol above that it needs."""
+
+    async def open(self) -> None:
+        """Connect and apply migrations; afterwards the store serves."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending commits, then disconnect."""
         ...
 
 
