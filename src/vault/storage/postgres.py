@@ -45,7 +45,6 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from vault.errors import (
-    AlreadyExistsError,
     FailedPreconditionError,
     StoreUnavailableError,
     VaultError,
@@ -73,24 +72,30 @@ from vault.storage.base import (
     UpdateStatus,
     WrappedKeyKind,
     WrappedKeyRow,
-    audit_content,
-    audit_detail_bytes,
-    audit_texts_bytes,
-    audit_tokens_bytes,
 )
-
-# The store-independent rules (insert resolution, the audit row codec, caller rows)
-# are shared with the SQLite store, which defines them.
-from vault.storage.sqlite import (
-    _HELD,
-    _WRAPPED_KEY_TABLES,
-    _WRAPPED_KEYS_SQL,
-    _audit_from_row,
-    _caller_from_row,
-    _Resolver,
-    _tokens_json,
-    migrations,
+from vault.storage.sql.audit_chain import chain_audits
+from vault.storage.sql.codecs import (
+    audit_from_row,
+    caller_exists,
+    caller_from_row,
+    caller_params,
+    token_from_row,
+    token_params,
 )
+from vault.storage.sql.columns import (
+    AUDIT_COLUMNS,
+    CALLER_COLUMNS,
+    HELD,
+    P_PROGRESS_COLUMNS,
+    PROGRESS_COLUMNS,
+    T_COLUMNS,
+    TOKEN_COLUMNS,
+    WRAPPED_KEY_TABLES,
+    WRAPPED_KEYS_SQL,
+)
+from vault.storage.sql.dialect import POSTGRES
+from vault.storage.sql.resolution import InsertResolver
+from vault.storage.sql.schema import migrations
 
 __all__ = ["PostgresStore", "is_postgres_url", "open_error", "redact_url", "same_database"]
 
@@ -119,37 +124,14 @@ _CONNECT_TIMEOUT = 5.0
 # Seconds one statement may run.
 _COMMAND_TIMEOUT = 30.0
 
-_TOKEN_COLUMNS = (
-    "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
-    "deterministic, subject_ref, request_id, request_hash, created_at, expires_at"
-)
-_T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
-_INSERT_TOKEN = (
-    f"INSERT INTO tokens ({_TOKEN_COLUMNS}) "  # noqa: S608 - constant
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
-)
-_SELECT_TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token = ANY($1::text[])"  # noqa: S608
-_CALLER_COLUMNS = (
-    "name, tenant, scopes, key_id, key_hash, created_at, expires_at, revoked_at, "
-    "cert_identity, reveal_kinds, reveal_rate, reveal_burst"
-)
-_AUDIT_COLUMNS = (
-    "seq, time, caller, tenant, action, tokens, purpose, outcome, reason, request_id, "
-    "peer, detail, mac"
-)
-_INSERT_AUDIT = (
-    f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) "  # noqa: S608 - constant
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
-)
-_PROGRESS_COLUMNS = (
-    "holder, primary_version, batch_size, rate, started_at, last_batch_at, finished_at, "
-    "batches, rewrapped, skipped, failed, remaining"
-)
-_P_PROGRESS_COLUMNS = ", ".join("p." + c.strip() for c in _PROGRESS_COLUMNS.split(","))
+_SELECT_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ANY($1::text[])"  # noqa: S608
+_INSERT_TOKEN = POSTGRES.insert("tokens", TOKEN_COLUMNS)
+_INSERT_AUDIT = POSTGRES.insert("audit_log", AUDIT_COLUMNS)
+_INSERT_CALLER = POSTGRES.insert("callers", CALLER_COLUMNS)
 _PUT_PROGRESS = (
-    f"INSERT INTO rewrap_progress (id, {_PROGRESS_COLUMNS}) "  # noqa: S608 - constant
+    f"INSERT INTO rewrap_progress (id, {PROGRESS_COLUMNS}) "  # noqa: S608 - constant
     "VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _PROGRESS_COLUMNS.split(","))
+    + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in PROGRESS_COLUMNS.split(","))
 )
 # Where each kind of wrapped key lives: (table, name column), as in the SQLite store.
 # SHA-256 share verifiers are stored back to back in one column.
@@ -189,42 +171,6 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-def _record(row: asyncpg.Record | Sequence[Any], at: int = 0) -> TokenRecord:
-    return TokenRecord(
-        row[at],
-        row[at + 1],
-        row[at + 2],
-        row[at + 3],
-        row[at + 4],
-        bytes(row[at + 5]),
-        bytes(row[at + 6]),
-        bool(row[at + 7]),
-        None if row[at + 8] is None else bytes(row[at + 8]),
-        row[at + 9],
-        None if row[at + 10] is None else bytes(row[at + 10]),
-        row[at + 11],
-        row[at + 12],
-    )
-
-
-def _record_params(r: TokenRecord) -> tuple[Any, ...]:
-    return (
-        r.token,
-        r.tenant,
-        r.kind,
-        r.token_format,
-        r.key_version,
-        r.ciphertext,
-        r.fingerprint,
-        r.deterministic,
-        r.subject_ref,
-        r.request_id,
-        r.request_hash,
-        r.created_at,
-        r.expires_at,
-    )
-
-
 @dataclass(slots=True)
 class _InsertOp:
     records: Sequence[TokenRecord]
@@ -251,7 +197,7 @@ class _ReadOp:
     future: asyncio.Future[list[TokenRecord | None]]
 
 
-_EXISTING = f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
+_EXISTING = f"SELECT id, {TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
 _EXISTING_BY_TOKEN = _EXISTING + "token = ANY($1::text[])"
 _EXISTING_BY_DETERMINISTIC_KEY = (
     _EXISTING  # noqa: S608 - constant
@@ -273,7 +219,7 @@ async def _existing_for(
     found: dict[int, TokenRecord] = {}
     reserved: list[tuple[str, str, bytes, int]] = []
     for row in await conn.fetch(_EXISTING_BY_TOKEN, list({r.token for r in records})):
-        found[row[0]] = _record(row, 1)
+        found[row[0]] = token_from_row(row, 1)
     det = [r for r in records if r.deterministic]
     if det:
         for row in await conn.fetch(
@@ -283,7 +229,7 @@ async def _existing_for(
             [r.token_format for r in det],
             [r.fingerprint for r in det],
         ):
-            found[row[0]] = _record(row, 1)
+            found[row[0]] = token_from_row(row, 1)
     req = [r for r in records if r.request_id]
     if req:
         tenants, ids = [r.tenant for r in req], [r.request_id for r in req]
@@ -292,15 +238,15 @@ async def _existing_for(
             tenants,
             ids,
         ):
-            found[row[0]] = _record(row, 1)
+            found[row[0]] = token_from_row(row, 1)
         for row in await conn.fetch(
-            f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {_T_COLUMNS} "  # noqa: S608
+            f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {T_COLUMNS} "  # noqa: S608
             "FROM request_ids r JOIN tokens t ON t.token = r.token "
             "WHERE (r.tenant, r.request_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
             tenants,
             ids,
         ):
-            found[row[3]] = _record(row, 4)
+            found[row[3]] = token_from_row(row, 4)
             reserved.append((row[0], row[1], bytes(row[2]), row[3]))
     return found, reserved
 
@@ -314,7 +260,7 @@ async def _apply_inserts(conn: _Conn, ops: list[_InsertOp]) -> int:
     if not any(r.deterministic or r.request_id for r in records):
         try:
             async with conn.transaction():  # a savepoint: a taken token undoes only this
-                await conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in records])
+                await conn.executemany(_INSERT_TOKEN, [token_params(r) for r in records])
         except asyncpg.UniqueViolationError:
             pass  # resolve below
         else:
@@ -328,14 +274,14 @@ async def _apply_inserts(conn: _Conn, ops: list[_InsertOp]) -> int:
         # Dead rows: free their token, deterministic key and request id for reuse; but
         # expired rows of a subject under legal hold are kept, and count as live.
         _, held = await _delete_unheld(conn, expired)
-    resolver = _Resolver([rec for i, rec in existing.items() if rec.live(now) or i in held])
+    resolver = InsertResolver([rec for i, rec in existing.items() if rec.live(now) or i in held])
     for tenant, request_id, request_hash, row_id in reserved:
         if existing[row_id].live(now) or row_id in held:
             resolver.by_request[(tenant, request_id)] = (request_hash, existing[row_id])
     for op in ops:
         op.outcomes = resolver.resolve(op.records)
     if resolver.to_insert:
-        await conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in resolver.to_insert])
+        await conn.executemany(_INSERT_TOKEN, [token_params(r) for r in resolver.to_insert])
     if resolver.reservations:
         await conn.executemany(
             "INSERT INTO request_ids (tenant, request_id, request_hash, token) "
@@ -359,7 +305,7 @@ async def _delete_unheld(conn: _Conn, ids: Sequence[int]) -> tuple[set[int], set
         return set(), set()
     present = [int(r[0]) for r in locked]
     rows = await conn.fetch(
-        f"DELETE FROM tokens WHERE id = ANY($1::bigint[]) AND NOT ({_HELD}) RETURNING id",  # noqa: S608 - constant
+        f"DELETE FROM tokens WHERE id = ANY($1::bigint[]) AND NOT ({HELD}) RETURNING id",  # noqa: S608 - constant
         present,
     )
     deleted = {int(r[0]) for r in rows}
@@ -401,61 +347,13 @@ async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
     # the previous holder committed (a join with the locking read would not).
     last = await conn.fetchrow("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
     seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
-    params: list[tuple[Any, ...]] = []
-    for op in ops:
-        stored = []
-        for row in op.rows:
-            seq += 1
-            content = audit_content(
-                seq,
-                row.time,
-                audit_texts_bytes(row.texts()),
-                audit_tokens_bytes(row.tokens),
-                audit_detail_bytes(row.detail),
-            )
-            prev = op.seal(prev, content)
-            detail = json.dumps([list(kv) for kv in row.detail], separators=(",", ":"))
-            params.append(
-                (
-                    seq,
-                    row.time,
-                    row.caller,
-                    row.tenant,
-                    row.action,
-                    _tokens_json(row.tokens),
-                    row.purpose,
-                    row.outcome,
-                    row.reason,
-                    row.request_id,
-                    row.peer,
-                    detail,
-                    prev,
-                )
-            )
-            stored.append(
-                AuditRow(
-                    seq,
-                    row.time,
-                    row.caller,
-                    row.tenant,
-                    row.action,
-                    row.tokens,
-                    row.purpose,
-                    row.outcome,
-                    row.reason,
-                    row.request_id,
-                    row.peer,
-                    row.detail,
-                    prev,
-                )
-            )
-        op.stored = stored
-    await conn.executemany(_INSERT_AUDIT, params)
+    chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
+    await conn.executemany(_INSERT_AUDIT, chain.params)
     await conn.execute(
-        "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1",
-        seq,
-        ops[-1].seal(prev, AuditHead.content(seq)),
+        "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1", chain.head_seq, chain.head_mac
     )
+    for op, stored in zip(ops, chain.stored, strict=True):
+        op.stored = stored
 
 
 # Errors that mean the database (or the way to it) is gone, not that a statement is bad.
@@ -673,7 +571,7 @@ class PostgresStore:
                 if not rop.future.done():
                     rop.future.set_exception(exc)
             return
-        rows = {row[0]: _record(row) for row in found}
+        rows = {row[0]: token_from_row(row) for row in found}
         for rop in batch:
             if not rop.future.done():
                 rop.future.set_result([rows.get(t) for t in rop.tokens])
@@ -756,7 +654,7 @@ class PostgresStore:
             # Never a held subject's row, even one held while this runs (_delete_unheld).
             rows = await conn.fetch(
                 "SELECT id FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= $1 "  # noqa: S608 - constant
-                f"AND NOT ({_HELD}) ORDER BY expires_at LIMIT $2",
+                f"AND NOT ({HELD}) ORDER BY expires_at LIMIT $2",
                 now,
                 limit,
             )
@@ -842,7 +740,7 @@ class PostgresStore:
         # Per older version, its next rows by (key_version, id); then the first of those:
         # the rows under the primary (most of the table after a while) are never visited.
         rows = await self._fetch(
-            f"SELECT t.id, {_T_COLUMNS} FROM key_versions v CROSS JOIN LATERAL ("  # noqa: S608
+            f"SELECT t.id, {T_COLUMNS} FROM key_versions v CROSS JOIN LATERAL ("  # noqa: S608
             # Stated on (key_version, id), the index's own key: the planner walks that
             # index instead of filtering the primary key (it does not know v.version).
             "SELECT * FROM tokens WHERE key_version = v.version "
@@ -852,7 +750,7 @@ class PostgresStore:
             after,
             limit,
         )
-        return [RewrapRow(int(r[0]), _record(r, 1)) for r in rows]
+        return [RewrapRow(int(r[0]), token_from_row(r, 1)) for r in rows]
 
     async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
         async def apply(conn: _Conn) -> int:
@@ -937,7 +835,7 @@ class PostgresStore:
     async def rewrap_progress(self) -> RewrapProgressRow | None:
         # One statement: the progress and its run's lease come from one snapshot.
         rows = await self._fetch(
-            f"SELECT {_P_PROGRESS_COLUMNS}, l.expires_at FROM rewrap_progress p "  # noqa: S608 - constant
+            f"SELECT {P_PROGRESS_COLUMNS}, l.expires_at FROM rewrap_progress p "  # noqa: S608 - constant
             "LEFT JOIN rewrap_lease l ON l.id = 1 AND l.holder = p.holder WHERE p.id = 1"
         )
         if not rows:
@@ -1038,47 +936,29 @@ class PostgresStore:
         async def apply(conn: _Conn) -> None:
             try:
                 async with conn.transaction():
-                    await conn.execute(
-                        f"INSERT INTO callers ({_CALLER_COLUMNS}) "  # noqa: S608
-                        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
-                        caller.name,
-                        caller.tenant,
-                        ",".join(caller.scopes),
-                        caller.key_id,
-                        caller.key_hash,
-                        caller.created_at,
-                        caller.expires_at,
-                        caller.revoked_at,
-                        caller.cert_identity,
-                        ",".join(caller.reveal_kinds),
-                        caller.reveal_rate,
-                        caller.reveal_burst,
-                    )
+                    await conn.execute(_INSERT_CALLER, *caller_params(caller))
             except asyncpg.UniqueViolationError:
-                raise AlreadyExistsError(
-                    "a caller with that name or certificate identity already exists",
-                    reason="CALLER_EXISTS",
-                ) from None
+                raise caller_exists() from None
 
         await self._write(apply)
 
     async def caller_by_key_id(self, key_id: str) -> CallerRow | None:
         rows = await self._fetch(
-            f"SELECT {_CALLER_COLUMNS} FROM callers WHERE key_id = $1",  # noqa: S608
+            f"SELECT {CALLER_COLUMNS} FROM callers WHERE key_id = $1",  # noqa: S608
             key_id,
         )
-        return _pg_caller(rows[0]) if rows else None
+        return caller_from_row(rows[0]) if rows else None
 
     async def caller_by_cert_identity(self, identity: str) -> CallerRow | None:
         rows = await self._fetch(
-            f"SELECT {_CALLER_COLUMNS} FROM callers WHERE cert_identity = $1",  # noqa: S608
+            f"SELECT {CALLER_COLUMNS} FROM callers WHERE cert_identity = $1",  # noqa: S608
             identity,
         )
-        return _pg_caller(rows[0]) if rows else None
+        return caller_from_row(rows[0]) if rows else None
 
     async def callers(self) -> list[CallerRow]:
-        rows = await self._fetch(f"SELECT {_CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
-        return [_pg_caller(row) for row in rows]
+        rows = await self._fetch(f"SELECT {CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
+        return [caller_from_row(row) for row in rows]
 
     async def revoke_caller(self, name: str, revoked_at: float) -> bool:
         async def apply(conn: _Conn) -> bool:
@@ -1103,13 +983,13 @@ class PostgresStore:
 
     async def wrapped_keys(self) -> list[WrappedKeyRow]:
         # One statement: one snapshot of the three places wrapped keys live.
-        rows = await self._fetch(_WRAPPED_KEYS_SQL)
+        rows = await self._fetch(WRAPPED_KEYS_SQL)
         return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
     async def replace_wrapped_key(
         self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
     ) -> bool:
-        table, column = _WRAPPED_KEY_TABLES[kind]
+        table, column = WRAPPED_KEY_TABLES[kind]
         key: object = int(name) if kind is WrappedKeyKind.DATA_KEY else name
 
         async def apply(conn: _Conn) -> bool:
@@ -1168,11 +1048,11 @@ class PostgresStore:
 
     async def audit_records(self, after_seq: int, limit: int) -> list[AuditRow]:
         rows = await self._fetch(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",  # noqa: S608
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",  # noqa: S608
             after_seq,
             limit,
         )
-        return [_audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
+        return [audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
 
     async def audit_head(self) -> AuditHead | None:
         rows = await self._fetch("SELECT seq, mac FROM audit_head WHERE id = 1 AND seq > 0")
@@ -1185,12 +1065,12 @@ class PostgresStore:
 
     async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
         rows = await self._fetch(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+            f"SELECT {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
             "WHERE tenant = $1 AND subject_ref = $2 ORDER BY id",
             tenant,
             subject_ref,
         )
-        return [_record(row) for row in rows]
+        return [token_from_row(row) for row in rows]
 
     async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
         async def apply(conn: _Conn) -> EraseOutcome:
@@ -1268,7 +1148,7 @@ class PostgresStore:
             # FOR UPDATE: a concurrent correction of the same row waits, then finds the
             # ciphertext changed (compare-and-set).
             row = await conn.fetchrow(
-                f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+                f"SELECT id, {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
                 "WHERE token = $1 AND tenant = $2 AND key_version = $3 AND ciphertext = $4 "
                 "FOR UPDATE",
                 u.token,
@@ -1278,10 +1158,10 @@ class PostgresStore:
             )
             if row is None:
                 return UpdateStatus.CHANGED
-            row_id, rec = int(row[0]), _record(row, 1)
+            row_id, rec = int(row[0]), token_from_row(row, 1)
             if rec.deterministic:
                 other = await conn.fetchrow(
-                    f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE deterministic "  # noqa: S608 - constant
+                    f"SELECT id, {TOKEN_COLUMNS} FROM tokens WHERE deterministic "  # noqa: S608 - constant
                     "AND tenant = $1 AND kind = $2 AND token_format = $3 AND fingerprint = $4 "
                     "AND id <> $5",
                     rec.tenant,
@@ -1291,7 +1171,7 @@ class PostgresStore:
                     row_id,
                 )
                 if other is not None:
-                    if _record(other, 1).live(u.now):
+                    if token_from_row(other, 1).live(u.now):
                         return UpdateStatus.DETERMINISTIC_EXISTS
                     # Expired: its deterministic key is free again, unless it is held.
                     _, held = await _delete_unheld(conn, [int(other[0])])
@@ -1325,13 +1205,13 @@ class PostgresStore:
         # must not fail the query), confirmed on the decoded row below.
         patterns = ["%" + _like_escape(json.dumps(t)) + "%" for t in wanted]
         rows = await self._fetch(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
             "WHERE tenant = $1 AND action = $2 AND tokens LIKE ANY($3::text[]) ORDER BY seq",
             tenant,
             action,
             patterns,
         )
-        found = [_audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
+        found = [audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
         targets = set(wanted)
         return [r for r in found if targets.intersection(r.tokens)]
 
@@ -1418,7 +1298,7 @@ class PostgresStore:
         async def apply(conn: _Conn) -> tuple[int, int]:
             rows = await conn.fetch(
                 "SELECT id FROM tokens WHERE id > $1 AND id <= $2 AND tenant = $3 "  # noqa: S608 - constant
-                f"AND kind = $4 AND created_at < $5 AND NOT ({_HELD}) ORDER BY id LIMIT $6",
+                f"AND kind = $4 AND created_at < $5 AND NOT ({HELD}) ORDER BY id LIMIT $6",
                 after,
                 boundary,
                 tenant,
@@ -1457,7 +1337,7 @@ class PostgresStore:
         for p in policies:
             created_before = now - p.max_age
             rows = await self._fetch(
-                f"SELECT ({_HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
+                f"SELECT ({HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
                 "WHERE id <= $1 AND tenant = $2 AND kind = $3 AND created_at < $4 GROUP BY 1",
                 await self._age_boundary(created_before),
                 p.tenant,
@@ -1476,13 +1356,6 @@ class PostgresStore:
 
 class _NotNext(Exception):  # noqa: N818 - a control-flow signal, not an error
     """add_next_key_version lost the race for its number."""
-
-
-def _pg_caller(row: asyncpg.Record) -> CallerRow:
-    values = list(row)
-    if values[4] is not None:
-        values[4] = bytes(values[4])
-    return _caller_from_row(values)
 
 
 def _like_escape(text: str) -> str:

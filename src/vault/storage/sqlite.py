@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from vault.errors import AlreadyExistsError, FailedPreconditionError, StoreUnavailableError
+from vault.errors import FailedPreconditionError, StoreUnavailableError
 from vault.storage.base import (
     AUDIT_GENESIS_MAC,
     AuditHead,
@@ -49,11 +46,31 @@ from vault.storage.base import (
     UpdateStatus,
     WrappedKeyKind,
     WrappedKeyRow,
-    audit_content,
-    audit_detail_bytes,
-    audit_texts_bytes,
-    audit_tokens_bytes,
 )
+from vault.storage.sql.audit_chain import chain_audits
+from vault.storage.sql.codecs import (
+    audit_from_row,
+    caller_exists,
+    caller_from_row,
+    caller_params,
+    chunks,
+    token_from_row,
+    token_params,
+)
+from vault.storage.sql.columns import (
+    AUDIT_COLUMNS,
+    CALLER_COLUMNS,
+    HELD,
+    P_PROGRESS_COLUMNS,
+    PROGRESS_COLUMNS,
+    T_COLUMNS,
+    TOKEN_COLUMNS,
+    WRAPPED_KEY_TABLES,
+    WRAPPED_KEYS_SQL,
+)
+from vault.storage.sql.dialect import SQLITE
+from vault.storage.sql.resolution import InsertResolver
+from vault.storage.sql.schema import migrations
 
 __all__ = ["SqliteStore", "migrations"]
 
@@ -70,43 +87,8 @@ _MAX_WRITE_BATCH = 256
 # Row ids the retention purge scans per read query (bounded work per query).
 _RETENTION_WINDOW = 50_000
 
-_TOKEN_COLUMNS = (
-    "token, tenant, kind, token_format, key_version, ciphertext, fingerprint, "
-    "deterministic, subject_ref, request_id, request_hash, created_at, expires_at"
-)
-_PROGRESS_COLUMNS = (
-    "holder, primary_version, batch_size, rate, started_at, last_batch_at, finished_at, "
-    "batches, rewrapped, skipped, failed, remaining"
-)
-_P_PROGRESS_COLUMNS = ", ".join("p." + c.strip() for c in _PROGRESS_COLUMNS.split(","))
 _INSERTED = InsertOutcome(InsertStatus.INSERTED)
-# Where each kind of wrapped key lives: (table, name column).
-_WRAPPED_KEY_TABLES = {
-    WrappedKeyKind.DATA_KEY: ("key_versions", "version"),
-    WrappedKeyKind.FINGERPRINT_KEY: ("fingerprint_keys", "tenant"),
-    WrappedKeyKind.SERVICE_KEY: ("service_keys", "name"),
-}
-# Every wrapped key, in one statement (one snapshot): the data keys not destroyed, the
-# tenants' fingerprint keys and the service keys, as (kind, name, wrapped_key, kek_id).
-_WRAPPED_KEYS_SQL = (
-    "SELECT 'data_key', CAST(version AS TEXT), wrapped_key, kek_id FROM key_versions "
-    "WHERE wrapped_key IS NOT NULL "
-    "UNION ALL SELECT 'fingerprint_key', tenant, wrapped_key, kek_id FROM fingerprint_keys "
-    "UNION ALL SELECT 'service_key', name, wrapped_key, kek_id FROM service_keys"
-)
-_T_COLUMNS = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
-_INSERT_TOKEN = f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
-
-
-def migrations(dialect: str) -> list[tuple[int, str]]:
-    """Numbered migrations shipped with the package: (number, SQL) in order."""
-    folder = resources.files("vault.storage") / "migrations" / dialect
-    found = [
-        (int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
-    ]
-    return sorted(found)
+_INSERT_TOKEN = SQLITE.insert("tokens", TOKEN_COLUMNS)
 
 
 def _split_statements(script: str) -> list[str]:
@@ -123,147 +105,6 @@ def _split_statements(script: str) -> list[str]:
     ):
         statements.append(buf.strip())
     return statements
-
-
-def _row_to_record(row: Sequence[Any]) -> TokenRecord:
-    # Positional, in _TOKEN_COLUMNS order: the read path builds one per row.
-    return TokenRecord(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7] == 1,
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-        row[12],
-    )
-
-
-def _record_params(r: TokenRecord) -> tuple[Any, ...]:
-    return (
-        r.token,
-        r.tenant,
-        r.kind,
-        r.token_format,
-        r.key_version,
-        r.ciphertext,
-        r.fingerprint,
-        int(r.deterministic),
-        r.subject_ref,
-        r.request_id,
-        r.request_hash,
-        r.created_at,
-        r.expires_at,
-    )
-
-
-def _caller_from_row(row: Sequence[Any]) -> CallerRow:
-    return CallerRow(
-        name=row[0],
-        tenant=row[1],
-        scopes=tuple(s for s in row[2].split(",") if s),
-        key_id=row[3],
-        key_hash=row[4],
-        created_at=row[5],
-        expires_at=row[6],
-        revoked_at=row[7],
-        cert_identity=row[8],
-        reveal_kinds=tuple(k for k in row[9].split(",") if k),
-        reveal_rate=float(row[10]),
-        reveal_burst=int(row[11]),
-    )
-
-
-_CALLER_COLUMNS = (
-    "name, tenant, scopes, key_id, key_hash, created_at, expires_at, revoked_at, "
-    "cert_identity, reveal_kinds, reveal_rate, reveal_burst"
-)
-
-
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-_DetKey = tuple[str, int, int, bytes]
-_ReqKey = tuple[str, str | None]
-_Reservation = tuple[str, str, bytes | None, str]
-
-
-class _Resolver:
-    """Decides, call by call, what of a group commit is inserted. Store-independent
-    logic: the same rules hold for every store (see Store.insert_tokens)."""
-
-    def __init__(self, live: Sequence[TokenRecord]) -> None:
-        self.taken = {rec.token for rec in live}
-        self.by_det: dict[_DetKey, TokenRecord] = {
-            (r.tenant, r.kind, r.token_format, r.fingerprint): r for r in live if r.deterministic
-        }
-        # (tenant, request id) -> (hash of the request that used it, its token's row)
-        self.by_request: dict[_ReqKey, tuple[bytes | None, TokenRecord]] = {
-            (r.tenant, r.request_id): (r.request_hash, r) for r in live if r.request_id
-        }
-        self.to_insert: list[TokenRecord] = []
-        self.reservations: list[_Reservation] = []
-
-    def resolve(self, records: Sequence[TokenRecord]) -> list[InsertOutcome]:
-        outcomes: list[InsertOutcome] = []
-        pending: list[TokenRecord] = []
-        taken: set[str] = set()
-        det: dict[_DetKey, TokenRecord] = {}
-        req: dict[_ReqKey, tuple[bytes | None, TokenRecord]] = {}
-        reservations: list[_Reservation] = []
-        aborted = False
-        for rec in records:
-            rkey = (rec.tenant, rec.request_id)
-            dkey = (rec.tenant, rec.kind, rec.token_format, rec.fingerprint)
-            if rec.request_id and (used := self.by_request.get(rkey) or req.get(rkey)):
-                same = used[0] == rec.request_hash
-                status = InsertStatus.REQUEST_EXISTS if same else InsertStatus.REQUEST_REUSED
-                outcomes.append(InsertOutcome(status, used[1]))
-                aborted |= not same
-            elif rec.deterministic and (hit := self.by_det.get(dkey) or det.get(dkey)):
-                outcomes.append(InsertOutcome(InsertStatus.DETERMINISTIC_EXISTS, hit))
-                if rec.request_id:
-                    # Answered by an existing token: the id stays this request's.
-                    req[rkey] = (rec.request_hash, hit)
-                    reservations.append((rec.tenant, rec.request_id, rec.request_hash, hit.token))
-            elif rec.token in self.taken or rec.token in taken:
-                outcomes.append(InsertOutcome(InsertStatus.TOKEN_TAKEN))
-                aborted = True
-            else:
-                outcomes.append(InsertOutcome(InsertStatus.INSERTED))
-                pending.append(rec)
-                taken.add(rec.token)
-                if rec.deterministic:
-                    det[dkey] = rec
-                if rec.request_id:
-                    req[rkey] = (rec.request_hash, rec)
-        if aborted:
-            # All or nothing: the caller draws new tokens and submits the call again
-            # (or, for a reused request id, refuses it).
-            # Outcomes that point at this call's own (now unwritten) records abort too,
-            # but a reused request id stays reported (without the unwritten row).
-            unwritten = {id(r) for r in pending}
-            out = []
-            for o in outcomes:
-                if o.status is InsertStatus.REQUEST_REUSED:
-                    out.append(o if id(o.existing) not in unwritten else InsertOutcome(o.status))
-                elif o.status is InsertStatus.INSERTED or id(o.existing) in unwritten:
-                    out.append(InsertOutcome(InsertStatus.ABORTED))
-                else:
-                    out.append(o)
-            return out
-        self.to_insert.extend(pending)
-        self.reservations.extend(reservations)
-        self.taken |= taken
-        self.by_det.update(det)
-        self.by_request.update(req)
-        return outcomes
 
 
 @dataclass(slots=True)
@@ -298,60 +139,9 @@ class _AuditOp:
 
 _Op = _InsertOp | _GenericOp | _AuditOp
 
-_AUDIT_COLUMNS = (
-    "seq, time, caller, tenant, action, tokens, purpose, outcome, reason, request_id, "
-    "peer, detail, mac"
-)
-_INSERT_AUDIT = f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608 - constant
-
-
-_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_]*")
-
-
-def _tokens_json(tokens: tuple[str, ...]) -> str:
-    # Tokens are [a-z2-7_] or digits: written without json.dumps (2 us a row) when no
-    # character needs escaping; anything else goes through it.
-    if all(_PLAIN_TOKEN.fullmatch(t) for t in tokens):
-        return '["' + '","'.join(tokens) + '"]' if tokens else "[]"
-    return json.dumps(list(tokens), separators=(",", ":"))
-
-
-def _json_strings(text: Any) -> tuple[str, ...]:
-    """A JSON array of strings; a row edited behind the store's back may hold anything,
-    and reads it as such (the MAC check then names the row)."""
-    try:
-        items = json.loads(text)
-    except (TypeError, ValueError):
-        return (str(text),)
-    if not isinstance(items, list):
-        return (str(text),)
-    return tuple(str(item) for item in items)
-
-
-def _json_pairs(text: Any) -> tuple[tuple[str, str], ...]:
-    try:
-        items = json.loads(text)
-        return tuple((str(k), str(v)) for k, v in items)
-    except (TypeError, ValueError):
-        return (("", str(text)),)
-
-
-def _audit_from_row(row: Sequence[Any]) -> AuditRow:
-    return AuditRow(
-        seq=row[0],
-        time=row[1],
-        caller=row[2],
-        tenant=row[3],
-        action=row[4],
-        tokens=_json_strings(row[5]),
-        purpose=row[6],
-        outcome=row[7],
-        reason=row[8],
-        request_id=row[9],
-        peer=row[10],
-        detail=_json_pairs(row[11]),
-        mac=row[12] if isinstance(row[12], bytes) else str(row[12]).encode(),
-    )
+_INSERT_AUDIT = SQLITE.insert("audit_log", AUDIT_COLUMNS)
+_INSERT_CALLER = SQLITE.insert("callers", CALLER_COLUMNS)
+_PUT_AUDIT_HEAD = SQLITE.upsert("audit_head", "id, seq, mac", "id")
 
 
 def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
@@ -364,69 +154,9 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
     try:
         last = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
-        # Rows of one call share texts and detail: encode each distinct one once.
-        texts_cache: dict[tuple[str, ...], bytes] = {}
-        detail_cache: dict[tuple[tuple[str, str], ...], tuple[bytes, str]] = {}
-        params: list[tuple[Any, ...]] = []
-        for op in ops:
-            stored = []
-            for row in op.rows:
-                seq += 1
-                texts = row.texts()
-                texts_b = texts_cache.get(texts)
-                if texts_b is None:
-                    texts_b = texts_cache[texts] = audit_texts_bytes(texts)
-                detail = detail_cache.get(row.detail)
-                if detail is None:
-                    detail = detail_cache[row.detail] = (
-                        audit_detail_bytes(row.detail),
-                        json.dumps([list(kv) for kv in row.detail], separators=(",", ":")),
-                    )
-                content = audit_content(
-                    seq, row.time, texts_b, audit_tokens_bytes(row.tokens), detail[0]
-                )
-                prev = op.seal(prev, content)
-                params.append(
-                    (
-                        seq,
-                        row.time,
-                        row.caller,
-                        row.tenant,
-                        row.action,
-                        _tokens_json(row.tokens),
-                        row.purpose,
-                        row.outcome,
-                        row.reason,
-                        row.request_id,
-                        row.peer,
-                        detail[1],
-                        prev,
-                    )
-                )
-                stored.append(
-                    AuditRow(
-                        seq,
-                        row.time,
-                        row.caller,
-                        row.tenant,
-                        row.action,
-                        row.tokens,
-                        row.purpose,
-                        row.outcome,
-                        row.reason,
-                        row.request_id,
-                        row.peer,
-                        row.detail,
-                        prev,
-                    )
-                )
-            op.stored = stored
-        conn.executemany(_INSERT_AUDIT, params)
-        conn.execute(
-            "INSERT INTO audit_head (id, seq, mac) VALUES (1, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
-            (seq, ops[-1].seal(prev, AuditHead.content(seq))),
-        )
+        chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
+        conn.executemany(_INSERT_AUDIT, chain.params)
+        conn.execute(_PUT_AUDIT_HEAD, (1, chain.head_seq, chain.head_mac))
     except Exception as exc:  # noqa: BLE001 - handed to every audit op's caller
         conn.execute("ROLLBACK TO audit")
         conn.execute("RELEASE audit")
@@ -435,6 +165,8 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
             op.error = exc
         return
     conn.execute("RELEASE audit")
+    for op, stored in zip(ops, chain.stored, strict=True):
+        op.stored = stored
 
 
 def _commit_sync(
@@ -473,7 +205,7 @@ def _insert_plain(conn: sqlite3.Connection, ops: list[_InsertOp]) -> bool:
     so. False (and nothing written) when it does; the caller then resolves."""
     conn.execute("SAVEPOINT plain")
     try:
-        conn.executemany(_INSERT_TOKEN, [_record_params(r) for op in ops for r in op.records])
+        conn.executemany(_INSERT_TOKEN, [token_params(r) for op in ops for r in op.records])
     except sqlite3.IntegrityError:
         conn.execute("ROLLBACK TO plain")
         conn.execute("RELEASE plain")
@@ -498,18 +230,18 @@ def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
     # Expired rows of a subject under legal hold are kept, and count as live.
     held = _held_rows(conn, {i: r for i, r in existing.items() if not r.live(now)})
     expired_ids = [i for i, rec in existing.items() if not rec.live(now) and i not in held]
-    for chunk in _chunks(expired_ids, _MAX_PARAMS):
+    for chunk in chunks(expired_ids, _MAX_PARAMS):
         # Dead rows: free their token, deterministic key and request id for reuse.
         marks = ",".join("?" * len(chunk))
         conn.execute(f"DELETE FROM tokens WHERE id IN ({marks})", chunk)  # noqa: S608
-    resolver = _Resolver([rec for i, rec in existing.items() if rec.live(now) or i in held])
+    resolver = InsertResolver([rec for i, rec in existing.items() if rec.live(now) or i in held])
     for tenant, request_id, request_hash, rowid in reserved:
         if existing[rowid].live(now) or rowid in held:
             resolver.by_request[(tenant, request_id)] = (request_hash, existing[rowid])
     for op in ops:
         op.outcomes = resolver.resolve(op.records)
     if resolver.to_insert:
-        conn.executemany(_INSERT_TOKEN, [_record_params(r) for r in resolver.to_insert])
+        conn.executemany(_INSERT_TOKEN, [token_params(r) for r in resolver.to_insert])
     if resolver.reservations:
         conn.executemany(
             "INSERT INTO request_ids (tenant, request_id, request_hash, token) VALUES (?, ?, ?, ?)",
@@ -519,18 +251,11 @@ def _apply_inserts(conn: sqlite3.Connection, ops: list[_InsertOp]) -> int:
     return len(resolver.to_insert)
 
 
-# A token row whose subject is under legal hold (`tokens` is the row's table name).
-_HELD = (
-    "tokens.subject_ref IS NOT NULL AND EXISTS (SELECT 1 FROM subject_holds h "
-    "WHERE h.tenant = tokens.tenant AND h.subject_ref = tokens.subject_ref)"
-)
-
-
 def _held_rows(conn: sqlite3.Connection, rows: Mapping[int, TokenRecord]) -> set[int]:
     """Which of the rows (by row id) belong to a subject under legal hold."""
     wanted = list({(r.tenant, r.subject_ref) for r in rows.values() if r.subject_ref})
     held: set[tuple[str, bytes]] = set()
-    for chunk in _chunks(wanted, _MAX_PARAMS // 2):
+    for chunk in chunks(wanted, _MAX_PARAMS // 2):
         sql = (
             "SELECT tenant, subject_ref FROM subject_holds WHERE (tenant, subject_ref) IN "  # noqa: S608 - placeholders only
             f"(VALUES {','.join('(?,?)' for _ in chunk)})"
@@ -560,17 +285,17 @@ def _existing_for(
     records, and the request ids reserved by deterministic hits (tenant, id, hash, row)."""
     found: dict[int, TokenRecord] = {}
     reserved: list[tuple[str, str, bytes, int]] = []
-    select = f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
+    select = f"SELECT id, {TOKEN_COLUMNS} FROM tokens WHERE "  # noqa: S608 - constant
 
     def collect(sql: str, params: Sequence[Any]) -> None:
         for row in conn.execute(sql, params):
-            found[row[0]] = _row_to_record(row[1:])
+            found[row[0]] = token_from_row(row[1:])
 
     tokens = [r.token for r in records]
-    for chunk in _chunks(tokens, _MAX_PARAMS):
+    for chunk in chunks(tokens, _MAX_PARAMS):
         collect(select + f"token IN ({','.join('?' * len(chunk))})", chunk)
     det = [r for r in records if r.deterministic]
-    for det_chunk in _chunks(det, _MAX_PARAMS // 4):
+    for det_chunk in chunks(det, _MAX_PARAMS // 4):
         values = ",".join("(?,?,?,?)" for _ in det_chunk)
         params = [p for r in det_chunk for p in (r.tenant, r.kind, r.token_format, r.fingerprint)]
         collect(
@@ -579,7 +304,7 @@ def _existing_for(
             params,
         )
     req = [r for r in records if r.request_id]
-    for req_chunk in _chunks(req, _MAX_PARAMS // 2):
+    for req_chunk in chunks(req, _MAX_PARAMS // 2):
         values = ",".join("(?,?)" for _ in req_chunk)
         req_params = [p for r in req_chunk for p in (r.tenant, r.request_id)]
         collect(
@@ -587,12 +312,12 @@ def _existing_for(
             req_params,
         )
         sql = (
-            f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {_T_COLUMNS} "  # noqa: S608
+            f"SELECT r.tenant, r.request_id, r.request_hash, t.id, {T_COLUMNS} "  # noqa: S608
             "FROM request_ids r JOIN tokens t ON t.token = r.token "
             f"WHERE (r.tenant, r.request_id) IN (VALUES {values})"
         )
         for row in conn.execute(sql, req_params):
-            found[row[3]] = _row_to_record(row[4:])
+            found[row[3]] = token_from_row(row[4:])
             reserved.append((row[0], row[1], row[2], row[3]))
     return found, reserved
 
@@ -742,8 +467,8 @@ class SqliteStore:
 
     def _read_inline(self, tokens: Sequence[str]) -> list[TokenRecord | None]:
         assert self._inline is not None  # noqa: S101 - checked by the caller
-        sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token IN ({','.join('?' * len(tokens))})"  # noqa: S608
-        rows = {row[0]: _row_to_record(row) for row in self._inline.execute(sql, tuple(tokens))}
+        sql = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token IN ({','.join('?' * len(tokens))})"  # noqa: S608
+        rows = {row[0]: token_from_row(row) for row in self._inline.execute(sql, tuple(tokens))}
         return [rows.get(t) for t in tokens]
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -884,14 +609,14 @@ class SqliteStore:
             try:
                 wanted = list({t for rop in batch for t in rop.tokens})
                 rows: dict[str, TokenRecord] = {}
-                for chunk in _chunks(wanted, _MAX_PARAMS):
+                for chunk in chunks(wanted, _MAX_PARAMS):
                     sql = (
-                        f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+                        f"SELECT {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
                         f"WHERE token IN ({','.join('?' * len(chunk))})"
                     )
                     # execute_fetchall: one thread hop per query, not three.
                     for row in await conn.execute_fetchall(sql, chunk):
-                        rows[row[0]] = _row_to_record(row)
+                        rows[row[0]] = token_from_row(row)
             except Exception as exc:  # noqa: BLE001 - answered to every waiting reader
                 log.error("store read failed: %s", type(exc).__name__)
                 err = StoreUnavailableError("the store could not be read")
@@ -957,7 +682,7 @@ class SqliteStore:
         def apply(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens "  # noqa: S608 - constant
-                f"WHERE expires_at IS NOT NULL AND expires_at <= ? AND NOT ({_HELD}) LIMIT ?)",
+                f"WHERE expires_at IS NOT NULL AND expires_at <= ? AND NOT ({HELD}) LIMIT ?)",
                 (now, limit),
             )
             return cur.rowcount
@@ -1014,12 +739,12 @@ class SqliteStore:
     async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
         # Through tokens_key_version: only the older versions' rows are visited.
         rows = await self._query(
-            f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+            f"SELECT id, {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
             "WHERE key_version IN (SELECT version FROM key_versions WHERE version <> ?) "
             "AND id > ? ORDER BY id LIMIT ?",
             (primary, after, limit),
         )
-        return [RewrapRow(int(r[0]), _row_to_record(r[1:])) for r in rows]
+        return [RewrapRow(int(r[0]), token_from_row(r[1:])) for r in rows]
 
     async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
         def apply(conn: sqlite3.Connection) -> int:
@@ -1065,7 +790,7 @@ class SqliteStore:
 
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT OR REPLACE INTO rewrap_progress (id, {_PROGRESS_COLUMNS}) "  # noqa: S608 - constant
+                f"INSERT OR REPLACE INTO rewrap_progress (id, {PROGRESS_COLUMNS}) "  # noqa: S608 - constant
                 "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     p.holder,
@@ -1087,7 +812,7 @@ class SqliteStore:
 
     async def rewrap_progress(self) -> RewrapProgressRow | None:
         rows = await self._query(
-            f"SELECT {_P_PROGRESS_COLUMNS}, l.expires_at FROM rewrap_progress p "  # noqa: S608 - constant
+            f"SELECT {P_PROGRESS_COLUMNS}, l.expires_at FROM rewrap_progress p "  # noqa: S608 - constant
             "LEFT JOIN rewrap_lease l ON l.id = 1 AND l.holder = p.holder WHERE p.id = 1"
         )
         return RewrapProgressRow(*rows[0]) if rows else None
@@ -1156,13 +881,13 @@ class SqliteStore:
         )
 
     async def wrapped_keys(self) -> list[WrappedKeyRow]:
-        rows = await self._query(_WRAPPED_KEYS_SQL)
+        rows = await self._query(WRAPPED_KEYS_SQL)
         return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
     async def replace_wrapped_key(
         self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
     ) -> bool:
-        table, column = _WRAPPED_KEY_TABLES[kind]
+        table, column = WRAPPED_KEY_TABLES[kind]
         key: object = int(name) if kind is WrappedKeyKind.DATA_KEY else name
 
         def apply(conn: sqlite3.Connection) -> bool:
@@ -1207,48 +932,29 @@ class SqliteStore:
     async def add_caller(self, caller: CallerRow) -> None:
         def apply(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute(
-                    f"INSERT INTO callers ({_CALLER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
-                    (
-                        caller.name,
-                        caller.tenant,
-                        ",".join(caller.scopes),
-                        caller.key_id,
-                        caller.key_hash,
-                        caller.created_at,
-                        caller.expires_at,
-                        caller.revoked_at,
-                        caller.cert_identity,
-                        ",".join(caller.reveal_kinds),
-                        caller.reveal_rate,
-                        caller.reveal_burst,
-                    ),
-                )
+                conn.execute(_INSERT_CALLER, caller_params(caller))
             except sqlite3.IntegrityError:
-                raise AlreadyExistsError(
-                    "a caller with that name or certificate identity already exists",
-                    reason="CALLER_EXISTS",
-                ) from None
+                raise caller_exists() from None
 
         await self._write(apply)
 
     async def caller_by_key_id(self, key_id: str) -> CallerRow | None:
         rows = await self._query(
-            f"SELECT {_CALLER_COLUMNS} FROM callers WHERE key_id = ?",  # noqa: S608
+            f"SELECT {CALLER_COLUMNS} FROM callers WHERE key_id = ?",  # noqa: S608
             (key_id,),
         )
-        return _caller_from_row(rows[0]) if rows else None
+        return caller_from_row(rows[0]) if rows else None
 
     async def caller_by_cert_identity(self, identity: str) -> CallerRow | None:
         rows = await self._query(
-            f"SELECT {_CALLER_COLUMNS} FROM callers WHERE cert_identity = ?",  # noqa: S608
+            f"SELECT {CALLER_COLUMNS} FROM callers WHERE cert_identity = ?",  # noqa: S608
             (identity,),
         )
-        return _caller_from_row(rows[0]) if rows else None
+        return caller_from_row(rows[0]) if rows else None
 
     async def callers(self) -> list[CallerRow]:
-        rows = await self._query(f"SELECT {_CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
-        return [_caller_from_row(row) for row in rows]
+        rows = await self._query(f"SELECT {CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
+        return [caller_from_row(row) for row in rows]
 
     async def service_key(self, name: str) -> bytes | None:
         return await self._wrapped_key("service_keys", "name", name)
@@ -1269,10 +975,10 @@ class SqliteStore:
 
     async def audit_records(self, after_seq: int, limit: int) -> list[AuditRow]:
         rows = await self._query(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
             (after_seq, limit),
         )
-        return [_audit_from_row(row) for row in rows]
+        return [audit_from_row(row) for row in rows]
 
     async def audit_head(self) -> AuditHead | None:
         rows = await self._query("SELECT seq, mac FROM audit_head WHERE id = 1")
@@ -1312,11 +1018,11 @@ class SqliteStore:
 
     async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
         rows = await self._query(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+            f"SELECT {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
             "WHERE tenant = ? AND subject_ref = ? ORDER BY id",
             (tenant, subject_ref),
         )
-        return [_row_to_record(row) for row in rows]
+        return [token_from_row(row) for row in rows]
 
     async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
         def apply(conn: sqlite3.Connection) -> EraseOutcome:
@@ -1369,22 +1075,22 @@ class SqliteStore:
 
         def apply(conn: sqlite3.Connection) -> UpdateStatus:
             row = conn.execute(
-                f"SELECT id, {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
+                f"SELECT id, {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
                 "WHERE token = ? AND tenant = ? AND key_version = ? AND ciphertext = ?",
                 (u.token, u.tenant, u.old_version, u.old_ciphertext),
             ).fetchone()
             if row is None:
                 return UpdateStatus.CHANGED
-            rec = _row_to_record(row[1:])
+            rec = token_from_row(row[1:])
             if rec.deterministic:
                 other = conn.execute(
-                    f"SELECT id, {_TOKEN_COLUMNS} FROM tokens WHERE deterministic = 1 "  # noqa: S608 - constant
+                    f"SELECT id, {TOKEN_COLUMNS} FROM tokens WHERE deterministic = 1 "  # noqa: S608 - constant
                     "AND tenant = ? AND kind = ? AND token_format = ? AND fingerprint = ? "
                     "AND id <> ?",
                     (rec.tenant, rec.kind, rec.token_format, u.new_fingerprint, row[0]),
                 ).fetchone()
                 if other is not None:
-                    found = {int(other[0]): _row_to_record(other[1:])}
+                    found = {int(other[0]): token_from_row(other[1:])}
                     if found[other[0]].live(u.now) or _held_rows(conn, found):
                         return UpdateStatus.DETERMINISTIC_EXISTS
                     # Expired and unheld: its deterministic key is free again.
@@ -1405,15 +1111,15 @@ class SqliteStore:
         self, tenant: str, action: str, tokens: Sequence[str]
     ) -> list[AuditRow]:
         found: dict[int, AuditRow] = {}
-        for chunk in _chunks(list(dict.fromkeys(tokens)), _MAX_PARAMS):
+        for chunk in chunks(list(dict.fromkeys(tokens)), _MAX_PARAMS):
             rows = await self._query(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
+                f"SELECT {AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
                 "WHERE tenant = ? AND action = ? AND EXISTS (SELECT 1 FROM json_each("
                 f"audit_log.tokens) WHERE json_each.value IN ({','.join('?' * len(chunk))}))",
                 (tenant, action, *chunk),
             )
             for row in rows:
-                found[int(row[0])] = _audit_from_row(row)
+                found[int(row[0])] = audit_from_row(row)
         return [found[seq] for seq in sorted(found)]
 
     # -- retention -----------------------------------------------------------------
@@ -1480,10 +1186,10 @@ class SqliteStore:
         for after in range(0, boundary, _RETENTION_WINDOW):
             rows = await self._query(
                 "SELECT id FROM tokens WHERE id > ? AND id <= ? AND tenant = ? AND kind = ? "  # noqa: S608 - constant
-                f"AND created_at < ? AND NOT ({_HELD}) ORDER BY id",
+                f"AND created_at < ? AND NOT ({HELD}) ORDER BY id",
                 (after, min(after + _RETENTION_WINDOW, boundary), tenant, kind, created_before),
             )
-            for chunk in _chunks([int(r[0]) for r in rows], limit):
+            for chunk in chunks([int(r[0]) for r in rows], limit):
                 purged += await self._delete_retained(tenant, kind, created_before, now, chunk)
         return purged
 
@@ -1492,10 +1198,10 @@ class SqliteStore:
     ) -> int:
         def apply(conn: sqlite3.Connection) -> int:
             purged = 0
-            for chunk in _chunks(ids, _MAX_PARAMS):
+            for chunk in chunks(ids, _MAX_PARAMS):
                 cur = conn.execute(
                     f"DELETE FROM tokens WHERE id IN ({','.join('?' * len(chunk))}) "  # noqa: S608 - placeholders only
-                    f"AND tenant = ? AND kind = ? AND created_at < ? AND NOT ({_HELD})",
+                    f"AND tenant = ? AND kind = ? AND created_at < ? AND NOT ({HELD})",
                     (*chunk, tenant, kind, created_before),
                 )
                 purged += cur.rowcount
@@ -1522,7 +1228,7 @@ class SqliteStore:
         for p in policies:
             created_before = now - p.max_age
             rows = await self._query(
-                f"SELECT ({_HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
+                f"SELECT ({HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
                 "WHERE id <= ? AND tenant = ? AND kind = ? AND created_at < ? GROUP BY held",
                 (await self._age_boundary(created_before), p.tenant, p.kind, created_before),
             )
