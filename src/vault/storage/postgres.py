@@ -51,7 +51,6 @@ from vault.errors import (
 )
 from vault.storage.base import (
     AUDIT_GENESIS_MAC,
-    AuditHead,
     AuditRow,
     AuditSeal,
     CallerRow,
@@ -59,8 +58,6 @@ from vault.storage.base import (
     EraseOutcome,
     InsertOutcome,
     InsertStatus,
-    KeyVersionRow,
-    RetentionPolicy,
     RetentionStats,
     RetireOutcome,
     RewrapProgressRow,
@@ -71,13 +68,11 @@ from vault.storage.base import (
     TokenUpdate,
     UpdateStatus,
     WrappedKeyKind,
-    WrappedKeyRow,
 )
 from vault.storage.sql.audit_chain import chain_audits
 from vault.storage.sql.codecs import (
     audit_from_row,
     caller_exists,
-    caller_from_row,
     caller_params,
     token_from_row,
     token_params,
@@ -91,9 +86,9 @@ from vault.storage.sql.columns import (
     T_COLUMNS,
     TOKEN_COLUMNS,
     WRAPPED_KEY_TABLES,
-    WRAPPED_KEYS_SQL,
 )
 from vault.storage.sql.dialect import POSTGRES
+from vault.storage.sql.reads import SqlReads
 from vault.storage.sql.resolution import InsertResolver
 from vault.storage.sql.schema import migrations
 
@@ -134,8 +129,6 @@ _PUT_PROGRESS = (
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in PROGRESS_COLUMNS.split(","))
 )
 # Where each kind of wrapped key lives: (table, name column), as in the SQLite store.
-# SHA-256 share verifiers are stored back to back in one column.
-_VERIFIER_BYTES = 32
 _INSERTED = InsertOutcome(InsertStatus.INSERTED)
 # Races that a fresh run of the same transaction resolves.
 _RETRYABLE = (
@@ -368,8 +361,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class PostgresStore:
+class PostgresStore(SqlReads):
     """Store on one PostgreSQL database (see the module docstring for the design)."""
+
+    _dialect = POSTGRES
 
     def __init__(
         self,
@@ -395,6 +390,9 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact_url(self._url)})"
+
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
+        return list(await self._fetch(sql, *args))
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -665,18 +663,6 @@ class PostgresStore:
 
         return await self._write(apply)
 
-    async def key_versions(self) -> list[KeyVersionRow]:
-        rows = await self._fetch(
-            "SELECT version, state, wrapped_key, kek_id, created_at, encryptions "
-            "FROM key_versions ORDER BY version"
-        )
-        return [
-            KeyVersionRow(
-                int(r[0]), r[1], None if r[2] is None else bytes(r[2]), r[3], r[4], int(r[5])
-            )
-            for r in rows
-        ]
-
     async def add_key_version(
         self, wrapped_key: bytes, kek_id: str, created_at: float, *, primary: bool
     ) -> int:
@@ -729,12 +715,6 @@ class PostgresStore:
             return await self._write(apply)
         except _NotNext:
             return False
-
-    async def records_by_key_version(self) -> dict[int, int]:
-        rows = await self._fetch(
-            "SELECT key_version, count(*) FROM tokens GROUP BY key_version ORDER BY key_version"
-        )
-        return {int(r[0]): int(r[1]) for r in rows}
 
     async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
         # Per older version, its next rows by (key_version, id); then the first of those:
@@ -894,13 +874,6 @@ class PostgresStore:
 
     # Wrapped keys kept by name; `table` and `column` are constants of ours.
 
-    async def _wrapped_key(self, table: str, column: str, name: str) -> bytes | None:
-        rows = await self._fetch(
-            f"SELECT wrapped_key FROM {table} WHERE {column} = $1",  # noqa: S608
-            name,
-        )
-        return bytes(rows[0][0]) if rows else None
-
     async def _put_wrapped_key(
         self, table: str, column: str, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
@@ -922,9 +895,6 @@ class PostgresStore:
 
         return await self._write(apply, retry_unique=True)
 
-    async def fingerprint_key(self, tenant: str) -> bytes | None:
-        return await self._wrapped_key("fingerprint_keys", "tenant", tenant)
-
     async def put_fingerprint_key(
         self, tenant: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
@@ -942,24 +912,6 @@ class PostgresStore:
 
         await self._write(apply)
 
-    async def caller_by_key_id(self, key_id: str) -> CallerRow | None:
-        rows = await self._fetch(
-            f"SELECT {CALLER_COLUMNS} FROM callers WHERE key_id = $1",  # noqa: S608
-            key_id,
-        )
-        return caller_from_row(rows[0]) if rows else None
-
-    async def caller_by_cert_identity(self, identity: str) -> CallerRow | None:
-        rows = await self._fetch(
-            f"SELECT {CALLER_COLUMNS} FROM callers WHERE cert_identity = $1",  # noqa: S608
-            identity,
-        )
-        return caller_from_row(rows[0]) if rows else None
-
-    async def callers(self) -> list[CallerRow]:
-        rows = await self._fetch(f"SELECT {CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
-        return [caller_from_row(row) for row in rows]
-
     async def revoke_caller(self, name: str, revoked_at: float) -> bool:
         async def apply(conn: _Conn) -> bool:
             status = await conn.execute(
@@ -971,20 +923,12 @@ class PostgresStore:
 
         return await self._write(apply)
 
-    async def service_key(self, name: str) -> bytes | None:
-        return await self._wrapped_key("service_keys", "name", name)
-
     async def put_service_key(
         self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
         return await self._put_wrapped_key(
             "service_keys", "name", name, wrapped_key, kek_id, created_at
         )
-
-    async def wrapped_keys(self) -> list[WrappedKeyRow]:
-        # One statement: one snapshot of the three places wrapped keys live.
-        rows = await self._fetch(WRAPPED_KEYS_SQL)
-        return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
     async def replace_wrapped_key(
         self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
@@ -1008,18 +952,6 @@ class PostgresStore:
             return _rowcount(status) == 1
 
         return await self._write(apply)
-
-    async def share_scheme(self) -> ShareSchemeRow | None:
-        rows = await self._fetch(
-            "SELECT kek_id, threshold, share_count, verifiers, created_at FROM kek_shares "
-            "WHERE id = 1"
-        )
-        if not rows:
-            return None
-        kek_id, threshold, count, verifiers, created_at = rows[0]
-        blob = bytes(verifiers)
-        digests = tuple(blob[i : i + _VERIFIER_BYTES] for i in range(0, len(blob), _VERIFIER_BYTES))
-        return ShareSchemeRow(kek_id, int(threshold), int(count), digests, float(created_at))
 
     async def put_share_scheme(self, scheme: ShareSchemeRow) -> bool:
         async def apply(conn: _Conn) -> bool:
@@ -1046,31 +978,10 @@ class PostgresStore:
         self._submit(_AuditOp(rows, seal, future))
         return await future
 
-    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRow]:
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",  # noqa: S608
-            after_seq,
-            limit,
-        )
-        return [audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
-
-    async def audit_head(self) -> AuditHead | None:
-        rows = await self._fetch("SELECT seq, mac FROM audit_head WHERE id = 1 AND seq > 0")
-        return AuditHead(int(rows[0][0]), bytes(rows[0][1])) if rows else None
-
     # -- data subjects (legal hold, erasure, export, correction) ---------------------
     # Holds against erasure and purges: set_subject_hold locks the subject's rows FOR
     # KEY SHARE; whoever deletes them locks them FOR UPDATE first and reads the holds in
     # a later statement (READ COMMITTED: it sees every hold committed before its lock).
-
-    async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
-        rows = await self._fetch(
-            f"SELECT {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
-            "WHERE tenant = $1 AND subject_ref = $2 ORDER BY id",
-            tenant,
-            subject_ref,
-        )
-        return [token_from_row(row) for row in rows]
 
     async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
         async def apply(conn: _Conn) -> EraseOutcome:
@@ -1132,14 +1043,6 @@ class PostgresStore:
             return _rowcount(status) > 0
 
         return await self._write(apply)
-
-    async def subject_held(self, tenant: str, subject_ref: bytes) -> bool:
-        rows = await self._fetch(
-            "SELECT 1 FROM subject_holds WHERE tenant = $1 AND subject_ref = $2",
-            tenant,
-            subject_ref,
-        )
-        return bool(rows)
 
     async def update_token(self, update: TokenUpdate) -> UpdateStatus:
         u = update
@@ -1241,12 +1144,6 @@ class PostgresStore:
             return _rowcount(status) > 0
 
         return await self._write(apply)
-
-    async def retention_policies(self) -> list[RetentionPolicy]:
-        rows = await self._fetch(
-            "SELECT tenant, kind, max_age, set_at FROM retention_policies ORDER BY tenant, kind"
-        )
-        return [RetentionPolicy(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
 
     async def _age_boundary(self, created_before: float) -> int:
         """The last row id created before ``created_before``, by binary search over the

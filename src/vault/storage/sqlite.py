@@ -25,7 +25,6 @@ import aiosqlite
 from vault.errors import FailedPreconditionError, StoreUnavailableError
 from vault.storage.base import (
     AUDIT_GENESIS_MAC,
-    AuditHead,
     AuditRow,
     AuditSeal,
     CallerRow,
@@ -33,8 +32,6 @@ from vault.storage.base import (
     EraseOutcome,
     InsertOutcome,
     InsertStatus,
-    KeyVersionRow,
-    RetentionPolicy,
     RetentionStats,
     RetireOutcome,
     RewrapProgressRow,
@@ -45,13 +42,11 @@ from vault.storage.base import (
     TokenUpdate,
     UpdateStatus,
     WrappedKeyKind,
-    WrappedKeyRow,
 )
 from vault.storage.sql.audit_chain import chain_audits
 from vault.storage.sql.codecs import (
     audit_from_row,
     caller_exists,
-    caller_from_row,
     caller_params,
     chunks,
     token_from_row,
@@ -66,9 +61,9 @@ from vault.storage.sql.columns import (
     T_COLUMNS,
     TOKEN_COLUMNS,
     WRAPPED_KEY_TABLES,
-    WRAPPED_KEYS_SQL,
 )
 from vault.storage.sql.dialect import SQLITE
+from vault.storage.sql.reads import SqlReads
 from vault.storage.sql.resolution import InsertResolver
 from vault.storage.sql.schema import migrations
 
@@ -353,8 +348,10 @@ async def _enable_wal(conn: aiosqlite.Connection, wait_seconds: float = 10.0) ->
         return
 
 
-class SqliteStore:
+class SqliteStore(SqlReads):
     """Store on one SQLite file (see module docstring for the concurrency design)."""
+
+    _dialect = SQLITE
 
     def __init__(
         self,
@@ -383,6 +380,9 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return "SqliteStore()"
+
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
+        return await self._query(sql, args)
 
     @property
     def path(self) -> Path:
@@ -689,13 +689,6 @@ class SqliteStore:
 
         return await self._write(apply)
 
-    async def key_versions(self) -> list[KeyVersionRow]:
-        rows = await self._query(
-            "SELECT version, state, wrapped_key, kek_id, created_at, encryptions "
-            "FROM key_versions ORDER BY version"
-        )
-        return [KeyVersionRow(*row) for row in rows]
-
     async def add_key_version(
         self, wrapped_key: bytes, kek_id: str, created_at: float, *, primary: bool
     ) -> int:
@@ -729,12 +722,6 @@ class SqliteStore:
             return True
 
         return await self._write(apply)
-
-    async def records_by_key_version(self) -> dict[int, int]:
-        rows = await self._query(
-            "SELECT key_version, count(*) FROM tokens GROUP BY key_version ORDER BY key_version"
-        )
-        return {int(r[0]): int(r[1]) for r in rows}
 
     async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
         # Through tokens_key_version: only the older versions' rows are visited.
@@ -845,13 +832,6 @@ class SqliteStore:
     # Wrapped keys kept by name (fingerprint keys by tenant, service keys by name): read,
     # and put where the first writer wins. `table` and `column` are constants of ours.
 
-    async def _wrapped_key(self, table: str, column: str, name: str) -> bytes | None:
-        rows = await self._query(
-            f"SELECT wrapped_key FROM {table} WHERE {column} = ?",  # noqa: S608
-            (name,),
-        )
-        return bytes(rows[0][0]) if rows else None
-
     async def _put_wrapped_key(
         self, table: str, column: str, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
@@ -870,19 +850,12 @@ class SqliteStore:
 
         return await self._write(apply)
 
-    async def fingerprint_key(self, tenant: str) -> bytes | None:
-        return await self._wrapped_key("fingerprint_keys", "tenant", tenant)
-
     async def put_fingerprint_key(
         self, tenant: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
         return await self._put_wrapped_key(
             "fingerprint_keys", "tenant", tenant, wrapped_key, kek_id, created_at
         )
-
-    async def wrapped_keys(self) -> list[WrappedKeyRow]:
-        rows = await self._query(WRAPPED_KEYS_SQL)
-        return [WrappedKeyRow(WrappedKeyKind(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
 
     async def replace_wrapped_key(
         self, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
@@ -899,17 +872,6 @@ class SqliteStore:
             return cur.rowcount == 1
 
         return await self._write(apply)
-
-    async def share_scheme(self) -> ShareSchemeRow | None:
-        rows = await self._query(
-            "SELECT kek_id, threshold, share_count, verifiers, created_at FROM kek_shares"
-        )
-        if not rows:
-            return None
-        kek_id, threshold, count, verifiers, created_at = rows[0]
-        blob = bytes(verifiers)
-        digests = tuple(blob[i : i + 32] for i in range(0, len(blob), 32))
-        return ShareSchemeRow(kek_id, int(threshold), int(count), digests, float(created_at))
 
     async def put_share_scheme(self, scheme: ShareSchemeRow) -> bool:
         def apply(conn: sqlite3.Connection) -> bool:
@@ -938,27 +900,6 @@ class SqliteStore:
 
         await self._write(apply)
 
-    async def caller_by_key_id(self, key_id: str) -> CallerRow | None:
-        rows = await self._query(
-            f"SELECT {CALLER_COLUMNS} FROM callers WHERE key_id = ?",  # noqa: S608
-            (key_id,),
-        )
-        return caller_from_row(rows[0]) if rows else None
-
-    async def caller_by_cert_identity(self, identity: str) -> CallerRow | None:
-        rows = await self._query(
-            f"SELECT {CALLER_COLUMNS} FROM callers WHERE cert_identity = ?",  # noqa: S608
-            (identity,),
-        )
-        return caller_from_row(rows[0]) if rows else None
-
-    async def callers(self) -> list[CallerRow]:
-        rows = await self._query(f"SELECT {CALLER_COLUMNS} FROM callers ORDER BY name")  # noqa: S608
-        return [caller_from_row(row) for row in rows]
-
-    async def service_key(self, name: str) -> bytes | None:
-        return await self._wrapped_key("service_keys", "name", name)
-
     async def put_service_key(
         self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
     ) -> bytes:
@@ -972,17 +913,6 @@ class SqliteStore:
         future: asyncio.Future[list[AuditRow]] = asyncio.get_running_loop().create_future()
         self._submit(_AuditOp(rows, seal, future))
         return await future
-
-    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRow]:
-        rows = await self._query(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
-            (after_seq, limit),
-        )
-        return [audit_from_row(row) for row in rows]
-
-    async def audit_head(self) -> AuditHead | None:
-        rows = await self._query("SELECT seq, mac FROM audit_head WHERE id = 1")
-        return AuditHead(int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     async def revoke_caller(self, name: str, revoked_at: float) -> bool:
         def apply(conn: sqlite3.Connection) -> bool:
@@ -1015,14 +945,6 @@ class SqliteStore:
         await self._write(apply)
 
     # -- data subjects -------------------------------------------------------------
-
-    async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
-        rows = await self._query(
-            f"SELECT {TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constant
-            "WHERE tenant = ? AND subject_ref = ? ORDER BY id",
-            (tenant, subject_ref),
-        )
-        return [token_from_row(row) for row in rows]
 
     async def erase_subject(self, tenant: str, subject_ref: bytes) -> EraseOutcome:
         def apply(conn: sqlite3.Connection) -> EraseOutcome:
@@ -1062,13 +984,6 @@ class SqliteStore:
             return cur.rowcount > 0
 
         return await self._write(apply)
-
-    async def subject_held(self, tenant: str, subject_ref: bytes) -> bool:
-        rows = await self._query(
-            "SELECT 1 FROM subject_holds WHERE tenant = ? AND subject_ref = ?",
-            (tenant, subject_ref),
-        )
-        return bool(rows)
 
     async def update_token(self, update: TokenUpdate) -> UpdateStatus:
         u = update
@@ -1145,12 +1060,6 @@ class SqliteStore:
             return cur.rowcount > 0
 
         return await self._write(apply)
-
-    async def retention_policies(self) -> list[RetentionPolicy]:
-        rows = await self._query(
-            "SELECT tenant, kind, max_age, set_at FROM retention_policies ORDER BY tenant, kind"
-        )
-        return [RetentionPolicy(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
 
     async def _age_boundary(self, created_before: float) -> int:
         """The last row id created before ``created_before``, by binary search over the

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 __all__ = ["POSTGRES", "SQLITE", "Dialect"]
+
+_MARK = re.compile(r"\?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +17,11 @@ class Dialect:
 
     name: str  # the migrations folder, too
     numbered: bool  # $1, $2 … (PostgreSQL) rather than ? (SQLite)
+
+    def sql(self, text: str) -> str:
+        """text written with ``?`` placeholders, in this dialect's (numbered once per
+        distinct statement; the SQL text carries no literal question mark)."""
+        return _numbered(text) if self.numbered else text
 
     def marks(self, count: int, start: int = 1) -> str:
         """count placeholders, comma-separated, numbered from start where numbered."""
@@ -39,6 +48,12 @@ class Dialect:
         if self.numbered:
             return f"{column} = ANY(${start})"
         return f"{column} IN ({self.marks(count)})"
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(text: str) -> str:
+    count = iter(range(1, text.count("?") + 1))
+    return _MARK.sub(lambda _: f"${next(count)}", text)
 
 
 SQLITE = Dialect("sqlite", numbered=False)
