@@ -39,7 +39,7 @@ from subject_helpers import (
 from vault.auth.policy import ALL_SCOPES
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial
-from vault.domain.retention import purge_retained
+from vault.domain.retention import purge_retained, retention_stats
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.tokens import TokenVault
 from vault.errors import NotFoundError
@@ -379,7 +379,7 @@ async def test_hold_blocks_retention_and_release_unblocks(vault, people):
     await _reveal(vault, alice_email)  # held
     await _reveal(vault, other_email, people["other_md"])  # no policy in that tenant
     await _reveal(vault, next(iter(people["alice"])))  # a PAN: no policy for the kind
-    (stats,) = await vault.server.store.retention_stats(vault.clock.now())
+    (stats,) = await retention_stats(vault.server.store, vault.clock.now())
     assert (stats.due, stats.held, stats.purged) == (0, 1, 1)
     await subject_stub(vault).SetLegalHold(hold_request(ALICE, hold=False), metadata=vault.md)
     await purge_retained(vault.server.store, vault.clock, vault.server.audit)

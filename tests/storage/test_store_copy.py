@@ -10,6 +10,7 @@ import hashlib
 
 import pytest
 
+from vault.domain.retention import retention_stats
 from vault.storage.base import AuditRow, InsertStatus, RewrapProgressRow, ShareSchemeRow
 from vault.storage.copy import CopyError, copy_sqlite_to_postgres, copy_subject_keys
 from vault.storage.postgres import PostgresStore
@@ -82,7 +83,7 @@ async def _snapshot(store, tokens) -> tuple:
         await store.share_scheme(),
         await store.subject_held("tenant-a", b"subject"),
         await store.retention_policies(),
-        await store.retention_stats(NOW),
+        await retention_stats(store, NOW),
     )
 
 

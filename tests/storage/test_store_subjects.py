@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from vault.audit.base import ACTION_REVEAL
+from vault.domain.retention import retention_stats
 from vault.storage.base import AuditRow, TokenUpdate, UpdateStatus
 from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
@@ -179,18 +180,18 @@ async def test_retention_policies_purge_and_stats(store, make_record):
     assert [(p.tenant, p.kind, p.max_age) for p in await store.retention_policies()] == [
         ("tenant-a", 1, 60.0)
     ]
-    (stats,) = await store.retention_stats(NOW)
+    (stats,) = await retention_stats(store, NOW)
     assert (stats.due, stats.held, stats.purged, stats.last_purge_at) == (3, 1, 0, None)
     assert await store.purge_retained("tenant-a", 1, NOW - 60, NOW + 1, 2) == 3  # 2 + 1
     assert await store.purge_retained("tenant-a", 1, NOW - 60, NOW + 2, 2) == 0
-    (stats,) = await store.retention_stats(NOW)
+    (stats,) = await retention_stats(store, NOW)
     assert (stats.due, stats.held, stats.purged, stats.last_purge_at) == (0, 1, 3, NOW + 1)
     left = await store.get_tokens([held.token, young.token, other_kind.token])
     assert all(r is not None for r in left)
     assert await store.clear_retention_policy("tenant-a", 1)
     assert not await store.clear_retention_policy("tenant-a", 1)
     # The counter outlives the policy (the report still shows what was purged).
-    (stats,) = await store.retention_stats(NOW)
+    (stats,) = await retention_stats(store, NOW)
     assert (stats.kind, stats.purged) == (1, 3)
 
 

@@ -19,7 +19,7 @@ from vault.cli.common import CommandError, add_store_args, existing_vault, iso_t
 from vault.cli.kek import add_shares_arg, master_key
 from vault.clock import SystemClock
 from vault.domain.model import DataKind
-from vault.domain.retention import parse_kind, parse_max_age
+from vault.domain.retention import parse_kind, parse_max_age, retention_stats
 from vault.server import open_store
 
 __all__ = ["register"]
@@ -98,7 +98,7 @@ async def _report(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     try:
         policies = {(p.tenant, p.kind): p for p in await store.retention_policies()}
-        stats = await store.retention_stats(now)
+        stats = await retention_stats(store, now)
     finally:
         await store.close()
     rows: list[dict[str, Any]] = []

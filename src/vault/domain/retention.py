@@ -15,9 +15,16 @@ from vault import metrics
 from vault.audit.base import ACTION_RETENTION_PURGE, AuditEvent, AuditSink
 from vault.clock import Clock
 from vault.domain.model import DataKind
-from vault.storage.base import Store
+from vault.storage.base import RetentionStats, RetentionStore, Store
 
-__all__ = ["RETENTION_CALLER", "Purged", "parse_kind", "parse_max_age", "purge_retained"]
+__all__ = [
+    "RETENTION_CALLER",
+    "Purged",
+    "parse_kind",
+    "parse_max_age",
+    "purge_retained",
+    "retention_stats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +99,27 @@ async def purge_retained(
             except Exception as exc:  # noqa: BLE001 - the purge is done; the store counts it
                 log.error("audit of a retention purge failed: %s", type(exc).__name__)
     return done
+
+
+async def retention_stats(store: RetentionStore, now: float) -> list[RetentionStats]:
+    """Per policy (and per counter a cleared policy left): rows due, rows held, rows
+    purged so far, ordered by tenant and kind. A policy's rows are due once older than
+    its maximum age at ``now``."""
+    purges = {(p.tenant, p.kind): p for p in await store.retention_purges()}
+    out: dict[tuple[str, int], RetentionStats] = {}
+    for policy in await store.retention_policies():
+        counts = await store.retention_counts(policy.tenant, policy.kind, now - policy.max_age)
+        done = purges.get((policy.tenant, policy.kind))
+        out[(policy.tenant, policy.kind)] = RetentionStats(
+            policy.tenant,
+            policy.kind,
+            counts.due,
+            counts.held,
+            done.purged if done else 0,
+            done.last_purge_at if done else None,
+        )
+    for key, done in purges.items():
+        out.setdefault(
+            key, RetentionStats(done.tenant, done.kind, 0, 0, done.purged, done.last_purge_at)
+        )
+    return [out[k] for k in sorted(out)]

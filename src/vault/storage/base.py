@@ -24,7 +24,9 @@ __all__ = [
     "InsertOutcome",
     "InsertStatus",
     "KeyVersionRow",
+    "RetentionCounts",
     "RetentionPolicy",
+    "RetentionPurges",
     "RetentionStats",
     "RetireOutcome",
     "RewrapProgressRow",
@@ -252,6 +254,24 @@ class RetentionStats:
     held: int  # rows older than the policy allows but kept: their subject is held
     purged: int  # rows the retention job removed so far
     last_purge_at: float | None  # unix seconds of the last purge that removed rows
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionCounts:
+    """Rows of one tenant and kind created before a boundary, split by legal hold."""
+
+    due: int  # not held: a purge with that boundary removes them
+    held: int  # kept: their subject is under legal hold
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPurges:
+    """The purge counter of one tenant and kind (it outlives a cleared policy)."""
+
+    tenant: str
+    kind: int
+    purged: int  # rows the retention job removed so far
+    last_purge_at: float  # unix seconds of the last purge that removed rows
 
 
 # The MAC the first audit record chains from.
@@ -611,8 +631,15 @@ class RetentionStore(Protocol):
         wait for a later call: SQLite finds old rows as an id prefix.)"""
         ...
 
-    async def retention_stats(self, now: float) -> list[RetentionStats]:
-        """Per policy (and per counter left by a cleared one): due, held, purged."""
+    async def retention_counts(
+        self, tenant: str, kind: int, created_before: float
+    ) -> RetentionCounts:
+        """Rows of the tenant and kind created before ``created_before``: due and held
+        (found as purge_retained finds them)."""
+        ...
+
+    async def retention_purges(self) -> list[RetentionPurges]:
+        """Every purge counter, cleared policies' too."""
         ...
 
 

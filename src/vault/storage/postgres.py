@@ -58,7 +58,7 @@ from vault.storage.base import (
     EraseOutcome,
     InsertOutcome,
     InsertStatus,
-    RetentionStats,
+    RetentionCounts,
     RetireOutcome,
     RewrapProgressRow,
     RewrapRow,
@@ -74,6 +74,7 @@ from vault.storage.sql.codecs import (
     audit_from_row,
     caller_exists,
     caller_params,
+    retention_counts,
     token_from_row,
     token_params,
 )
@@ -1222,33 +1223,18 @@ class PostgresStore(SqlReads):
 
         return await self._write(apply, retry_unique=True)
 
-    async def retention_stats(self, now: float) -> list[RetentionStats]:
-        policies = await self.retention_policies()
-        counters = {
-            (r[0], int(r[1])): (int(r[2]), float(r[3]))
-            for r in await self._fetch(
-                "SELECT tenant, kind, purged, last_purge_at FROM retention_purges"
-            )
-        }
-        out: dict[tuple[str, int], RetentionStats] = {}
-        for p in policies:
-            created_before = now - p.max_age
-            rows = await self._fetch(
-                f"SELECT ({HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
-                "WHERE id <= $1 AND tenant = $2 AND kind = $3 AND created_at < $4 GROUP BY 1",
-                await self._age_boundary(created_before),
-                p.tenant,
-                p.kind,
-                created_before,
-            )
-            by_held = {bool(r[0]): int(r[1]) for r in rows}
-            purged, last = counters.get((p.tenant, p.kind), (0, None))
-            out[(p.tenant, p.kind)] = RetentionStats(
-                p.tenant, p.kind, by_held.get(False, 0), by_held.get(True, 0), purged, last
-            )
-        for (tenant, kind), (purged, last) in counters.items():
-            out.setdefault((tenant, kind), RetentionStats(tenant, kind, 0, 0, purged, last))
-        return [out[k] for k in sorted(out)]
+    async def retention_counts(
+        self, tenant: str, kind: int, created_before: float
+    ) -> RetentionCounts:
+        rows = await self._fetch(
+            f"SELECT ({HELD}) AS held, count(*) FROM tokens "  # noqa: S608 - constant
+            "WHERE id <= $1 AND tenant = $2 AND kind = $3 AND created_at < $4 GROUP BY 1",
+            await self._age_boundary(created_before),
+            tenant,
+            kind,
+            created_before,
+        )
+        return retention_counts(rows)
 
 
 class _NotNext(Exception):  # noqa: N818 - a control-flow signal, not an error

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 from vault.errors import AlreadyExistsError
-from vault.storage.base import AuditRow, CallerRow, TokenRecord
+from vault.storage.base import AuditRow, CallerRow, RetentionCounts, TokenRecord
 
 __all__ = [
     "Row",
@@ -24,6 +24,7 @@ __all__ = [
     "detail_json",
     "json_pairs",
     "json_strings",
+    "retention_counts",
     "token_from_row",
     "token_params",
     "tokens_json",
@@ -183,3 +184,9 @@ def audit_from_row(row: Row) -> AuditRow:
         detail=json_pairs(row[11]),
         mac=row[12] if isinstance(row[12], bytes) else str(row[12]).encode(),
     )
+
+
+def retention_counts(rows: Sequence[Row]) -> RetentionCounts:
+    """Due and held counts from (held, count) rows grouped by hold."""
+    by_held = {bool(r[0]): int(r[1]) for r in rows}
+    return RetentionCounts(by_held.get(False, 0), by_held.get(True, 0))

@@ -16,6 +16,7 @@ from vault.storage.base import (
     CallerRow,
     KeyVersionRow,
     RetentionPolicy,
+    RetentionPurges,
     ShareSchemeRow,
     TokenRecord,
     WrappedKeyKind,
@@ -142,3 +143,7 @@ class SqlReads:
             "SELECT tenant, kind, max_age, set_at FROM retention_policies ORDER BY tenant, kind"
         )
         return [RetentionPolicy(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+    async def retention_purges(self) -> list[RetentionPurges]:
+        rows = await self._read("SELECT tenant, kind, purged, last_purge_at FROM retention_purges")
+        return [RetentionPurges(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
