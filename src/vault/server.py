@@ -43,7 +43,6 @@ from vault.domain.keyops import (
 )
 from vault.domain.keys import KeyMaterial
 from vault.domain.retention import purge_retained
-from vault.domain.subject_keys import SubjectKeys
 from vault.domain.tokens import TokenVault
 from vault.domain.unseal import Unsealer
 from vault.errors import FailedPreconditionError
@@ -52,10 +51,9 @@ from vault.master_key import open_kek
 from vault.storage.base import KeyVersionRow, Store, SubjectKeyStore
 from vault.wiring import (
     VaultServices,
-    build_services,
     create_dev_caller,
     init_data_dir,
-    open_audit_trail,
+    open_keyed,
     open_store,
     open_subject_key_store,
 )
@@ -202,32 +200,27 @@ class VaultServer:
         """Keys, audit trail and use cases under the master key; raises (nothing kept) if
         the data keys do not unwrap."""
         cfg = self.config
-        keys = KeyMaterial(self.store, kek, self.clock)
-        await keys.load()
-        audit = await open_audit_trail(cfg, self.store, kek, self.clock, create=True, serving=True)
-        self.keys, self.audit = keys, audit
-        self.services = build_services(
+        keyed = await open_keyed(
             cfg,
             self.store,
-            keys,
+            self.subject_key_store,
+            kek,
             self.clock,
-            audit=audit,
+            serving=True,
             on_encrypt=self.usage.encrypted,
-            subject_keys=await SubjectKeys.open(
-                self.store, self.subject_key_store, kek, self.clock
-            ),
         )
-        self.vault = self.services.tokens
+        self.keys, self.audit, self.services = keyed.keys, keyed.audit, keyed.services
+        self.vault = keyed.services.tokens
         self.key_ops = KeyOperations(
             self.store,
             kek,
             self.clock,
-            audit,
+            keyed.audit,
             reload_keys=self._reload_keys,
             key_metrics=self._key_metrics,
         )
         await self._refresh_keys()
-        return audit
+        return keyed.audit
 
     async def _unseal(self, kek: KekProvider) -> AuditTrail:
         """SealService's last share: load under the rebuilt key, then serve tokens."""

@@ -43,6 +43,7 @@ from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 __all__ = [
     "DEV_CALLER",
     "DEV_TENANT",
+    "KeyedVault",
     "OpenedVault",
     "ShareReader",
     "VaultServices",
@@ -51,6 +52,8 @@ __all__ = [
     "harden_process",
     "init_data_dir",
     "limits",
+    "open_audit_trail",
+    "open_keyed",
     "open_store",
     "open_subject_key_store",
     "opened",
@@ -222,6 +225,41 @@ async def open_audit_trail(
     return await AuditTrail.open(store, kek, clock, exporter, create=create)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyedVault:
+    """What the master key opens: the data keys, the audit trail and the services."""
+
+    keys: KeyMaterial
+    audit: AuditTrail
+    services: VaultServices
+
+
+async def open_keyed(
+    config: Config,
+    store: Store,
+    subject_key_store: SubjectKeyStore,
+    kek: KekProvider,
+    clock: Clock,
+    *,
+    serving: bool,
+    on_encrypt: Callable[[int, int], None] | None = None,
+) -> KeyedVault:
+    """Keys, audit trail and services under the master key; raises (the trail closed)
+    if the data keys do not unwrap. The caller closes ``audit``."""
+    keys = KeyMaterial(store, kek, clock)
+    await keys.load()
+    audit = await open_audit_trail(config, store, kek, clock, create=True, serving=serving)
+    try:
+        subject_keys = await SubjectKeys.open(store, subject_key_store, kek, clock)
+    except BaseException:
+        audit.close()
+        raise
+    services = build_services(
+        config, store, keys, clock, audit=audit, subject_keys=subject_keys, on_encrypt=on_encrypt
+    )
+    return KeyedVault(keys, audit, services)
+
+
 @dataclass
 class OpenedVault:
     """What a vaultctl command works on: the opened store and, on demand, the master key,
@@ -263,13 +301,9 @@ class OpenedVault:
         key_store = open_subject_key_store(self.config)
         await key_store.open()
         self._closing.push_async_callback(key_store.close)
-        keys = KeyMaterial(self.store, kek, self.clock)
-        await keys.load()
-        trail = await self.audit_trail()
-        subject_keys = await SubjectKeys.open(self.store, key_store, kek, self.clock)
-        return build_services(
-            self.config, self.store, keys, self.clock, audit=trail, subject_keys=subject_keys
-        )
+        keyed = await open_keyed(self.config, self.store, key_store, kek, self.clock, serving=False)
+        self._closing.callback(keyed.audit.close)
+        return keyed.services
 
 
 @contextlib.asynccontextmanager
