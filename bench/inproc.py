@@ -37,7 +37,7 @@ from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import DataKind
 from vault.domain.tokens import Limits, TokenizeItem, TokenVault
-from vault.server import DEV_TENANT, init_data_dir, open_store
+from vault.wiring import DEV_TENANT, init_data_dir, open_store
 
 CALLER = Caller("bench", DEV_TENANT, frozenset(ALL_SCOPES))
 BATCH = 100  # items per call unless --batch says otherwise

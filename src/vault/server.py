@@ -1,15 +1,12 @@
-"""The composition root: picks the concrete store, master key and clock, wires the layers,
-runs the gRPC server and the background jobs, and drains on stop."""
+"""The gRPC lifecycle of one vault process: the server and its servicers, health,
+reflection, the metrics port, the seal gates, the named background jobs, and the drain
+on stop. What it serves is built by the composition root (wiring.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
-import resource
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
-from vault import metrics
 from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
 from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service
@@ -30,10 +26,9 @@ from vault.api.seal_service import SealedGate, SealServicer
 from vault.api.subject_service import SUBJECT_SERVICE, SubjectServicer
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
-from vault.audit.trail import AuditTrail, JsonLinesExporter
-from vault.auth.apikeys import Authenticator, hash_secret, mint_api_key
+from vault.audit.trail import AuditTrail
+from vault.auth.apikeys import Authenticator
 from vault.auth.mtls import TlsMaterial, load_tls_material
-from vault.auth.policy import ALL_SCOPES
 from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
@@ -46,35 +41,27 @@ from vault.domain.keyops import (
     RotationLimits,
     UsageWatch,
 )
-from vault.domain.keys import KeyMaterial, init_keyring
+from vault.domain.keys import KeyMaterial
 from vault.domain.retention import purge_retained
-from vault.domain.subject_keys import SubjectKeys
-from vault.domain.subjects import SubjectRequests
-from vault.domain.tokens import Limits, TokenVault
+from vault.domain.tokens import TokenVault
 from vault.domain.unseal import Unsealer
-from vault.errors import AlreadyExistsError, FailedPreconditionError
+from vault.errors import FailedPreconditionError
 from vault.jobs import LeasedJob
-from vault.master_key import open_kek, open_pkcs11
-from vault.storage.base import CallerRow, KeyVersionRow, Store, SubjectKeyStore
-from vault.storage.postgres import PostgresStore, is_postgres_url, same_database
-from vault.storage.sqlite import SqliteStore
-from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
-from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
+from vault.master_key import open_kek
+from vault.storage.base import KeyVersionRow, Store, SubjectKeyStore
+from vault.wiring import (
+    VaultServices,
+    create_dev_caller,
+    init_data_dir,
+    open_keyed,
+    open_store,
+    open_subject_key_store,
+)
 
-__all__ = [
-    "DEV_CALLER",
-    "VaultServer",
-    "create_dev_caller",
-    "harden_process",
-    "init_data_dir",
-    "open_store",
-    "open_subject_key_store",
-]
+__all__ = ["KEYED_SERVICES", "TOKEN_SERVICE", "VaultServer"]
 
 log = logging.getLogger(__name__)
 
-DEV_CALLER = "dev"
-DEV_TENANT = "default"
 TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
 KEY_SERVICE = KEY_SERVICE_DESCRIPTOR.full_name
 SEAL_SERVICE = SEAL_SERVICE_DESCRIPTOR.full_name
@@ -86,118 +73,9 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
-def harden_process() -> None:
-    """No core dumps, and (on Linux) no ptrace by other processes of the same user: a dump
-    or a debugger would see CVCs held in memory and unwrapped keys."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if sys.platform == "linux":
-        pr_set_dumpable = 4
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
-
-
-def open_store(config: Config) -> Store:
-    """The store config.database_url names (unopened): SQLite in the data dir by default."""
-    url = config.database_url
-    if not url:
-        return SqliteStore(config.database_path, on_commit=metrics.COMMIT_BATCH.observe)
-    if url.startswith("sqlite:///"):
-        return SqliteStore(
-            Path(url.removeprefix("sqlite://")), on_commit=metrics.COMMIT_BATCH.observe
-        )
-    if is_postgres_url(url):
-        return PostgresStore(url, on_commit=metrics.COMMIT_BATCH.observe)
-    raise FailedPreconditionError(
-        "database_url must start with postgresql:// or sqlite:///", reason="BAD_CONFIG"
-    )
-
-
-def open_subject_key_store(config: Config) -> SubjectKeyStore:
-    """The subject-key store (unopened): subject-keys.db in the data dir by default; with
-    a PostgreSQL store, the separate database subject_key_database_url names (a local
-    file would be invisible to the other replicas)."""
-    url = config.subject_key_database_url
-    if is_postgres_url(config.database_url):
-        if not is_postgres_url(url):
-            raise FailedPreconditionError(
-                "a PostgreSQL database_url needs subject_key_database_url: postgresql://… "
-                "of a separate database, left out of the main one's backups",
-                reason="BAD_CONFIG",
-            )
-        if same_database(url, config.database_url):
-            raise FailedPreconditionError(
-                "subject_key_database_url must name another database than database_url",
-                reason="BAD_CONFIG",
-            )
-    if not url:
-        return SqliteSubjectKeyStore(config.subject_keys_path)
-    if url.startswith("sqlite:///"):
-        return SqliteSubjectKeyStore(Path(url.removeprefix("sqlite://")))
-    if is_postgres_url(url):
-        return PostgresSubjectKeyStore(url)
-    raise FailedPreconditionError(
-        "subject_key_database_url must start with postgresql:// or sqlite:///",
-        reason="BAD_CONFIG",
-    )
-
-
 def _check_data_dir(path: Path) -> None:
     if path.exists() and path.stat().st_mode & 0o077 and (path / "vault.db").exists():
         log.warning("data dir is accessible by group or others; chmod 700 recommended")
-
-
-async def init_data_dir(config: Config, store: Store, clock: Clock) -> bool:
-    """The master key (a key file, or a key on the HSM) and data-key version 1, if absent.
-    True if anything was created. Custodian shares are made by `keys init --shares`."""
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    created = False
-    kek: KekProvider
-    if config.kek_provider == "pkcs11":
-        kek = open_pkcs11(config, create=True)
-    elif config.kek_provider == "shares":
-        raise FailedPreconditionError(
-            "a split master key is made by `vaultctl keys init --shares N --threshold K`",
-            reason="BAD_CONFIG",
-        )
-    else:
-        if not config.master_key_path.exists():
-            if await store.key_versions():
-                raise FailedPreconditionError(
-                    "the store has data keys but the master key file is missing",
-                    reason="MASTER_KEY_MISSING",
-                )
-            KeyFileKek.create(config.master_key_path)
-            created = True
-        kek = KeyFileKek.load(config.master_key_path)
-    created |= await init_keyring(store, kek, clock)
-    return created
-
-
-async def create_dev_caller(config: Config, store: Store, clock: Clock) -> str | None:
-    """The dev API key (every scope), written 0600 to the data dir; None if one exists."""
-    key = mint_api_key()
-    try:
-        await store.add_caller(
-            CallerRow(
-                name=DEV_CALLER,
-                tenant=DEV_TENANT,
-                scopes=ALL_SCOPES,
-                key_id=key.key_id,
-                key_hash=hash_secret(key.secret),
-                created_at=clock.now(),
-                expires_at=None,
-                revoked_at=None,
-            )
-        )
-    except AlreadyExistsError:
-        return None
-    path = config.dev_key_path
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.text + "\n")
-    return key.text
 
 
 def _server_credentials(tls: TlsMaterial) -> grpc.ServerCredentials:
@@ -208,6 +86,18 @@ def _server_credentials(tls: TlsMaterial) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca,
         require_client_auth=tls.client_ca is not None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Jobs:
+    """The background jobs held under a lease, by name."""
+
+    ttl_purge: LeasedJob
+    key_auto_rotate: LeasedJob
+    retention_purge: LeasedJob
+
+    def all(self) -> tuple[LeasedJob, ...]:
+        return (self.ttl_purge, self.key_auto_rotate, self.retention_purge)
 
 
 @dataclass
@@ -235,6 +125,7 @@ class VaultServer:
         self._stopped = asyncio.Event()
         self.keys: KeyMaterial | None = None
         self.vault: TokenVault | None = None
+        self.services: VaultServices | None = None
         self.audit: AuditTrail | None = None
         self.key_ops: KeyOperations | None = None
         self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
@@ -243,23 +134,25 @@ class VaultServer:
         self.unsealer = Unsealer(None)
         self.seal_servicer: SealServicer | None = None
         # One replica at a time runs each of these (a lease in the store).
-        self.jobs = [
-            LeasedJob(self.store, self.clock, "ttl-purge", config.purge_interval, self._purge),
-            LeasedJob(
+        self.jobs = _Jobs(
+            ttl_purge=LeasedJob(
+                self.store, self.clock, "ttl-purge", config.purge_interval, self._purge
+            ),
+            key_auto_rotate=LeasedJob(
                 self.store,
                 self.clock,
                 "key-auto-rotate",
                 config.key_refresh_interval,
                 self._auto_rotate_checked,
             ),
-            LeasedJob(
+            retention_purge=LeasedJob(
                 self.store,
                 self.clock,
                 "retention-purge",
                 config.retention_interval,
                 self._retention,
             ),
-        ]
+        )
 
     async def start(self) -> None:
         cfg = self.config
@@ -307,37 +200,27 @@ class VaultServer:
         """Keys, audit trail and use cases under the master key; raises (nothing kept) if
         the data keys do not unwrap."""
         cfg = self.config
-        keys = KeyMaterial(self.store, kek, self.clock)
-        await keys.load()
-        audit = await AuditTrail.open(
-            self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
-        )
-        self.keys, self.audit = keys, audit
-        self.vault = TokenVault(
+        keyed = await open_keyed(
+            cfg,
             self.store,
-            keys,
+            self.subject_key_store,
+            kek,
             self.clock,
-            Limits(
-                max_batch=cfg.max_batch,
-                cvc_ttl_seconds=cfg.cvc_ttl,
-                cvc_reveals=cfg.cvc_reveals,
-            ),
-            audit=audit,
+            serving=True,
             on_encrypt=self.usage.encrypted,
-            subject_keys=await SubjectKeys.open(
-                self.store, self.subject_key_store, kek, self.clock
-            ),
         )
+        self.keys, self.audit, self.services = keyed.keys, keyed.audit, keyed.services
+        self.vault = keyed.services.tokens
         self.key_ops = KeyOperations(
             self.store,
             kek,
             self.clock,
-            audit,
+            keyed.audit,
             reload_keys=self._reload_keys,
             key_metrics=self._key_metrics,
         )
         await self._refresh_keys()
-        return audit
+        return keyed.audit
 
     async def _unseal(self, kek: KekProvider) -> AuditTrail:
         """SealService's last share: load under the rebuilt key, then serve tokens."""
@@ -356,19 +239,23 @@ class VaultServer:
     def _background_tasks(self) -> list[asyncio.Task[None]]:
         cfg = self.config
         return [
-            asyncio.create_task(self._every(cfg.purge_interval, self.jobs[0]), name="ttl-purge"),
+            asyncio.create_task(
+                self._every(cfg.purge_interval, self.jobs.ttl_purge), name="ttl-purge"
+            ),
             asyncio.create_task(
                 self._every(cfg.key_refresh_interval, self._refresh_keys), name="key-refresh"
             ),
             asyncio.create_task(self._auto_rotate_loop(), name="key-auto-rotate"),
             asyncio.create_task(
-                self._every(cfg.retention_interval, self.jobs[2]), name="retention-purge"
+                self._every(cfg.retention_interval, self.jobs.retention_purge),
+                name="retention-purge",
             ),
         ]
 
     def _servicers(self, authenticator: Authenticator) -> dict[str, object]:
         """The services that need the keys, by full name (built once the keys are loaded)."""
         assert self.vault is not None  # noqa: S101 - keys loaded
+        assert self.services is not None  # noqa: S101
         assert self.key_ops is not None  # noqa: S101
         assert self.keys is not None  # noqa: S101
         return {
@@ -382,7 +269,7 @@ class VaultServer:
                 settle_seconds=self.config.key_refresh_interval + 1.0,
             ),
             SUBJECT_SERVICE.full_name: SubjectServicer(
-                SubjectRequests(self.vault, self.store, self.keys, self.clock, self.audit),
+                self.services.subjects,
                 authenticator,
                 self.audit,
                 self.clock,
@@ -542,7 +429,7 @@ class VaultServer:
         own tokenizes crossed key_max_encryptions rotates at once whoever holds it: that
         bounds how far past the limit it encrypts, and the version CAS keeps racing
         servers safe (one adds the version, the others load it)."""
-        rotation_job = self.jobs[1]
+        rotation_job = self.jobs.key_auto_rotate
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.usage.due.wait(), self.config.key_refresh_interval)
@@ -580,7 +467,7 @@ class VaultServer:
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)
-            for job in self.jobs:
+            for job in self.jobs.all():
                 try:
                     await job.release()
                 except Exception as exc:  # noqa: BLE001 - it expires by itself then

@@ -21,11 +21,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from vault.clock import SystemClock
 from vault.config import Config
 from vault.errors import FailedPreconditionError, VaultError
 from vault.logs import setup_logging
-from vault.server import VaultServer, create_dev_caller, harden_process, init_data_dir, open_store
+from vault.server import VaultServer
+from vault.wiring import create_dev_caller, harden_process, init_data_dir, opened
 
 __all__ = ["prepare_data_dir", "run_workers"]
 
@@ -37,16 +37,11 @@ _RESTART_BACKOFF = 1.0
 
 async def prepare_data_dir(cfg: Config) -> str | None:
     """Migrations, keys and (with --dev) the dev caller, once, before any worker starts."""
-    store = open_store(cfg)
-    await store.open()
-    try:
-        dev_key = None
-        if cfg.dev:
-            await init_data_dir(cfg, store, SystemClock())
-            dev_key = await create_dev_caller(cfg, store, SystemClock())
-        return dev_key
-    finally:
-        await store.close()
+    async with opened(cfg) as vault:
+        if not cfg.dev:
+            return None
+        await init_data_dir(cfg, vault.store, vault.clock)
+        return await create_dev_caller(cfg, vault.store, vault.clock)
 
 
 def _reserve_port(listen: str) -> tuple[socket.socket, str]:

@@ -10,15 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from vault.audit.base import OUTCOME_OK, AuditEvent
-from vault.audit.trail import AuditTrail, JsonLinesExporter, record_dict, record_line
-from vault.cli.common import CommandError, add_store_args, existing_vault
-from vault.cli.kek import add_shares_arg, master_key
+from vault.audit.trail import AuditTrail, record_dict, record_line
+from vault.cli.common import CommandError, add_store_args, vault_of
+from vault.cli.kek import add_shares_arg
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
-from vault.server import open_store
 from vault.storage.base import Store
+from vault.wiring import open_audit_trail
 
 __all__ = [
     "open_operator_trail",
@@ -42,11 +42,8 @@ def operator_name() -> str:
 
 
 async def open_trail(cfg: Config, store: Store, *, create: bool, kek: KekProvider) -> AuditTrail:
-    # A sink on stdout would mix records into the command's own output: files only here.
-    exporter = (
-        JsonLinesExporter.from_setting(cfg.audit_sink) if cfg.audit_sink != "stdout" else None
-    )
-    return await AuditTrail.open(store, kek, SystemClock(), exporter, create=create)
+    """The trail as a command opens it (exported to files only, never stdout)."""
+    return await open_audit_trail(cfg, store, kek, SystemClock(), create=create, serving=False)
 
 
 async def open_operator_trail(cfg: Config, store: Store, kek: KekProvider) -> AuditTrail:
@@ -87,25 +84,18 @@ async def record_operator_event(
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
+    async with vault_of(args) as vault:
         try:
-            trail = await open_trail(
-                cfg, store, create=False, kek=await master_key(cfg, store, args)
-            )
+            trail = await vault.audit_trail(create=False)
         except FailedPreconditionError as exc:
             if exc.reason != "AUDIT_KEY_MISSING":
                 raise
+            store = vault.store
             if await store.audit_records(0, 1) or await store.audit_head() is not None:
                 raise CommandError("audit records exist but the audit key is missing") from None
             result = None
         else:
             result = await trail.verify()
-            trail.close()
-    finally:
-        await store.close()
     records = result.records if result is not None else 0
     broken = result.broken if result is not None else None
     if args.json:
@@ -131,10 +121,8 @@ def _print(rows: list[Any], *, as_json: bool) -> None:
 async def _tail(args: argparse.Namespace) -> int:
     if args.n < 0:
         raise CommandError("-n must be 0 or more")
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
+    async with vault_of(args) as vault:
+        store = vault.store
         head = await store.audit_head()
         last = max(0, (head.seq if head is not None else 0) - args.n)
         rows = await store.audit_records(last, args.n) if args.n else []
@@ -146,8 +134,6 @@ async def _tail(args: argparse.Namespace) -> int:
             _print(rows, as_json=args.json)
             if rows:
                 last = rows[-1].seq
-    finally:
-        await store.close()
     return 0
 
 

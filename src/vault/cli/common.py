@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vault.cli.kek import shares_reader
 from vault.config import Config, load_config
+from vault.wiring import OpenedVault, opened
 
 __all__ = [
     "EXIT_FAILURE",
@@ -22,6 +25,7 @@ __all__ = [
     "existing_vault",
     "iso_time",
     "run_async",
+    "vault_of",
 ]
 
 EXIT_FAILURE = 1
@@ -74,6 +78,18 @@ def existing_vault(args: argparse.Namespace) -> Config:
             "no vault in the data dir (create one with `vaultctl keys init` or `serve --dev`)"
         )
     return cfg
+
+
+def vault_of(
+    args: argparse.Namespace, *, need_keys: bool = False, cfg: Config | None = None
+) -> AbstractAsyncContextManager[OpenedVault]:
+    """The command's vault, opened by the wiring (``cfg``: else the existing data dir's);
+    with ``need_keys`` the master key (``--shares-from -`` where configured) first."""
+    return opened(
+        cfg if cfg is not None else existing_vault(args),
+        need_keys=need_keys,
+        read_shares=shares_reader(args),
+    )
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:

@@ -17,8 +17,9 @@ from vault.crypto.kekring import KekRing
 from vault.domain.unseal import kek_from_share_texts
 from vault.master_key import open_kek
 from vault.storage.base import Store
+from vault.wiring import ShareReader
 
-__all__ = ["add_shares_arg", "master_key", "read_shares"]
+__all__ = ["add_shares_arg", "master_key", "read_shares", "shares_reader"]
 
 _MAX_SHARE_LINES = 255
 # The key this vaultctl run rebuilt from the shares on stdin (stdin is read once; a
@@ -51,3 +52,14 @@ async def master_key(cfg: Config, store: Store, args: argparse.Namespace) -> Kek
     if cfg.kek_provider == "shares" and shares_kek is None and asked:
         shares_kek = await read_shares(store)
     return await open_kek(cfg, store, shares_kek)
+
+
+def shares_reader(args: argparse.Namespace) -> ShareReader | None:
+    """For the wiring: with ``--shares-from -``, the shares on stdin (read once a run)."""
+    if getattr(args, "shares_from", None) != "-":
+        return None
+
+    async def read(store: Store) -> KekProvider:
+        return _rebuilt.get("shares") or await read_shares(store)
+
+    return read

@@ -14,14 +14,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from vault.cli import audit_cmd, master_cmd
-from vault.cli.common import CommandError, add_store_args, config_for, existing_vault, iso_time
-from vault.cli.kek import add_shares_arg, master_key
+from vault.cli.common import (
+    CommandError,
+    add_store_args,
+    config_for,
+    existing_vault,
+    iso_time,
+    vault_of,
+)
+from vault.cli.kek import add_shares_arg
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.domain import rotation
 from vault.domain.keyops import Actor, KeyOperations
-from vault.server import init_data_dir, open_store
 from vault.storage.base import Store
+from vault.wiring import init_data_dir
 
 __all__ = ["register"]
 
@@ -31,17 +38,10 @@ async def _key_operations(
     cfg: Config, args: argparse.Namespace
 ) -> AsyncIterator[tuple[KeyOperations, Actor]]:
     """The audited key operations on the vault's store, as this operator."""
-    store = open_store(cfg)
-    await store.open()
-    try:
-        kek = await master_key(cfg, store, args)
-        trail = await audit_cmd.open_operator_trail(cfg, store, kek)
-        try:
-            yield KeyOperations(store, kek, SystemClock(), trail), Actor(audit_cmd.operator_name())
-        finally:
-            trail.close()
-    finally:
-        await store.close()
+    async with vault_of(args, cfg=cfg, need_keys=True) as vault:
+        trail = await vault.audit_trail()
+        ops = KeyOperations(vault.store, await vault.master_key(), vault.clock, trail)
+        yield ops, Actor(audit_cmd.operator_name())
 
 
 async def _init(args: argparse.Namespace) -> int:
@@ -50,12 +50,8 @@ async def _init(args: argparse.Namespace) -> int:
     if args.shares is not None or args.kek == "shares":
         return await master_cmd.init_shares(args)
     cfg = config_for(args, kek_provider=args.kek)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        created = await init_data_dir(cfg, store, SystemClock())
-    finally:
-        await store.close()
+    async with vault_of(args, cfg=cfg) as vault:
+        created = await init_data_dir(cfg, vault.store, vault.clock)
     print("master key and data key created" if created else "keys already initialised")
     return 0
 
@@ -82,14 +78,9 @@ def _rewrap_dict(status: rotation.RewrapStatus | None) -> dict[str, Any] | None:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        versions = await rotation.key_status(store)
-        rewrap = _rewrap_dict(await rotation.rewrap_status(store, SystemClock()))
-    finally:
-        await store.close()
+    async with vault_of(args) as vault:
+        versions = await rotation.key_status(vault.store)
+        rewrap = _rewrap_dict(await rotation.rewrap_status(vault.store, vault.clock))
     data = [
         {
             "version": v.version,

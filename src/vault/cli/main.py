@@ -12,24 +12,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault import __version__
-from vault.audit.base import ACTION_CALLER_ADD, ACTION_CALLER_REVOKE, OUTCOME_ERROR, OUTCOME_OK
-from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import parse_scopes
 from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
-from vault.cli.common import EXIT_FAILURE, CommandError, client_channel, iso_time
+from vault.cli.common import EXIT_FAILURE, CommandError, client_channel, iso_time, vault_of
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
-from vault.cli.common import existing_vault as _existing_vault
 from vault.cli.common import run_async as _run
-from vault.cli.kek import add_shares_arg, master_key
-from vault.clock import SystemClock
+from vault.cli.kek import add_shares_arg
 from vault.config import Config
+from vault.domain.callers import CallerAdministration, NewCaller
 from vault.domain.model import DataKind
-from vault.errors import AlreadyExistsError, VaultError
+from vault.errors import VaultError
 from vault.logs import setup_logging
-from vault.server import VaultServer, harden_process, open_store
-from vault.storage.base import CallerRow
-from vault.workers import run_workers
+from vault.wiring import OpenedVault, harden_process
 
 __all__ = ["main"]
 
@@ -65,11 +60,15 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_format, cfg.log_level)
     harden_process()
     if cfg.workers > 1:
+        from vault.workers import run_workers  # noqa: PLC0415 - grpc only for serve
+
         return run_workers(cfg, lambda port, key, ports: _announce(cfg, port, key, ports))
     return _run(_serve_one(cfg))
 
 
 async def _serve_one(cfg: Config) -> int:
+    from vault.server import VaultServer  # noqa: PLC0415 - grpc only for serve
+
     server = VaultServer(cfg)
     await server.start()
     _announce(cfg, server.port, server.dev_key, [server.metrics_port])
@@ -112,6 +111,12 @@ def _parse_reveal_kinds(text: str | None) -> tuple[str, ...]:
     return names
 
 
+def _administration(vault: OpenedVault) -> CallerAdministration:
+    return CallerAdministration(
+        vault.store, vault.clock, vault.audit_trail, audit_cmd.operator_name()
+    )
+
+
 async def _callers_add(args: argparse.Namespace) -> int:
     try:
         scopes = parse_scopes(args.scopes)
@@ -121,57 +126,18 @@ async def _callers_add(args: argparse.Namespace) -> int:
     reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
     if args.reveal_rate < 0 or args.reveal_burst < 0:
         raise CommandError("--reveal-rate and --reveal-burst must not be negative")
-    cfg = _existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    key = None if args.cert_identity else mint_api_key()
-    # What the trail says about the new caller: never its key.
-    detail = {
-        "name": args.name,
-        "cert_identity": args.cert_identity or "",
-        "scopes": ",".join(scopes),
-        "expires": iso_time(expires) or "",
-        "reveal_kinds": ",".join(reveal_kinds),
-        "reveal_rate": str(args.reveal_rate),
-    }
-    try:
-        # The master key first: a vault that cannot record the change makes none.
-        kek = await master_key(cfg, store, args)
-        try:
-            await store.add_caller(
-                CallerRow(
-                    name=args.name,
-                    tenant=args.tenant,
-                    scopes=scopes,
-                    key_id=key.key_id if key else None,
-                    key_hash=hash_secret(key.secret) if key else None,
-                    cert_identity=args.cert_identity,
-                    created_at=SystemClock().now(),
-                    expires_at=expires,
-                    revoked_at=None,
-                    reveal_kinds=reveal_kinds,
-                    reveal_rate=args.reveal_rate,
-                    reveal_burst=args.reveal_burst,
-                )
-            )
-        except AlreadyExistsError as exc:
-            await audit_cmd.record_operator_event(
-                cfg,
-                store,
-                ACTION_CALLER_ADD,
-                args.tenant,
-                detail,
-                kek=kek,
-                outcome=OUTCOME_ERROR,
-                reason=exc.reason,
-            )
-            raise
-        # Recorded before the key is shown: a change the trail lacks hands out no key.
-        await audit_cmd.record_operator_event(
-            cfg, store, ACTION_CALLER_ADD, args.tenant, detail, kek=kek
-        )
-    finally:
-        await store.close()
+    new = NewCaller(
+        name=args.name,
+        tenant=args.tenant,
+        scopes=scopes,
+        cert_identity=args.cert_identity,
+        expires_at=expires,
+        reveal_kinds=reveal_kinds,
+        reveal_rate=args.reveal_rate,
+        reveal_burst=args.reveal_burst,
+    )
+    async with vault_of(args) as vault:
+        key = await _administration(vault).add(new)
     if key is None:
         bound = {"name": args.name, "tenant": args.tenant, "cert_identity": args.cert_identity}
         print(
@@ -187,14 +153,8 @@ async def _callers_add(args: argparse.Namespace) -> int:
 
 
 async def _callers_list(args: argparse.Namespace) -> int:
-    cfg = _existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        rows = await store.callers()
-    finally:
-        await store.close()
-
+    async with vault_of(args) as vault:
+        rows = await _administration(vault).list()
     data = [
         {
             "name": r.name,
@@ -221,36 +181,8 @@ async def _callers_list(args: argparse.Namespace) -> int:
 
 
 async def _callers_revoke(args: argparse.Namespace) -> int:
-    cfg = _existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        # Revoked first, whatever follows: a leaked key must stop working even when the
-        # master key (needed for the audit record) is not at hand.
-        done = await store.revoke_caller(args.name, SystemClock().now())
-        tenant = next((r.tenant for r in await store.callers() if r.name == args.name), "")
-        try:
-            kek = await master_key(cfg, store, args)
-        except VaultError as exc:
-            if not done:
-                raise
-            raise CommandError(
-                f"revoked {args.name}, but the audit trail could not record it: {exc}"
-            ) from None
-        await audit_cmd.record_operator_event(
-            cfg,
-            store,
-            ACTION_CALLER_REVOKE,
-            tenant,
-            {"name": args.name},
-            kek=kek,
-            outcome=OUTCOME_OK if done else OUTCOME_ERROR,
-            reason="" if done else "CALLER_NOT_FOUND",
-        )
-    finally:
-        await store.close()
-    if not done:
-        raise CommandError("no active caller with that name")
+    async with vault_of(args) as vault:
+        await _administration(vault).revoke(args.name)
     print(f"revoked {args.name}")
     return 0
 

@@ -21,10 +21,9 @@ from vault.cli.common import (
     add_store_args,
     client_channel,
     config_for,
-    existing_vault,
+    vault_of,
 )
-from vault.cli.kek import add_shares_arg, master_key
-from vault.clock import SystemClock
+from vault.cli.kek import add_shares_arg
 from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.crypto.kekring import KekRing
@@ -36,7 +35,6 @@ from vault.domain.unseal import SHARES_SOURCE, new_share_scheme
 from vault.errors import VaultError
 from vault.master_key import next_key_path, open_pkcs11, retired_key_path
 from vault.secrets import SecretBytes
-from vault.server import open_store
 from vault.storage.base import Store
 
 __all__ = [
@@ -91,13 +89,11 @@ async def init_shares(args: argparse.Namespace) -> int:
         raise CommandError("shares need 2 <= --threshold <= --shares <= 255")
     cfg = config_for(args, kek_provider="shares")
     cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = open_store(cfg)
-    await store.open()
-    try:
+    async with vault_of(args, cfg=cfg) as vault:
+        store, clock = vault.store, vault.clock
         if await store.key_versions() or await store.share_scheme() is not None:
             raise CommandError("keys already initialised (use `keys rotate-master` to move)")
         key = SecretBytes(os.urandom(_KEY_BYTES))
-        clock = SystemClock()
         scheme, shares = new_share_scheme(key, threshold, count, clock.now())
         texts = [s.text() for s in shares]
         # Files first: if they cannot be written, nothing is recorded.
@@ -107,8 +103,6 @@ async def init_shares(args: argparse.Namespace) -> int:
         if not await store.put_share_scheme(scheme):
             raise CommandError("keys already initialised (use `keys rotate-master` to move)")
         await init_keyring(store, KeyFileKek(key, source=SHARES_SOURCE), clock)
-    finally:
-        await store.close()
     print(
         f"master key {scheme.kek_id} split into {count} shares, {threshold} needed to unseal; "
         "data key created"
@@ -172,12 +166,10 @@ def move_key_files(cfg: Config, target: str, key_label: str | None = None) -> st
 
 
 async def _rotate_master(args: argparse.Namespace) -> int:
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
     detail: dict[str, str] = {"to": args.to}
-    try:
-        ring = await master_key(cfg, store, args)
+    async with vault_of(args, need_keys=True) as vault:
+        cfg, store = vault.config, vault.store
+        ring = await vault.master_key()
         new = _target(cfg, args)
         detail["new_kek"] = new.kek_id
         both = KekRing(new, [ring])
@@ -194,8 +186,6 @@ async def _rotate_master(args: argparse.Namespace) -> int:
         # Recorded under the new key (the audit key has moved with the rest), before the
         # files move: a change the trail lacks is not finished.
         await _record(cfg, store, both, detail, "")
-    finally:
-        await store.close()
     if new.kek_id == ring.kek_id and args.to != "file":
         print(f"every key is already under {new.kek_id}")
         return 0

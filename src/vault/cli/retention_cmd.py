@@ -15,12 +15,10 @@ from typing import Any
 
 from vault.audit.base import ACTION_RETENTION_CLEAR, ACTION_RETENTION_SET, OUTCOME_ERROR
 from vault.cli import audit_cmd
-from vault.cli.common import CommandError, add_store_args, existing_vault, iso_time
-from vault.cli.kek import add_shares_arg, master_key
-from vault.clock import SystemClock
+from vault.cli.common import CommandError, add_store_args, iso_time, vault_of
+from vault.cli.kek import add_shares_arg
 from vault.domain.model import DataKind
 from vault.domain.retention import parse_kind, parse_max_age, retention_stats
-from vault.server import open_store
 
 __all__ = ["register"]
 
@@ -38,46 +36,38 @@ async def _set(args: argparse.Namespace) -> int:
         max_age = parse_max_age(args.max_age)
     except ValueError as exc:
         raise CommandError(f"--max-age: {exc}") from None
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        kek = await master_key(cfg, store, args)  # before the change: it must be recorded
-        await store.set_retention_policy(args.tenant, int(kind), max_age, SystemClock().now())
+    # The master key before the change: it must be recorded.
+    async with vault_of(args, need_keys=True) as vault:
+        store = vault.store
+        await store.set_retention_policy(args.tenant, int(kind), max_age, vault.clock.now())
         await audit_cmd.record_operator_event(
-            cfg,
+            vault.config,
             store,
             ACTION_RETENTION_SET,
             args.tenant,
             {"kind": kind.name, "max_age_seconds": f"{max_age:g}"},
-            kek=kek,
+            kek=await vault.master_key(),
         )
-    finally:
-        await store.close()
     print(f"{kind.name} values of tenant {args.tenant} are purged {max_age:g} s after creation")
     return 0
 
 
 async def _clear(args: argparse.Namespace) -> int:
     kind = _kind(args.kind)
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    try:
-        kek = await master_key(cfg, store, args)  # before the change: it must be recorded
+    # The master key before the change: it must be recorded.
+    async with vault_of(args, need_keys=True) as vault:
+        store = vault.store
         cleared = await store.clear_retention_policy(args.tenant, int(kind))
         await audit_cmd.record_operator_event(
-            cfg,
+            vault.config,
             store,
             ACTION_RETENTION_CLEAR,
             args.tenant,
             {"kind": kind.name},
-            kek=kek,
+            kek=await vault.master_key(),
             outcome="ok" if cleared else OUTCOME_ERROR,
             reason="" if cleared else "RETENTION_POLICY_NOT_FOUND",
         )
-    finally:
-        await store.close()
     if not cleared:
         raise CommandError("no retention policy for that tenant and kind")
     print(f"no maximum age for {kind.name} values of tenant {args.tenant} any more")
@@ -92,15 +82,10 @@ def _kind_name(number: int) -> str:
 
 
 async def _report(args: argparse.Namespace) -> int:
-    cfg = existing_vault(args)
-    store = open_store(cfg)
-    await store.open()
-    now = SystemClock().now()
-    try:
-        policies = {(p.tenant, p.kind): p for p in await store.retention_policies()}
-        stats = await retention_stats(store, now)
-    finally:
-        await store.close()
+    async with vault_of(args) as vault:
+        now = vault.clock.now()
+        policies = {(p.tenant, p.kind): p for p in await vault.store.retention_policies()}
+        stats = await retention_stats(vault.store, now)
     rows: list[dict[str, Any]] = []
     for s in stats:
         policy = policies.get((s.tenant, s.kind))

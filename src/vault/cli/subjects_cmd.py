@@ -19,15 +19,10 @@ from typing import Any
 
 from vault.auth.policy import SCOPE_SUBJECTS, Caller
 from vault.cli import audit_cmd
-from vault.cli.common import add_store_args, existing_vault, iso_time
-from vault.cli.kek import add_shares_arg, master_key
-from vault.clock import SystemClock
-from vault.domain.keys import KeyMaterial
+from vault.cli.common import add_store_args, iso_time, vault_of
+from vault.cli.kek import add_shares_arg
 from vault.domain.model import Address, RequestContext, Value
-from vault.domain.subject_keys import SubjectKeys
 from vault.domain.subjects import SubjectExport, SubjectRequests
-from vault.domain.tokens import TokenVault
-from vault.server import open_store, open_subject_key_store
 
 __all__ = ["register"]
 
@@ -35,26 +30,8 @@ __all__ = ["register"]
 @asynccontextmanager
 async def _subjects(args: argparse.Namespace) -> AsyncIterator[SubjectRequests]:
     """The subject use cases over the data dir's store, audited as the operator."""
-    cfg = existing_vault(args)
-    clock = SystemClock()
-    store = open_store(cfg)
-    key_store = open_subject_key_store(cfg)
-    await store.open()
-    try:
-        kek = await master_key(cfg, store, args)
-        await key_store.open()
-        keys = KeyMaterial(store, kek, clock)
-        await keys.load()
-        trail = await audit_cmd.open_trail(cfg, store, create=True, kek=kek)
-        try:
-            subject_keys = await SubjectKeys.open(store, key_store, kek, clock)
-            vault = TokenVault(store, keys, clock, audit=trail, subject_keys=subject_keys)
-            yield SubjectRequests(vault, store, keys, clock, trail)
-        finally:
-            trail.close()
-    finally:
-        await key_store.close()
-        await store.close()
+    async with vault_of(args, need_keys=True) as vault:
+        yield (await vault.services()).subjects
 
 
 def _caller(args: argparse.Namespace) -> Caller:
