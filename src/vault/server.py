@@ -39,6 +39,7 @@ from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keyops import (
     AutoRotation,
     KeyMetrics,
@@ -327,6 +328,9 @@ class VaultServer:
             subject_keys=await SubjectKeys.open(
                 self.store, self.subject_key_store, kek, self.clock
             ),
+        )
+        self.vault.ephemeral = EphemeralStore(
+            self.clock, budget_bytes=cfg.cvc_memory_bytes, tenant_share=cfg.cvc_tenant_share
         )
         self.key_ops = KeyOperations(
             self.store,

@@ -1,0 +1,74 @@
+"""CVC memory is bounded in bytes and per tenant (through a real server and channel):
+one tenant filling its share is refused while another keeps tokenizing CVCs."""
+
+from __future__ import annotations
+
+import grpc
+from api_helpers import assert_invalid, assert_reason, expect_code, tokenize_request
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from vault.auth.policy import ALL_SCOPES
+from vault.domain.ephemeral import ENTRY_OVERHEAD_BYTES
+from vault.v1 import token_service_pb2 as pb
+
+PURPOSE = "authorise payment"
+SHARE = 40  # CVCs one tenant may hold with the budget below
+
+
+def _batch(n: int) -> pb.BatchTokenizeRequest:
+    return pb.BatchTokenizeRequest(requests=[tokenize_request("CVC", "739") for _ in range(n)])
+
+
+def _retry_seconds(exc: grpc.aio.AioRpcError) -> float:
+    status = rpc_status.from_call(exc)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo")
+
+
+async def test_one_tenant_fills_its_share_while_another_keeps_tokenizing(vault_factory):
+    vault = await vault_factory(
+        cvc_memory_bytes=2 * SHARE * ENTRY_OVERHEAD_BYTES, cvc_tenant_share=0.5
+    )
+    greedy = await vault.add_caller("greedy", ALL_SCOPES, tenant="greedy")
+    other = await vault.add_caller("other", ALL_SCOPES, tenant="other")
+    await vault.stub.BatchTokenize(_batch(SHARE), metadata=greedy)
+    exc = await expect_code(
+        vault.stub.Tokenize(tokenize_request("CVC", "739"), metadata=greedy),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert_reason(exc, "CVC_BUDGET_EXHAUSTED")
+    assert 0 < _retry_seconds(exc) <= 600
+    assert "739" not in (exc.details() or "")
+    # The other tenant is untouched: it tokenizes and reveals CVCs as before.
+    for _ in range(3):
+        resp = await vault.stub.Tokenize(tokenize_request("CVC", "4821"), metadata=other)
+        revealed = await vault.stub.Detokenize(
+            pb.DetokenizeRequest(token=resp.token, purpose=PURPOSE), metadata=other
+        )
+        assert revealed.text == "4821"
+    await vault.stub.BatchTokenize(_batch(SHARE), metadata=other)
+    # The greedy tenant gets room back when its CVCs expire (the default TTL).
+    vault.clock.advance(601)
+    resp = await vault.stub.Tokenize(tokenize_request("CVC", "739"), metadata=greedy)
+    assert resp.token.startswith("tok_")
+    assert vault.count_tokens() == 0
+
+
+async def test_cvc_metadata_is_bounded(vault):
+    request = tokenize_request("CVC", "739", metadata={f"k{i}": "v" for i in range(5)})
+    exc = await expect_code(
+        vault.stub.Tokenize(request, metadata=vault.md), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert_invalid(exc, "metadata")
+    request = tokenize_request("CVC", "739", metadata={"order": "x" * 65})
+    exc = await expect_code(
+        vault.stub.Tokenize(request, metadata=vault.md), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert_invalid(exc, "metadata")
+    assert len(vault.server.vault.ephemeral) == 0
