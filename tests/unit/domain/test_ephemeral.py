@@ -73,7 +73,7 @@ def test_revealed_entries_free_their_room_and_the_heap_stays_bounded() -> None:
         assert store.take(entry) == "739"
     assert len(store) == 0
     assert store.used_bytes == 0
-    assert len(store._expiry) <= 1024 + 1  # noqa: SLF001 - stale items are compacted
+    assert len(store._expiry) <= 1024 + 1  # stale items are compacted
 
 
 def test_give_back_holds_the_entry_again() -> None:
