@@ -72,3 +72,22 @@ async def test_cvc_metadata_is_bounded(vault):
     )
     assert_invalid(exc, "metadata")
     assert len(vault.server.vault.ephemeral) == 0
+
+
+async def test_a_batch_past_the_share_is_refused_whole(vault_factory):
+    vault = await vault_factory(
+        cvc_memory_bytes=2 * SHARE * ENTRY_OVERHEAD_BYTES, cvc_tenant_share=0.5
+    )
+    await vault.stub.BatchTokenize(_batch(SHARE - 2), metadata=vault.md)
+    held = len(vault.server.vault.ephemeral)
+    mixed = _batch(3)
+    mixed.requests.insert(0, tokenize_request("PAN", "4242424242424242"))
+    for request in (_batch(3), mixed):
+        exc = await expect_code(
+            vault.stub.BatchTokenize(request, metadata=vault.md),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+        assert_reason(exc, "CVC_BUDGET_EXHAUSTED")
+    # Nothing of either batch was kept: no CVC in memory, no stored token.
+    assert len(vault.server.vault.ephemeral) == held
+    assert vault.count_tokens() == 0

@@ -19,7 +19,7 @@ off, and the README says to run without swap (or with encrypted swap).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vault.clock import Clock
@@ -149,15 +149,7 @@ class EphemeralStore:
         if violations := cvc_metadata_violations(metadata):
             raise InvalidArgumentError(violations)
         cost = _cost(subject, metadata)
-        self.purge()
-        tenant_used = self._used_by_tenant.get(tenant, 0)
-        if tenant_used + cost > self._tenant_budget or self._used + cost > self._budget:
-            exc = ResourceExhaustedError(
-                "the memory held for CVCs is full; reveal or let them expire",
-                reason="CVC_BUDGET_EXHAUSTED",
-            )
-            exc.retry_after = self._retry_after()
-            raise exc
+        self._require(tenant, cost)
         now = self._clock.now()
         entry = EphemeralEntry(
             kinds.new_random_token(),
@@ -172,6 +164,12 @@ class EphemeralStore:
         )
         self._hold(entry)
         return entry
+
+    def check_room(self, tenant: str, entries: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+        """Refuse now (RESOURCE_EXHAUSTED) if the tenant's share cannot hold all of these
+        (subject, metadata) entries: a batch checks before anything of it is written."""
+        if entries:
+            self._require(tenant, sum(_cost(subject, md) for subject, md in entries))
 
     def find(self, tenant: str, token: str) -> EphemeralEntry | None:
         """The live entry of this tenant for the token, if any (consumes nothing)."""
@@ -223,6 +221,17 @@ class EphemeralStore:
                 self._drop(entry)
                 dropped += 1
         return dropped
+
+    def _require(self, tenant: str, cost: int) -> None:
+        self.purge()
+        tenant_used = self._used_by_tenant.get(tenant, 0)
+        if tenant_used + cost > self._tenant_budget or self._used + cost > self._budget:
+            exc = ResourceExhaustedError(
+                "the memory held for CVCs is full; reveal or let them expire",
+                reason="CVC_BUDGET_EXHAUSTED",
+            )
+            exc.retry_after = self._retry_after()
+            raise exc
 
     def _hold(self, entry: EphemeralEntry) -> None:
         self._seq += 1

@@ -426,6 +426,9 @@ class TokenVault:
         cvc = [i for i, (kind, _, _) in enumerate(checked) if kind is DataKind.CVC]
         if not cvc:
             return await self._tokenize_stored(caller, items, checked, batch=batch)
+        self.ephemeral.check_room(
+            caller.tenant, [(items[i].subject, items[i].metadata) for i in cvc]
+        )
         stored_at = [i for i in range(len(items)) if i not in set(cvc)]
         results: list[Tokenized | None] = [None] * len(items)
         if stored_at:

@@ -119,3 +119,12 @@ def test_a_budget_that_holds_nothing_is_refused() -> None:
         EphemeralStore(ManualClock(), budget_bytes=10)
     with pytest.raises(ValueError, match="share"):
         EphemeralStore(ManualClock(), tenant_share=0)
+
+
+def test_check_room_refuses_a_batch_that_does_not_fit_and_holds_nothing() -> None:
+    _, store = _store(entries=4, share=1.0)
+    store.check_room("a", [("", {})] * 4)
+    with pytest.raises(ResourceExhaustedError):
+        store.check_room("a", [("", {})] * 5)
+    assert len(store) == 0
+    store.check_room("a", [])
