@@ -53,6 +53,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         metrics_listen="",
         dev=True,
         purge_interval=3600,
+        retention_interval=3600,
     )
     clock = ManualClock()
     server = VaultServer(config, clock=clock)
