@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_BUDGET_BYTES",
     "DEFAULT_TENANT_SHARE",
     "ENTRY_OVERHEAD_BYTES",
+    "RETRY_AFTER_SECONDS",
     "EphemeralEntry",
     "EphemeralStore",
     "cvc_metadata_violations",
@@ -53,6 +54,9 @@ _METADATA_ENTRY_OVERHEAD = 128  # two str objects and a dict slot
 # revealed or removed before they expire leave their heap item behind).
 _HEAP_SLACK = 1024
 _NO_METADATA: Mapping[str, str] = {}
+# The RetryInfo of a refusal: a fixed hint. The soonest expiry would be a better one, but
+# it may be another tenant's CVC, and would tell this tenant when that one's expire.
+RETRY_AFTER_SECONDS = 1.0
 
 
 def cvc_metadata_violations(metadata: Mapping[str, str]) -> list[FieldViolation]:
@@ -230,7 +234,7 @@ class EphemeralStore:
                 "the memory held for CVCs is full; reveal or let them expire",
                 reason="CVC_BUDGET_EXHAUSTED",
             )
-            exc.retry_after = self._retry_after()
+            exc.retry_after = RETRY_AFTER_SECONDS
             raise exc
 
     def _hold(self, entry: EphemeralEntry) -> None:
@@ -254,9 +258,3 @@ class EphemeralStore:
             else:
                 del self._used_by_tenant[entry.tenant]
         entry.wipe()
-
-    def _retry_after(self) -> float | None:
-        """Seconds until the soonest entry expires (some room frees then), if any."""
-        if not self._expiry:
-            return None
-        return max(self._expiry[0][0] - self._clock.now(), 0.0)

@@ -9,6 +9,7 @@ from vault.domain.ephemeral import (
     CVC_MAX_METADATA_CHARS,
     CVC_MAX_METADATA_ENTRIES,
     ENTRY_OVERHEAD_BYTES,
+    RETRY_AFTER_SECONDS,
     EphemeralStore,
     cvc_metadata_violations,
 )
@@ -29,7 +30,7 @@ def test_a_tenant_is_refused_past_its_share_while_another_is_not() -> None:
     with pytest.raises(ResourceExhaustedError) as refused:
         store.put("a", "739", "", {}, 60, 1)
     assert refused.value.reason == "CVC_BUDGET_EXHAUSTED"
-    assert refused.value.retry_after == 60
+    assert refused.value.retry_after == RETRY_AFTER_SECONDS
     assert "739" not in str(refused.value)
     for _ in range(5):
         store.put("b", "4821", "", {}, 60, 1)
