@@ -4,12 +4,15 @@ one tenant filling its share is refused while another keeps tokenizing CVCs."""
 from __future__ import annotations
 
 import grpc
+import pytest
 from api_helpers import assert_invalid, assert_reason, expect_code, tokenize_request
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from vault.auth.policy import ALL_SCOPES
+from vault.config import Config, load_config
 from vault.domain.ephemeral import ENTRY_OVERHEAD_BYTES, RETRY_AFTER_SECONDS
+from vault.errors import FailedPreconditionError
 from vault.v1 import token_service_pb2 as pb
 
 PURPOSE = "authorise payment"
@@ -91,3 +94,18 @@ async def test_a_batch_past_the_share_is_refused_whole(vault_factory):
     # Nothing of either batch was kept: no CVC in memory, no stored token.
     assert len(vault.server.vault.ephemeral) == held
     assert vault.count_tokens() == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("cvc_memory_bytes", "1000"), ("cvc_tenant_share", "0"), ("cvc_tenant_share", "1.5")],
+)
+def test_a_cvc_budget_that_cannot_work_is_refused_at_start(setting, value):
+    with pytest.raises(FailedPreconditionError, match=setting):
+        load_config(None, {setting: value})
+
+
+def test_the_cvc_budget_is_configurable():
+    cfg = load_config(None, {"cvc_memory_bytes": "1048576", "cvc_tenant_share": "0.25"})
+    assert (cfg.cvc_memory_bytes, cfg.cvc_tenant_share) == (1048576, 0.25)
+    assert (Config().cvc_memory_bytes, Config().cvc_tenant_share) == (64 * 1024 * 1024, 0.5)
