@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 DATA_DIR ?= var
 PROTOS := $(wildcard proto/vault/v1/*.proto)
 
-.PHONY: run test lint typecheck buf-lint pytest proto bench bench-smoke clean venv dev
+.PHONY: run test lint typecheck buf-lint pytest proto bench bench-smoke clean venv dev fuzz
 
 # Runtime venv (no dev tools): enough for `make run`.
 $(BIN)/vaultctl: pyproject.toml
@@ -55,6 +55,11 @@ test: lint typecheck buf-lint pytest
 # Regenerate the committed code in src/vault/v1 (the tests check it matches).
 proto: dev
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src --pyi_out=src --grpc_python_out=src $(PROTOS)
+
+# The fuzzing campaign at length (tests/fuzz: hypothesis with many examples and a fresh
+# seed, atheris with 2M runs); `make test` runs the same tests on a fixed, short budget.
+fuzz: dev
+	VAULT_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
 bench: dev
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -17,6 +17,7 @@ KEK_PROVIDERS = ("file", "pkcs11", "shares")
 # A CVC is kept for one authorisation, never long: PCI DSS forbids storing it after.
 _CVC_MAX_TTL = 3600.0
 _CVC_MAX_REVEALS = 10
+_CVC_MIN_MEMORY = 64 * 1024  # room for a hundred CVCs at least
 # At most half of 2^32, the most AES-GCM invocations with random 96-bit nonces under one
 # key (NIST SP 800-38D): room for the overshoot bounded in domain.keyops.UsageWatch.
 _KEY_MAX_ENCRYPTIONS = 2**31
@@ -38,6 +39,10 @@ class Config:
     max_batch: int = 1000
     cvc_ttl: float = 600.0  # seconds a CVC is held in memory by default (at most 3600)
     cvc_reveals: int = 1  # reveals a CVC allows before it is gone (1 to 10)
+    # Memory for CVCs, in bytes (an entry costs ~512 bytes plus its subject and metadata),
+    # and the fraction of it one tenant may fill; past either, tokenizing a CVC is refused.
+    cvc_memory_bytes: int = 64 * 1024 * 1024
+    cvc_tenant_share: float = 0.5
     workers: int = 1  # server processes sharing the listen port (SO_REUSEPORT)
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
@@ -136,6 +141,14 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
         )
     if not 1 <= cfg.cvc_reveals <= _CVC_MAX_REVEALS:
         raise FailedPreconditionError("cvc_reveals must be 1 to 10", reason="BAD_CONFIG")
+    if cfg.cvc_memory_bytes < _CVC_MIN_MEMORY:
+        raise FailedPreconditionError(
+            "cvc_memory_bytes must be at least 65536", reason="BAD_CONFIG"
+        )
+    if not 0 < cfg.cvc_tenant_share <= 1:
+        raise FailedPreconditionError(
+            "cvc_tenant_share must be more than 0 and at most 1", reason="BAD_CONFIG"
+        )
     if cfg.key_max_age < 0:
         raise FailedPreconditionError(
             "key_max_age must be 0 (off) or a number of seconds", reason="BAD_CONFIG"

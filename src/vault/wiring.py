@@ -28,6 +28,7 @@ from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.subjects import SubjectRequests
@@ -211,6 +212,9 @@ def build_services(
         audit=audit,
         on_encrypt=on_encrypt,
         subject_keys=subject_keys,
+    )
+    tokens.ephemeral = EphemeralStore(
+        clock, budget_bytes=config.cvc_memory_bytes, tenant_share=config.cvc_tenant_share
     )
     return VaultServices(tokens, SubjectRequests(tokens, store, keys, clock, audit))
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "canonical_bytes",
     "check_pan_format",
+    "contains_pan_like",
     "is_pan_shaped",
     "luhn_valid",
     "mask",
@@ -131,6 +132,9 @@ _IBAN_PREFIX = re.compile(r"[A-Z]{2}[0-9]{2}")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 _POSTAL_CODE = re.compile(r"[A-Za-z0-9 -]*")
 _WHITESPACE_RUN = re.compile(r"\s+")
+# Digits as card numbers are written: groups of ASCII digits joined by one space or dash.
+_DIGIT_GROUPS = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
+_DIGIT_SEPARATOR = re.compile(r"[ -]")
 _TOKEN = re.compile(r"tok_[a-z2-7]{32}|[0-9]{12,19}")
 _FIELD_LENGTH = struct.Struct(">I")
 
@@ -696,3 +700,28 @@ def validate_token_string(token: str, field: str) -> None:
     """Refuse anything a caller sends as a token that this vault could not have issued."""
     if _TOKEN.fullmatch(token) is None:
         raise _invalid(field, "is not a token of this vault")
+
+
+def contains_pan_like(text: str) -> bool:
+    """True when ``text`` holds something a card number could be: a Luhn-valid run of 12
+    to 19 digits, written whole or in groups joined by single spaces or dashes.
+
+    Free text that ends up stored or audited in clear is refused with this, so a careless
+    client cannot put a PAN in the audit trail. Compatibility forms are folded first
+    (NFKC: fullwidth digits are digits). A run of whole groups is tested, so a PAN written
+    after a year ("2024 4242 4242 4242 4242") is found; an unbroken run of more than 19
+    digits is not a card number and is not searched inside.
+    """
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    for run in _DIGIT_GROUPS.finditer(text):
+        groups = _DIGIT_SEPARATOR.split(run.group())
+        for start in range(len(groups)):
+            digits = ""
+            for group in groups[start:]:
+                digits += group
+                if len(digits) > _PAN_MAX_DIGITS:
+                    break
+                if len(digits) >= _PAN_MIN_DIGITS and luhn_valid(digits):
+                    return True
+    return False

@@ -36,7 +36,7 @@ from vault.crypto.aead import record_aad
 from vault.crypto.keyring import Fingerprinter
 from vault.crypto.subject import SubjectKey, subject_layer_aad
 from vault.domain import kinds
-from vault.domain.ephemeral import EphemeralEntry, EphemeralStore
+from vault.domain.ephemeral import EphemeralEntry, EphemeralStore, cvc_metadata_violations
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import ADDRESS_KINDS, DataKind, RequestContext, TokenFormat, Value
 from vault.domain.subject_keys import SubjectKeys
@@ -305,6 +305,7 @@ class TokenVault:
             out.append(FieldViolation("deterministic", "is not allowed for DATA_KIND_CVC"))
         if item.request_id:
             out.append(FieldViolation("request_id", "is not allowed for DATA_KIND_CVC"))
+        out.extend(cvc_metadata_violations(item.metadata))
         max_ttl = self.limits.cvc_max_ttl_seconds
         if item.ttl_seconds is not None and item.ttl_seconds > max_ttl:
             out.append(
@@ -425,6 +426,9 @@ class TokenVault:
         cvc = [i for i, (kind, _, _) in enumerate(checked) if kind is DataKind.CVC]
         if not cvc:
             return await self._tokenize_stored(caller, items, checked, batch=batch)
+        self.ephemeral.check_room(
+            caller.tenant, [(items[i].subject, items[i].metadata) for i in cvc]
+        )
         stored_at = [i for i in range(len(items)) if i not in set(cvc)]
         results: list[Tokenized | None] = [None] * len(items)
         if stored_at:

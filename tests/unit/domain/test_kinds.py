@@ -107,6 +107,7 @@ def test_public_api_is_exactly_the_brief():
     assert sorted(kinds.__all__) == [
         "canonical_bytes",
         "check_pan_format",
+        "contains_pan_like",
         "is_pan_shaped",
         "luhn_valid",
         "mask",
