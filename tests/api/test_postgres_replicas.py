@@ -99,9 +99,9 @@ async def test_the_ttl_purge_runs_on_the_lease_holder_only(replicas):
         metadata=md,
     )
     clock.advance(61)
-    ran = [await first.jobs[0](), await second.jobs[0]()]
+    ran = [await first.jobs.ttl_purge(), await second.jobs.ttl_purge()]
     assert ran == [True, False]
     assert await first.store.get_tokens([short.token]) == [None]
     # The holder stops cleanly: the other replica takes the job at its next run.
     await first.stop(grace=1.0)
-    assert await second.jobs[0]() is True
+    assert await second.jobs.ttl_purge() is True
