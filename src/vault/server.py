@@ -49,9 +49,9 @@ from vault.domain.keyops import (
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.retention import purge_retained
 from vault.domain.subject_keys import SubjectKeys
-from vault.domain.subjects import SubjectRequests
-from vault.domain.tokens import Limits, TokenVault
 from vault.domain.unseal import Unsealer
+from vault.domain.usecases import UseCases, build_use_cases
+from vault.domain.validation import Limits
 from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.jobs import LeasedJob
 from vault.master_key import open_kek, open_pkcs11
@@ -64,6 +64,7 @@ from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 __all__ = [
     "DEV_CALLER",
     "VaultServer",
+    "configured_limits",
     "create_dev_caller",
     "harden_process",
     "init_data_dir",
@@ -109,6 +110,15 @@ def open_store(config: Config) -> Store:
         return PostgresStore(url, on_commit=metrics.COMMIT_BATCH.observe)
     raise FailedPreconditionError(
         "database_url must start with postgresql:// or sqlite:///", reason="BAD_CONFIG"
+    )
+
+
+def configured_limits(config: Config) -> Limits:
+    """The request limits the configuration sets (the rest keep their defaults)."""
+    return Limits(
+        max_batch=config.max_batch,
+        cvc_ttl_seconds=config.cvc_ttl,
+        cvc_reveals=config.cvc_reveals,
     )
 
 
@@ -234,7 +244,7 @@ class VaultServer:
         self._running: _Running | None = None
         self._stopped = asyncio.Event()
         self.keys: KeyMaterial | None = None
-        self.vault: TokenVault | None = None
+        self.vault: UseCases | None = None
         self.audit: AuditTrail | None = None
         self.key_ops: KeyOperations | None = None
         self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
@@ -313,15 +323,11 @@ class VaultServer:
             self.store, kek, self.clock, JsonLinesExporter.from_setting(cfg.audit_sink)
         )
         self.keys, self.audit = keys, audit
-        self.vault = TokenVault(
+        self.vault = build_use_cases(
             self.store,
             keys,
             self.clock,
-            Limits(
-                max_batch=cfg.max_batch,
-                cvc_ttl_seconds=cfg.cvc_ttl,
-                cvc_reveals=cfg.cvc_reveals,
-            ),
+            configured_limits(cfg),
             audit=audit,
             on_encrypt=self.usage.encrypted,
             subject_keys=await SubjectKeys.open(
@@ -382,7 +388,7 @@ class VaultServer:
                 settle_seconds=self.config.key_refresh_interval + 1.0,
             ),
             SUBJECT_SERVICE.full_name: SubjectServicer(
-                SubjectRequests(self.vault, self.store, self.keys, self.clock, self.audit),
+                self.vault.subjects,
                 authenticator,
                 self.audit,
                 self.clock,

@@ -26,8 +26,8 @@ from vault.domain.keys import KeyMaterial
 from vault.domain.model import Address, RequestContext, Value
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.subjects import SubjectExport, SubjectRequests
-from vault.domain.tokens import TokenVault
-from vault.server import open_store, open_subject_key_store
+from vault.domain.usecases import build_use_cases
+from vault.server import configured_limits, open_store, open_subject_key_store
 
 __all__ = ["register"]
 
@@ -48,8 +48,9 @@ async def _subjects(args: argparse.Namespace) -> AsyncIterator[SubjectRequests]:
         trail = await audit_cmd.open_trail(cfg, store, create=True, kek=kek)
         try:
             subject_keys = await SubjectKeys.open(store, key_store, kek, clock)
-            vault = TokenVault(store, keys, clock, audit=trail, subject_keys=subject_keys)
-            yield SubjectRequests(vault, store, keys, clock, trail)
+            yield build_use_cases(
+                store, keys, clock, configured_limits(cfg), audit=trail, subject_keys=subject_keys
+            ).subjects
         finally:
             trail.close()
     finally:
