@@ -1,11 +1,11 @@
 """The vault's use cases called in-process, with no RPC: the limit, and the preloader.
 
-``inproc.py run``: many coroutines call ``TokenVault.tokenize`` / ``detokenize`` with
+``inproc.py run``: many coroutines call ``Tokenize.tokenize`` / ``Reveal.detokenize`` with
 batches of 100 on a data dir, exactly as the gRPC servicer would (same store, keys,
 limits; a Caller with every scope in the dev tenant). Prints one JSON line shaped like
 ``loadgen.py``'s, with this process's own CPU time and peak RSS as the "server" figures.
 
-``inproc.py preload``: adds tokens to a data dir through the same ``TokenVault``, in
+``inproc.py preload``: adds tokens to a data dir through the same use cases, in
 batches of 1000 from a few coroutines (group commit coalesces them), and appends every
 new token to a file so the reveal scenarios can pick stored tokens at random.
 
@@ -36,7 +36,8 @@ from vault.config import Config
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import DataKind
-from vault.domain.tokens import Limits, TokenizeItem, TokenVault
+from vault.domain.usecases import UseCases, build_use_cases
+from vault.domain.validation import Limits, TokenizeItem
 from vault.wiring import DEV_TENANT, init_data_dir, open_store
 
 CALLER = Caller("bench", DEV_TENANT, frozenset(ALL_SCOPES))
@@ -45,8 +46,8 @@ POOL_RATE = 100_000  # items/s the tokenize pool is sized for; past it values re
 
 
 @asynccontextmanager
-async def open_vault(data_dir: Path) -> AsyncIterator[TokenVault]:
-    """SqliteStore + master key + KeyMaterial + AuditTrail + TokenVault, as the server
+async def open_vault(data_dir: Path) -> AsyncIterator[UseCases]:
+    """SqliteStore + master key + KeyMaterial + AuditTrail + the use cases, as the server
     wires them."""
     cfg = Config(data_dir=data_dir)
     clock = SystemClock()
@@ -59,7 +60,7 @@ async def open_vault(data_dir: Path) -> AsyncIterator[TokenVault]:
         await keys.load()
         # The audit trail as the server has it: every reveal writes its records.
         audit = await AuditTrail.open(store, kek, clock, None)
-        yield TokenVault(store, keys, clock, Limits(max_batch=cfg.max_batch), audit=audit)
+        yield build_use_cases(store, keys, clock, Limits(max_batch=cfg.max_batch), audit=audit)
     finally:
         await store.close()
 
@@ -79,12 +80,12 @@ async def preload(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.tokens_out).open("a", encoding="ascii")  # noqa: SIM115, ASYNC230
     t0 = time.perf_counter()
 
-    async def loader(vault: TokenVault) -> None:
+    async def loader(vault: UseCases) -> None:
         nonlocal remaining, added
         while remaining > 0:
             n = min(args.batch, remaining)
             remaining -= n
-            done = await vault.tokenize(CALLER, _items(random_pans(n, rng)), batch=True)
+            done = await vault.tokenize.tokenize(CALLER, _items(random_pans(n, rng)), batch=True)
             out.write("".join(t.token + "\n" for t in done))
             added += n
 
@@ -133,10 +134,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     async with open_vault(Path(args.data_dir)) as vault:
         # One checked call, not timed.
         if tokenizing:
-            probe = await vault.tokenize(CALLER, _items(random_pans(size, rng)), batch=batch)
+            probe = await vault.tokenize.tokenize(
+                CALLER, _items(random_pans(size, rng)), batch=batch
+            )
             assert len(probe) == size
         else:
-            revealed = await vault.detokenize(CALLER, det_pool[0], PURPOSE, batch=batch)
+            revealed = await vault.reveal.detokenize(CALLER, det_pool[0], PURPOSE, batch=batch)
             assert len(revealed) == size
 
         async def worker(start: int) -> None:
@@ -150,9 +153,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     i %= pool_len
                 t0 = perf()
                 if tokenizing:
-                    await vault.tokenize(CALLER, tok_pool[i], batch=batch)
+                    await vault.tokenize.tokenize(CALLER, tok_pool[i], batch=batch)
                 else:
-                    await vault.detokenize(CALLER, det_pool[i], PURPOSE, batch=batch)
+                    await vault.reveal.detokenize(CALLER, det_pool[i], PURPOSE, batch=batch)
                 if flags["measuring"]:
                     latencies.append(perf() - t0)
                     ops += 1

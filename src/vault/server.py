@@ -43,14 +43,13 @@ from vault.domain.keyops import (
 )
 from vault.domain.keys import KeyMaterial
 from vault.domain.retention import purge_retained
-from vault.domain.tokens import TokenVault
 from vault.domain.unseal import Unsealer
+from vault.domain.usecases import UseCases
 from vault.errors import FailedPreconditionError
 from vault.jobs import LeasedJob
 from vault.master_key import open_kek
 from vault.storage.base import KeyVersionRow, Store, SubjectKeyStore
 from vault.wiring import (
-    VaultServices,
     create_dev_caller,
     init_data_dir,
     open_keyed,
@@ -124,8 +123,7 @@ class VaultServer:
         self._running: _Running | None = None
         self._stopped = asyncio.Event()
         self.keys: KeyMaterial | None = None
-        self.vault: TokenVault | None = None
-        self.services: VaultServices | None = None
+        self.vault: UseCases | None = None
         self.audit: AuditTrail | None = None
         self.key_ops: KeyOperations | None = None
         self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
@@ -209,8 +207,7 @@ class VaultServer:
             serving=True,
             on_encrypt=self.usage.encrypted,
         )
-        self.keys, self.audit, self.services = keyed.keys, keyed.audit, keyed.services
-        self.vault = keyed.services.tokens
+        self.keys, self.audit, self.vault = keyed.keys, keyed.audit, keyed.services
         self.key_ops = KeyOperations(
             self.store,
             kek,
@@ -255,7 +252,6 @@ class VaultServer:
     def _servicers(self, authenticator: Authenticator) -> dict[str, object]:
         """The services that need the keys, by full name (built once the keys are loaded)."""
         assert self.vault is not None  # noqa: S101 - keys loaded
-        assert self.services is not None  # noqa: S101
         assert self.key_ops is not None  # noqa: S101
         assert self.keys is not None  # noqa: S101
         return {
@@ -269,7 +265,7 @@ class VaultServer:
                 settle_seconds=self.config.key_refresh_interval + 1.0,
             ),
             SUBJECT_SERVICE.full_name: SubjectServicer(
-                self.services.subjects,
+                self.vault.subjects,
                 authenticator,
                 self.audit,
                 self.clock,

@@ -31,8 +31,8 @@ from vault.crypto.keyfile import KeyFileKek
 from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
-from vault.domain.subjects import SubjectRequests
-from vault.domain.tokens import Limits, TokenVault
+from vault.domain.usecases import UseCases, build_use_cases
+from vault.domain.validation import Limits
 from vault.errors import AlreadyExistsError, FailedPreconditionError
 from vault.master_key import open_kek, open_pkcs11
 from vault.storage.base import CallerRow, Store, SubjectKeyStore
@@ -47,7 +47,6 @@ __all__ = [
     "KeyedVault",
     "OpenedVault",
     "ShareReader",
-    "VaultServices",
     "build_services",
     "create_dev_caller",
     "harden_process",
@@ -185,14 +184,6 @@ async def create_dev_caller(config: Config, store: Store, clock: Clock) -> str |
     return key.text
 
 
-@dataclass(frozen=True, slots=True)
-class VaultServices:
-    """The domain services over one store and one set of keys."""
-
-    tokens: TokenVault
-    subjects: SubjectRequests
-
-
 def build_services(
     config: Config,
     store: Store,
@@ -202,9 +193,9 @@ def build_services(
     audit: AuditTrail,
     subject_keys: SubjectKeys,
     on_encrypt: Callable[[int, int], None] | None = None,
-) -> VaultServices:
+) -> UseCases:
     """The use cases, with the configured limits: the one place that constructs them."""
-    tokens = TokenVault(
+    return build_use_cases(
         store,
         keys,
         clock,
@@ -212,11 +203,10 @@ def build_services(
         audit=audit,
         on_encrypt=on_encrypt,
         subject_keys=subject_keys,
+        cvc_memory=EphemeralStore(
+            clock, budget_bytes=config.cvc_memory_bytes, tenant_share=config.cvc_tenant_share
+        ),
     )
-    tokens.ephemeral = EphemeralStore(
-        clock, budget_bytes=config.cvc_memory_bytes, tenant_share=config.cvc_tenant_share
-    )
-    return VaultServices(tokens, SubjectRequests(tokens, store, keys, clock, audit))
 
 
 async def open_audit_trail(
@@ -235,7 +225,7 @@ class KeyedVault:
 
     keys: KeyMaterial
     audit: AuditTrail
-    services: VaultServices
+    services: UseCases
 
 
 async def open_keyed(
@@ -299,7 +289,7 @@ class OpenedVault:
         self._closing.callback(trail.close)
         return trail
 
-    async def services(self) -> VaultServices:
+    async def services(self) -> UseCases:
         """The domain services (keys loaded, subject-key store opened), as ``serve`` has."""
         kek = await self.master_key()
         key_store = open_subject_key_store(self.config)

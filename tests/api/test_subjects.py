@@ -38,10 +38,10 @@ from subject_helpers import (
 
 from vault.auth.policy import ALL_SCOPES
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.codec import RecordCodec
 from vault.domain.keys import KeyMaterial
 from vault.domain.retention import purge_retained, retention_stats
 from vault.domain.subject_keys import SubjectKeys
-from vault.domain.tokens import TokenVault
 from vault.errors import NotFoundError
 from vault.storage.sqlite import SqliteStore
 from vault.v1 import subject_service_pb2 as spb
@@ -173,7 +173,7 @@ def _backup(db: Path, dest: Path) -> Path:
 
 
 async def _open_copy(vault, copy: Path):
-    """A TokenVault over the copy, with the LIVE master key and LIVE subject-key store."""
+    """A record codec over the copy, with the LIVE master key and LIVE subject-key store."""
     store = SqliteStore(copy)
     await store.open()
     kek = KeyFileKek.load(vault.server.config.master_key_path)
@@ -182,7 +182,7 @@ async def _open_copy(vault, copy: Path):
     subject_keys = await SubjectKeys.open(
         store, vault.server.subject_key_store, kek, vault.clock, recheck_seconds=0
     )
-    return store, TokenVault(store, keys, vault.clock, subject_keys=subject_keys)
+    return store, RecordCodec(keys, subject_keys)
 
 
 async def _values_in_copy(vault, copy: Path, tokens) -> dict[str, object]:
@@ -194,7 +194,7 @@ async def _values_in_copy(vault, copy: Path, tokens) -> dict[str, object]:
         out = {}
         for row in rows:
             with contextlib.suppress(NotFoundError):
-                out[row.token] = copy_vault.open_record(row, keys).value
+                out[row.token] = copy_vault.open(row, keys).value
         return out
     finally:
         await store.close()

@@ -26,9 +26,9 @@ from subject_helpers import (
 )
 
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.codec import RecordCodec
 from vault.domain.keys import KeyMaterial
 from vault.domain.subject_keys import SubjectKeys
-from vault.domain.tokens import TokenVault
 from vault.errors import FailedPreconditionError, NotFoundError
 from vault.storage.postgres import PostgresStore
 from vault.v1 import subject_service_pb2 as spb
@@ -68,13 +68,13 @@ async def _values_in(vault, url: str, tokens) -> dict[str, object]:
         subject_keys = await SubjectKeys.open(
             store, vault.server.subject_key_store, kek, vault.clock, recheck_seconds=0
         )
-        copy_vault = TokenVault(store, keys, vault.clock, subject_keys=subject_keys)
+        copy_vault = RecordCodec(keys, subject_keys)
         rows = [r for r in await store.get_tokens(list(tokens)) if r is not None]
         skeys = await copy_vault.subject_keys_for(rows)
         out = {}
         for row in rows:
             with contextlib.suppress(NotFoundError):
-                out[row.token] = copy_vault.open_record(row, skeys).value
+                out[row.token] = copy_vault.open(row, skeys).value
         return out
     finally:
         await store.close()

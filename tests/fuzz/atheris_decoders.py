@@ -18,9 +18,8 @@ import atheris
 with atheris.instrument_imports(include=["vault"]):
     from vault.api.rpc import MALFORMED, _decoder
     from vault.api.token_service import _item
-    from vault.clock import ManualClock
     from vault.domain import kinds
-    from vault.domain.tokens import TokenVault
+    from vault.domain.validation import Limits, Validator
     from vault.errors import InvalidArgumentError
     from vault.v1 import key_service_pb2, subject_service_pb2, token_service_pb2
 
@@ -39,8 +38,8 @@ with atheris.instrument_imports(include=["vault"]):
         subject_service_pb2.SetLegalHoldRequest,
     ]
     _DECODERS = [_decoder(cls) for cls in _REQUESTS]
-    # Validation needs only the limits and a clock: no store is reached by these checks.
-    _VAULT = TokenVault(None, None, ManualClock())  # type: ignore[arg-type]
+    # Validation needs only the limits: no store is reached by these checks.
+    _VALIDATOR = Validator(Limits())
 
 
 def _check_tokens(tokens: list[str]) -> None:
@@ -62,7 +61,7 @@ def one_input(data: bytes) -> None:
         items = list(decoded.requests)
     for request in items:
         with contextlib.suppress(InvalidArgumentError):
-            _VAULT._check_item(_item(request))
+            _VALIDATOR.check_item(_item(request))
     if hasattr(decoded, "tokens"):
         _check_tokens(list(decoded.tokens))
     if hasattr(decoded, "token"):

@@ -138,7 +138,7 @@ async def test_a_command_gets_the_services_with_the_configured_limits(tmp_path):
         await init_data_dir(cfg, vault.store, vault.clock)
     async with opened(cfg, need_keys=True) as vault:
         services = await vault.services()
-        assert services.tokens.limits.max_batch == 3
+        assert services.limits.max_batch == 3
     assert (tmp_path / "subject-keys.db").is_file()
 
 

@@ -15,7 +15,9 @@ from vault.auth.apikeys import Authenticator
 from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.domain.model import Address, DataKind, Value
-from vault.domain.tokens import Revealed, Tokenized, TokenizeItem, TokenVault
+from vault.domain.results import Revealed, Tokenized
+from vault.domain.usecases import UseCases
+from vault.domain.validation import TokenizeItem
 from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc as pb_grpc
 from vault.v1 import types_pb2
@@ -108,12 +110,12 @@ def _revealed(r: Revealed) -> pb.DetokenizeResponse:
 class TokenServicer(pb_grpc.TokenServiceServicer):
     def __init__(
         self,
-        vault: TokenVault,
+        use_cases: UseCases,
         authenticator: Authenticator,
         audit: AuditSink | None,
         clock: Clock,
     ) -> None:
-        self.vault = vault
+        self.use_cases = use_cases
         self.authenticator = authenticator
         self.audit = audit  # where refused credentials and permissions are recorded
         self.clock = clock
@@ -122,14 +124,14 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def Tokenize(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.TokenizeRequest, _context: Any
     ) -> pb.TokenizeResponse:
-        (result,) = await self.vault.tokenize(caller, [_item(request)], batch=False)
+        (result,) = await self.use_cases.tokenize.tokenize(caller, [_item(request)], batch=False)
         return _tokenized(result)
 
     @rpc("BatchTokenize")
     async def BatchTokenize(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.BatchTokenizeRequest, _context: Any
     ) -> pb.BatchTokenizeResponse:
-        results = await self.vault.tokenize(
+        results = await self.use_cases.tokenize.tokenize(
             caller, [_item(r) for r in request.requests], batch=True
         )
         return pb.BatchTokenizeResponse(responses=[_tokenized(t) for t in results])
@@ -138,7 +140,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def Detokenize(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.DetokenizeRequest, context: Any
     ) -> pb.DetokenizeResponse:
-        (result,) = await self.vault.detokenize(
+        (result,) = await self.use_cases.reveal.detokenize(
             caller,
             [request.token],
             request.purpose,
@@ -151,7 +153,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def BatchDetokenize(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.BatchDetokenizeRequest, context: Any
     ) -> pb.BatchDetokenizeResponse:
-        results = await self.vault.detokenize(
+        results = await self.use_cases.reveal.detokenize(
             caller,
             list(request.tokens),
             request.purpose,
@@ -164,7 +166,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def GetToken(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.GetTokenRequest, _context: Any
     ) -> pb.GetTokenResponse:
-        info = await self.vault.get_token(caller, request.token)
+        info = await self.use_cases.describe.get_token(caller, request.token)
         resp = pb.GetTokenResponse(
             token=info.token,
             kind=cast("types_pb2.DataKind", int(info.kind)),
@@ -185,14 +187,16 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def DeleteToken(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.DeleteTokenRequest, context: Any
     ) -> pb.DeleteTokenResponse:
-        await self.vault.delete_token(caller, request.token, request=request_context(context))
+        await self.use_cases.describe.delete_token(
+            caller, request.token, request=request_context(context)
+        )
         return pb.DeleteTokenResponse()
 
     @rpc("UpdateToken")
     async def UpdateToken(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.UpdateTokenRequest, context: Any
     ) -> pb.UpdateTokenResponse:
-        result = await self.vault.update_token(
+        result = await self.use_cases.corrections.update_token(
             caller,
             request.token,
             _value(request),

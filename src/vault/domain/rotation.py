@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vault.clock import Clock
-from vault.crypto.aead import record_aad
 from vault.crypto.base import KekProvider
 from vault.crypto.keyring import Keyring, KeyState, WrappedKeyVersion, dek_label, new_data_key
+from vault.domain.codec import reseal
 from vault.errors import AbortedError, DecryptionError, FailedPreconditionError, NotFoundError
 from vault.storage.base import (
     KeyVersionRow,
@@ -247,22 +247,13 @@ class RewrapRun:
             for item in rows:
                 rec = item.record
                 try:
-                    old_key = keyring.key(rec.key_version)
-                    old_aad = record_aad(
-                        rec.tenant, rec.kind, rec.token_format, rec.token, rec.key_version
-                    )
-                    plain = old_key.decrypt(rec.ciphertext, old_aad)
+                    ciphertext = reseal(rec, keyring, primary)
                 except DecryptionError:
                     failed += 1
                     continue
-                aad = record_aad(rec.tenant, rec.kind, rec.token_format, rec.token, primary.version)
                 updates.append(
                     RewrapUpdate(
-                        rec.token,
-                        rec.key_version,
-                        rec.ciphertext,
-                        primary.version,
-                        primary.encrypt(plain, aad),
+                        rec.token, rec.key_version, rec.ciphertext, primary.version, ciphertext
                     )
                 )
             done = await self._store.rewrap_tokens(updates, len(updates)) if updates else 0

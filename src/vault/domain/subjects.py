@@ -14,6 +14,7 @@ its CVCs held in this process's memory (other processes' CVCs expire within cvc_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from vault.audit.base import (
     ACTION_REVEAL,
@@ -30,9 +31,12 @@ from vault.audit.base import (
 from vault.auth.policy import SCOPE_SUBJECTS, Caller
 from vault.auth.policy import require as require_scope
 from vault.clock import Clock
+from vault.domain.codec import RecordCodec
+from vault.domain.cvc import CvcHandling
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import DataKind, RequestContext, Value
-from vault.domain.tokens import TokenVault, has_control
+from vault.domain.reveal_policy import RevealPolicy
+from vault.domain.validation import Validator, has_control
 from vault.errors import (
     FailedPreconditionError,
     FieldViolation,
@@ -43,7 +47,7 @@ from vault.errors import (
     UnavailableError,
     VaultError,
 )
-from vault.storage.base import Store
+from vault.storage.base import AuditStore, SubjectStore
 
 __all__ = ["ExportedRecord", "ExportedReveal", "SubjectExport", "SubjectRequests"]
 
@@ -83,19 +87,30 @@ class SubjectExport:
     held: bool  # under legal hold
 
 
+class SubjectAndAuditStore(SubjectStore, AuditStore, Protocol):
+    """What subject requests read and change: the subject's rows and holds, and the
+    reveals of its tokens in the trail."""
+
+
 class SubjectRequests:
     """ExportSubject, EraseSubject, SetLegalHold; each needs the `subjects` scope."""
 
     def __init__(
         self,
-        vault: TokenVault,
-        store: Store,
+        store: SubjectAndAuditStore,
+        codec: RecordCodec,
+        policy: RevealPolicy,
+        validator: Validator,
+        cvc: CvcHandling,
         keys: KeyMaterial,
         clock: Clock,
         audit: AuditSink | None,
     ) -> None:
-        self._vault = vault
         self._store = store
+        self._codec = codec
+        self._policy = policy
+        self._validator = validator
+        self._cvc = cvc
         self._keys = keys
         self._clock = clock
         self._audit = audit
@@ -104,15 +119,6 @@ class SubjectRequests:
         return "SubjectRequests()"
 
     # -- checks ------------------------------------------------------------------
-
-    def _check_subject(self, subject: str) -> None:
-        limit = self._vault.limits.max_subject_chars
-        if not subject:
-            raise InvalidArgumentError(FieldViolation("subject", "is required"))
-        if len(subject) > limit or has_control(subject):
-            raise InvalidArgumentError(
-                FieldViolation("subject", f"must be at most {limit} printable characters")
-            )
 
     @staticmethod
     def _check_reason(reason: str) -> None:
@@ -133,7 +139,7 @@ class SubjectRequests:
         """The checks an erase or a hold starts with (scope, subject, reason); the
         subject's ref, also put in the audit detail."""
         require_scope(caller, SCOPE_SUBJECTS)
-        self._check_subject(subject)
+        self._validator.check_subject(subject)
         self._check_reason(reason)
         ref = await self._ref(caller.tenant, subject)
         detail["subject_ref"] = ref.hex()
@@ -196,18 +202,18 @@ class SubjectRequests:
         detail: dict[str, str] = {}
         try:
             require_scope(caller, SCOPE_SUBJECTS)
-            self._check_subject(subject)
+            self._validator.check_subject(subject)
             ref = await self._ref(caller.tenant, subject)
             detail["subject_ref"] = ref.hex()
             rows = await self._store.subject_tokens(caller.tenant, ref)
             # An export reveals values: the caller's reveal kinds and rate apply as to
             # Detokenize (a kind it may not reveal refuses the whole export).
-            self._vault.check_reveal_policy(caller, rows)
-            skeys = await self._vault.subject_keys_for(rows)
+            self._policy.check_rows(caller, rows)
+            skeys = await self._codec.subject_keys_for(rows)
             records = []
             for row in rows:
                 try:
-                    opened = self._vault.open_record(row, skeys)
+                    opened = self._codec.open(row, skeys)
                 except NotFoundError:
                     continue  # its key is destroyed: erased, unreadable by anyone
                 if opened.subject != subject:
@@ -265,8 +271,8 @@ class SubjectRequests:
                 raise FailedPreconditionError(
                     "the subject is under legal hold", reason="LEGAL_HOLD"
                 )
-            cvcs = self._vault.ephemeral.remove_subject(caller.tenant, subject)
-            subject_keys = self._vault.subject_keys
+            cvcs = self._cvc.erase_subject(caller.tenant, subject)
+            subject_keys = self._codec.subject_keys
             destroyed = (
                 await subject_keys.destroy(caller.tenant, ref)
                 if subject_keys is not None
