@@ -103,7 +103,7 @@ class RefusalLog:
     async def refused(self, sink: AuditSink, key: RefusalKey, request_id: str) -> None:
         """Count one refusal; record it at once if its key was quiet. Raises if that
         immediate record cannot be written (the caller logs it; the call is refused
-        either way)."""
+        either way); it is then counted for the next flush."""
         now = self._clock.now()
         if key not in self._tallies and len(self._tallies) >= self._max_keys:
             key = key.overflow()
@@ -115,9 +115,17 @@ class RefusalLog:
             tally.count += 1
             tally.last_seen = now
             return
-        self._tallies[key] = _Tally(sink, now + self._window)
+        tally = self._tallies[key] = _Tally(sink, now + self._window)
         self._start()
-        await sink.record([_event(key, now, request_id, {"count": "1"})])
+        try:
+            await sink.record([_event(key, now, request_id, {"count": "1"})])
+        except Exception:
+            # Counted instead, for the next flush: a refusal is never lost silently.
+            if tally.count == 0:
+                tally.first_seen, tally.request_id = now, request_id
+            tally.count += 1
+            tally.last_seen = max(tally.last_seen, now)
+            raise
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
