@@ -1,12 +1,13 @@
 """Anonymous traffic costs the attacker, not the vault.
 
 A real `vaultctl serve` process (port 0, its own SQLite file) takes 20,000 anonymous
-calls (no credential, and forged API keys of the right shape) over several channels
+calls (no credential, and forged API keys of the right shape) over four connections
 while an authenticated client keeps tokenizing and revealing. The audit table grows by
 a bounded number of rows whose counts add up to every refusal, the server's resident
 memory (VmRSS of the server process, from /proc/<pid>/status) stays bounded, and every
 authenticated call succeeds. The same refusals are aggregated the same way on
-PostgreSQL (an in-process server on the test cluster).
+PostgreSQL (an in-process server on the test cluster). And grpc's own limits hold:
+calls past max_concurrent_rpcs, connections past max_connections.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ BODY = "x" * 16_384  # each anonymous call carries a body the vault never decode
 # flood: its tallies, limiter buckets and caches are bounded well below this.
 RSS_GROWTH_LIMIT_KIB = 32 * 1024
 REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Channels of one process share connections unless each has its own subchannel pool.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 def _forged_key() -> tuple[tuple[str, str], ...]:
@@ -137,7 +140,7 @@ async def _anonymous_flood(
             else:
                 codes[grpc.StatusCode.OK] += 1
 
-    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+    channels = [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(CHANNELS)]
     try:
         stubs = [pb_grpc.TokenServiceStub(c) for c in channels]
         await asyncio.gather(
@@ -367,3 +370,33 @@ async def test_an_undecodable_body_of_an_anonymous_call_is_unauthenticated(vault
     await expect_code(raw(garbage), grpc.StatusCode.UNAUTHENTICATED)
     exc = await expect_code(raw(garbage, metadata=vault.md), grpc.StatusCode.INVALID_ARGUMENT)
     assert_reason(exc, "MALFORMED_REQUEST")
+
+
+async def test_calls_past_max_concurrent_rpcs_are_resource_exhausted(vault_factory):
+    vault = await vault_factory(max_concurrent_rpcs=2)
+    made = await vault.stub.Tokenize(tokenize_request("TEXT", "x"), metadata=vault.md)
+    reveal = pb.DetokenizeRequest(token=made.token, purpose=PURPOSE)
+    results = await asyncio.gather(
+        *(vault.stub.Detokenize(reveal, metadata=vault.md) for _ in range(50)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert refused, "no call was refused"
+    assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert all(r.text == "x" for r in results if not isinstance(r, grpc.aio.AioRpcError))
+    assert len(refused) < 50
+
+
+async def test_connections_past_max_connections_are_refused_at_accept(vault_factory):
+    vault = await vault_factory(max_connections=1)
+    await vault.stub.Tokenize(tokenize_request("TEXT", "x"), metadata=vault.md)
+    target = f"127.0.0.1:{vault.server.port}"
+    async with grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as second:
+        await expect_code(
+            pb_grpc.TokenServiceStub(second).Tokenize(
+                tokenize_request("TEXT", "y"), metadata=vault.md, timeout=2
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+    # The first connection is still served.
+    assert (await vault.stub.Tokenize(tokenize_request("TEXT", "z"), metadata=vault.md)).token
