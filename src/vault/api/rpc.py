@@ -180,7 +180,7 @@ async def _refused(
     door = servicer.authenticator
     peer = _peer(context)
     # The connection's client certificate, if any: an identity is a name, not a secret.
-    identity = cert_identity(context) if caller is None else None
+    identity = cert_identity(context)
     if not isinstance(exc, RefusalsThrottledError):
         door.limiter.spend(_limiter_key(peer, authorization, identity))
     audit = servicer.audit
@@ -193,7 +193,7 @@ async def _refused(
         ACTION_AUTHORIZE if caller is not None else ACTION_AUTHENTICATE,
         exc.reason,
         method,
-        identity[:256] if identity else "",
+        identity[:256] if identity and caller is None else "",
     )
     try:
         await door.refusals.refused(audit, key, request_context(context).request_id)
