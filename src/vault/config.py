@@ -44,6 +44,26 @@ class Config:
     cvc_memory_bytes: int = 64 * 1024 * 1024
     cvc_tenant_share: float = 0.5
     workers: int = 1  # server processes sharing the listen port (SO_REUSEPORT)
+    # What one process accepts at once (0 = no limit). Calls past max_concurrent_rpcs are
+    # answered RESOURCE_EXHAUSTED by grpc before any handler runs; request bodies held in
+    # memory are at most max_concurrent_rpcs x max_message_bytes.
+    max_concurrent_rpcs: int = 256
+    max_connections: int = 1000  # open client connections (grpc refuses more at accept)
+    max_connection_idle: float = 300.0  # seconds a connection with no call stays open
+    # Seconds a connection may live before the server asks the client to reconnect
+    # (GOAWAY; in-flight calls get max_connection_age_grace more), so no client holds a
+    # connection slot forever and replicas rebalance.
+    max_connection_age: float = 3600.0
+    max_connection_age_grace: float = 30.0
+    # Refusals (bad or missing credential, missing scope). Each peer address may be
+    # refused refusal_burst times, then refusal_rate times a second; past that its calls
+    # are answered RESOURCE_EXHAUSTED before any store work unless their credential is
+    # one the vault already knows (0 = no throttling). Refusals are written to the audit
+    # trail as one record per (peer, caller, reason, method) per refusal_audit_window
+    # seconds, with the count.
+    refusal_rate: float = 10.0
+    refusal_burst: int = 100
+    refusal_audit_window: float = 60.0
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
     audit_sink: str = ""
@@ -107,6 +127,28 @@ def _coerce(name: str, raw: Any, like: Any) -> Any:
         ) from None
 
 
+_NON_NEGATIVE = (
+    "max_concurrent_rpcs",
+    "max_connections",
+    "max_connection_idle",
+    "max_connection_age",
+    "max_connection_age_grace",
+    "refusal_rate",
+)
+
+
+def _check_limits(cfg: Config) -> None:
+    for name in _NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise FailedPreconditionError(f"{name} must be 0 or more", reason="BAD_CONFIG")
+    if cfg.refusal_burst < 1:
+        raise FailedPreconditionError("refusal_burst must be 1 or more", reason="BAD_CONFIG")
+    if cfg.refusal_audit_window <= 0:
+        raise FailedPreconditionError(
+            "refusal_audit_window must be more than 0 seconds", reason="BAD_CONFIG"
+        )
+
+
 def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
     """Merge the layers; ``overrides`` are flags given on the command line (None = unset)."""
     cfg = Config()
@@ -161,6 +203,7 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
         raise FailedPreconditionError(
             "kek_provider must be file, pkcs11 or shares", reason="BAD_CONFIG"
         )
+    _check_limits(cfg)
     if cfg.log_format not in {"plain", "json"}:
         raise FailedPreconditionError("log_format must be plain or json", reason="BAD_CONFIG")
     return cfg

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "AUDIT_EVENTS_DROPPED",
     "AUDIT_WRITE_FAILURES",
     "AUTH_FAILURES",
     "COMMIT_BATCH",
@@ -50,6 +51,13 @@ KEY_ENCRYPTIONS = Gauge(
 # Every failed audit append. Its call was refused: a reveal fails closed, a refusal stays one.
 AUDIT_WRITE_FAILURES = Counter(
     "vault_audit_write_failures", "Audit appends that failed (their calls were refused)"
+)
+# While sealed, audit events wait in memory for the audit key; one past its budget there
+# is dropped and counted here (unseal submissions have a budget anonymous calls cannot use).
+AUDIT_EVENTS_DROPPED = Counter(
+    "vault_audit_events_dropped",
+    "Audit events dropped while sealed because the pending buffer was full, by action",
+    ["action"],
 )
 # Key rotation and rewrap (names used by the deploy alert rules). Rewrap progress is
 # read from the store, so every server exports the progress of a rewrap any process runs.

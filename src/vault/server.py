@@ -20,15 +20,17 @@ from prometheus_client import start_http_server
 
 from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
 from vault.api.key_service import KeyServicer
-from vault.api.rpc import add_service
+from vault.api.rpc import add_service, connection_options
 from vault.api.seal_service import SEAL_SERVICE as SEAL_SERVICE_DESCRIPTOR
 from vault.api.seal_service import SealedGate, SealServicer
 from vault.api.subject_service import SUBJECT_SERVICE, SubjectServicer
 from vault.api.token_service import TOKEN_SERVICE as TOKEN_SERVICE_DESCRIPTOR
 from vault.api.token_service import TokenServicer
+from vault.audit.refusals import RefusalLog
 from vault.audit.trail import AuditTrail
 from vault.auth.apikeys import Authenticator
 from vault.auth.mtls import TlsMaterial, load_tls_material
+from vault.auth.ratelimit import PeerRefusalLimiter
 from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
@@ -186,7 +188,15 @@ class VaultServer:
                     )
             else:
                 await self._load_keys(await open_kek(cfg, self.store))
-            await self._start_grpc(Authenticator(self.store, self.clock), tls)
+            await self._start_grpc(
+                Authenticator(
+                    self.store,
+                    self.clock,
+                    refusals=RefusalLog(self.clock, cfg.refusal_audit_window),
+                    limiter=PeerRefusalLimiter(self.clock, cfg.refusal_rate, cfg.refusal_burst),
+                ),
+                tls,
+            )
         except BaseException:
             await self.store.close()
             await self.subject_key_store.close()
@@ -275,6 +285,7 @@ class VaultServer:
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
         server = grpc.aio.server(
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * cfg.max_message_bytes),
@@ -284,7 +295,8 @@ class VaultServer:
                 ("grpc.max_metadata_size", 64 * 1024),
                 # One process per port unless --workers asks for sharing.
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
-            ]
+                *connection_options(cfg),
+            ],
         )
         # Sealed (kek_provider = shares), the key-holding services answer VAULT_SEALED
         # through their gates until the last share; otherwise they serve directly.
@@ -460,6 +472,7 @@ class VaultServer:
         if running is not None:
             await running.health.enter_graceful_shutdown()
             await running.server.stop(self.config.shutdown_grace if grace is None else grace)
+            await running.authenticator.refusals.close()  # counted refusals into the trail
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)

@@ -6,10 +6,12 @@ Imported by name (``from api_helpers import ...``): pytest puts this directory o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
-from collections.abc import Awaitable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +216,20 @@ def assert_no_leak(texts: Iterable[str], submitted: Iterable[str]) -> None:
     for window in set().union(*(digit_windows(v) for v in submitted)) if submitted else ():
         for text in texts:
             assert window not in text, "a 4-digit run of the submitted value appears"
+
+
+# The refusal tallies' default window (vault.audit.refusals.DEFAULT_WINDOW), in seconds.
+REFUSAL_WINDOW = 60.0
+
+
+async def close_refusal_window(
+    clock: Any, rows: Callable[[], list[Any]], expected: int
+) -> list[Any]:
+    """Move the server's clock past the refusal window and wait (real time, at most 5 s)
+    until the tallied refusals are written: ``rows()`` has ``expected`` rows."""
+    clock.advance(REFUSAL_WINDOW + 1)
+    deadline = time.monotonic() + 5.0
+    while len(got := rows()) < expected:
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.05)
+    return got

@@ -7,7 +7,14 @@ import json
 import uuid
 
 import grpc
-from api_helpers import PURPOSE, assert_reason, bearer, expect_code, tokenize_request
+from api_helpers import (
+    PURPOSE,
+    assert_reason,
+    bearer,
+    close_refusal_window,
+    expect_code,
+    tokenize_request,
+)
 
 from vault.audit.trail import AuditTrail
 from vault.errors import StoreUnavailableError
@@ -176,7 +183,8 @@ async def test_permission_denials_are_recorded_once_with_the_reason(vault):
         "denied",
         "MISSING_SCOPE",
     )
-    assert tok["detail"] == {"method": "Tokenize"}
+    # One refusal: recorded at once, as an aggregated record of count 1.
+    assert tok["detail"] == {"method": "Tokenize", "count": "1"}
 
 
 async def test_authentication_failures_are_recorded_without_the_credential(vault):
@@ -188,12 +196,19 @@ async def test_authentication_failures_are_recorded_without_the_credential(vault
             ),
             grpc.StatusCode.UNAUTHENTICATED,
         )
-    records = audit_rows(vault)
-    assert [r["reason"] for r in records] == ["NO_CREDENTIAL", "BAD_CREDENTIAL", "BAD_CREDENTIAL"]
+    # The first refusal of each (peer, reason, method) is recorded at once; the second
+    # BAD_CREDENTIAL is counted and recorded when its window closes.
+    records = await close_refusal_window(vault.clock, lambda: audit_rows(vault), 3)
+    assert [(r["reason"], r["detail"]["count"]) for r in records] == [
+        ("NO_CREDENTIAL", "1"),
+        ("BAD_CREDENTIAL", "1"),
+        ("BAD_CREDENTIAL", "1"),
+    ]
     for r in records:
         assert (r["action"], r["outcome"], r["caller"]) == ("auth.authenticate", "denied", "")
-        assert r["detail"] == {"method": "Detokenize"}
+        assert r["detail"]["method"] == "Detokenize"
         assert r["peer"]
+    assert set(records[2]["detail"]) == {"method", "count", "first_seen", "last_seen"}
     trail = json.dumps(records)
     for secret in ("0123456789abcdef", "A" * 43, "dXNlcjpwYXNz"):
         assert secret not in trail

@@ -6,7 +6,9 @@ submissions reach the audit trail (never the shares) once it can be written."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -14,10 +16,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_helpers import PURPOSE, assert_reason, bearer, expect_code, tokenize_request
+from api_helpers import (
+    PURPOSE,
+    assert_reason,
+    bearer,
+    close_refusal_window,
+    expect_code,
+    tokenize_request,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from vault import metrics
+from vault.api.seal_service import ACTION_UNSEAL_SHARE, PendingAudit
+from vault.audit.base import ACTION_AUTHENTICATE, AuditEvent
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.clock import ManualClock
 from vault.config import Config
@@ -330,3 +342,89 @@ async def test_shares_provider_on_a_store_that_is_not_split(vault):
     with pytest.raises(FailedPreconditionError) as raised:
         await VaultServer(config, clock=ManualClock()).start()
     assert raised.value.reason == "BAD_CONFIG"
+
+
+def _dropped(action: str) -> float:
+    value = REGISTRY.get_sample_value("vault_audit_events_dropped_total", {"action": action})
+    return value or 0.0
+
+
+async def test_a_flood_of_anonymous_calls_while_sealed_leaves_room_for_the_shares(sealed):
+    dropped = [_dropped(a) for a in (ACTION_AUTHENTICATE, ACTION_UNSEAL_SHARE)]
+    share_request = seal_pb.SubmitUnsealShareRequest(share=sealed.shares[0])
+    results: list = []
+    remaining = iter(range(3000))
+    past_old_buffer = asyncio.Event()  # more refusals than the 1,000 events it once held
+
+    async def anonymous() -> None:  # 64 in flight, as many calls as the old buffer x 3
+        for i in remaining:
+            call = (
+                sealed.seal.SubmitUnsealShare(share_request)
+                if i % 2
+                else sealed.seal.GetSealStatus(seal_pb.GetSealStatusRequest())
+            )
+            results.append(await asyncio.gather(call, return_exceptions=True))
+            if len(results) >= 1200:
+                past_old_buffer.set()
+
+    flood = asyncio.gather(*(anonymous() for _ in range(64)))
+    await past_old_buffer.wait()
+    first = await sealed.submit(sealed.shares[0], sealed.custodians[0])
+    second = await sealed.submit(sealed.shares[2], sealed.custodians[2])
+    await flood
+    results = [r for (r,) in results]
+    assert (first.sealed, second.sealed) == (True, False)
+    codes = {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)}
+    assert len(results) == 3000
+    assert codes <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # Every submission reached the trail once the vault unsealed...
+    rows = sealed.sql("SELECT caller, action, outcome FROM audit_log ORDER BY seq")
+    assert [r for r in rows if r[1].startswith("key.")] == [
+        ("custodian-0", "key.unseal_share", "ok"),
+        ("custodian-2", "key.unseal_share", "ok"),
+        ("custodian-2", "key.unseal", "ok"),
+    ]
+    # ... the 3,000 refusals as a few aggregated records, and nothing was dropped.
+    refusals = await close_refusal_window(
+        sealed.server.clock,
+        lambda: sealed.sql("SELECT detail FROM audit_log WHERE action = 'auth.authenticate'"),
+        6,
+    )
+    assert len(refusals) <= 8
+    assert sum(int(dict(json.loads(d))["count"]) for (d,) in refusals) == 3000
+    assert [_dropped(a) for a in (ACTION_AUTHENTICATE, ACTION_UNSEAL_SHARE)] == dropped
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def record(self, events) -> None:
+        self.events.extend(events)
+
+
+async def test_the_sealed_buffer_keeps_room_for_submissions_and_counts_drops(caplog):
+    pending = PendingAudit(max_unseal_events=2, max_other_events=10)
+    before = [_dropped(a) for a in (ACTION_AUTHENTICATE, ACTION_UNSEAL_SHARE)]
+    refusals = [
+        AuditEvent(float(i), "", "", ACTION_AUTHENTICATE, outcome="denied", reason="BAD_CREDENTIAL")
+        for i in range(15)
+    ]
+    shares = [
+        AuditEvent(100.0 + i, f"custodian-{i}", "default", ACTION_UNSEAL_SHARE) for i in range(3)
+    ]
+    with caplog.at_level("WARNING", logger="vault.api.seal_service"):
+        await pending.record(refusals)
+        await pending.record(shares[:2])  # the refusals took all theirs, not these
+        await pending.record(shares[2:])  # past the submissions' own budget
+    after = [_dropped(a) for a in (ACTION_AUTHENTICATE, ACTION_UNSEAL_SHARE)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [5, 1]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "audit buffer full while sealed: 5 auth.authenticate event(s) dropped",
+        "audit buffer full while sealed: 1 key.unseal_share event(s) dropped",
+    ]
+    trail = _Recorder()
+    pending.attach(trail)
+    await pending.record([])
+    assert trail.events == [*refusals[:10], *shares[:2]]

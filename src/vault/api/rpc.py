@@ -1,5 +1,7 @@
-"""What every vault RPC handler shares: authentication, error mapping, metrics, and
-registration with a request decoder that turns undecodable bytes into INVALID_ARGUMENT.
+"""What every vault RPC handler shares: authentication from the headers before the body
+is decoded, refusals that cost the caller (tallied into the audit trail, throttled per
+peer), error mapping, metrics, and registration with a request decoder that turns
+undecodable bytes into INVALID_ARGUMENT.
 
 ``rpc`` does the job of an interceptor. It is a wrapper because a grpc.aio interceptor
 adds a coroutine and a handler lookup to every call on the hot path.
@@ -22,17 +24,14 @@ from google.protobuf.message import DecodeError, Message
 
 from vault import metrics
 from vault.api.errors import grpc_code, to_grpc_status
-from vault.audit.base import (
-    ACTION_AUTHENTICATE,
-    ACTION_AUTHORIZE,
-    OUTCOME_DENIED,
-    AuditEvent,
-    AuditSink,
-)
+from vault.audit.base import ACTION_AUTHENTICATE, ACTION_AUTHORIZE, AuditSink
+from vault.audit.refusals import RefusalKey
 from vault.auth.apikeys import Authenticator
 from vault.auth.mtls import certificate_identity
 from vault.auth.policy import Caller
+from vault.auth.ratelimit import RefusalsThrottledError
 from vault.clock import Clock
+from vault.config import Config
 from vault.domain.model import RequestContext
 from vault.errors import (
     FieldViolation,
@@ -42,7 +41,17 @@ from vault.errors import (
     VaultError,
 )
 
-__all__ = ["MALFORMED", "Authenticated", "add_service", "cert_identity", "request_context", "rpc"]
+__all__ = [
+    "MALFORMED",
+    "Authenticated",
+    "Decoder",
+    "add_service",
+    "cert_identity",
+    "connection_options",
+    "peer_host",
+    "request_context",
+    "rpc",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,8 @@ class Authenticated(Protocol):
 
 
 Handler = Callable[[Any, Caller, Req, Context], Awaitable[Resp]]
+# Request bytes -> the request message, or MALFORMED.
+Decoder = Callable[[bytes], Any]
 
 
 def _authorization(context: Context) -> str | None:
@@ -118,67 +129,124 @@ def request_context(context: Context) -> RequestContext:
     return RequestContext(request_id or str(uuid.uuid4()), peer)
 
 
-async def _audit_refusal(
-    servicer: Authenticated, method: str, context: Context, caller: Caller | None, exc: VaultError
+def peer_host(peer: str) -> str:
+    """The peer's address without its port (``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7``,
+    ``ipv6:[::1]:5000`` -> ``ipv6:[::1]``): a client opening a new connection per call is
+    still one peer to the refusal tallies and limits."""
+    scheme, sep, rest = peer.partition(":")
+    if not sep or scheme not in {"ipv4", "ipv6"}:
+        return peer
+    host, colon, port = rest.rpartition(":")
+    return f"{scheme}:{host}" if colon and port.isdigit() else peer
+
+
+def _peer(context: Context) -> str:
+    try:
+        return peer_host(context.peer() or "")
+    except Exception:  # noqa: BLE001 - a peer the transport cannot name is not fatal
+        return ""
+
+
+def _limiter_key(peer: str, authorization: str | None, identity: str | None) -> str:
+    """Throttling is per peer and kind of credential: a flood of anonymous calls does not
+    throttle a custodian's API key from the same address (and forged keys do not throttle
+    certificate callers)."""
+    kind = "bearer" if authorization else "cert" if identity else "none"
+    return f"{peer}|{kind}"
+
+
+def _check_throttle(
+    door: Authenticator, context: Context, authorization: str | None, identity: str | None
 ) -> None:
-    """Record a refused credential or a missing permission: the reason code and where the
-    call came from, never the credential."""
+    """A throttled peer is answered RESOURCE_EXHAUSTED before any store work, unless its
+    credential is one the vault already knows (an honest caller sharing its address)."""
+    retry = door.limiter.retry_after(_limiter_key(_peer(context), authorization, identity))
+    if retry is not None and not door.recognizes(authorization, identity):
+        raise RefusalsThrottledError(retry)
+
+
+async def _refused(
+    servicer: Authenticated,
+    method: str,
+    context: Context,
+    caller: Caller | None,
+    exc: VaultError,
+    authorization: str | None,
+) -> None:
+    """Tally a refused credential, a missing permission or a throttled call into the
+    audit trail (aggregated, see audit.refusals): the reason code and where the call came
+    from, never the credential. Every refusal but a throttled one spends from the peer's
+    refusal budget."""
+    door = servicer.authenticator
+    peer = _peer(context)
+    # The connection's client certificate, if any: an identity is a name, not a secret.
+    identity = cert_identity(context)
+    if not isinstance(exc, RefusalsThrottledError):
+        door.limiter.spend(_limiter_key(peer, authorization, identity))
     audit = servicer.audit
     if audit is None or exc.audited:
         return
-    ctx = request_context(context)
-    detail = {"method": method}
-    # The connection's client certificate, if any: an identity is a name, not a secret.
-    identity = cert_identity(context) if caller is None else None
-    if identity:
-        detail["cert_identity"] = identity[:256]
-    event = AuditEvent(
-        servicer.clock.now(),
+    key = RefusalKey(
+        peer,
         caller.name if caller is not None else "",
         caller.tenant if caller is not None else "",
         ACTION_AUTHORIZE if caller is not None else ACTION_AUTHENTICATE,
-        outcome=OUTCOME_DENIED,
-        reason=exc.reason,
-        request_id=ctx.request_id,
-        peer=ctx.peer,
-        detail=detail,
+        exc.reason,
+        method,
+        identity[:256] if identity and caller is None else "",
     )
     try:
-        await audit.record([event])
+        await door.refusals.refused(audit, key, request_context(context).request_id)
     except Exception as audit_exc:  # noqa: BLE001 - the call is refused either way
         log.error("audit of a refused call failed: %s", type(audit_exc).__name__)
     else:
         exc.audited = True
 
 
+_REFUSALS = (UnauthenticatedError, PermissionDeniedError, RefusalsThrottledError)
+
+
+def _decode(decode: Decoder | None, request: Any) -> Any:
+    """The request message: the raw bytes decoded now that the caller is authenticated."""
+    if decode is not None and isinstance(request, bytes):
+        request = decode(request)
+    if request is MALFORMED:
+        raise InvalidArgumentError(
+            FieldViolation("", "the request is not a valid message"),
+            reason="MALFORMED_REQUEST",
+        )
+    return request
+
+
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
-    """Authenticate, run, map errors, count. ``method`` is the metric label."""
+    """Authenticate from the headers, then decode the body, run, map errors, count.
+    ``method`` is the metric label."""
     latency = metrics.RPC_LATENCY.labels(method)
     ok = metrics.RPC_CALLS.labels(method, "OK")
 
     def decorate(fn: Handler[Req, Resp]) -> Callable[..., Awaitable[Resp]]:
         @functools.wraps(fn)
-        async def handler(self: Authenticated, request: Req, context: Context) -> Resp:
+        async def handler(
+            self: Authenticated, request: Any, context: Context, decode: Decoder | None = None
+        ) -> Resp:
             start = time.perf_counter()
             caller: Caller | None = None
+            authorization: str | None = None
             try:
+                door = self.authenticator
                 authorization = _authorization(context)
-                caller = await self.authenticator.authenticate(
-                    authorization, None if authorization else cert_identity(context)
-                )
-                if request is MALFORMED:
-                    raise InvalidArgumentError(  # noqa: TRY301 - mapped below like any other
-                        FieldViolation("", "the request is not a valid message"),
-                        reason="MALFORMED_REQUEST",
-                    )
-                response = await fn(self, caller, request, context)
+                identity = None if authorization else cert_identity(context)
+                if door.limiter.throttling:
+                    _check_throttle(door, context, authorization, identity)
+                caller = await door.authenticate(authorization, identity)
+                response = await fn(self, caller, _decode(decode, request), context)
             except VaultError as exc:
                 code = grpc_code(exc)
                 metrics.RPC_CALLS.labels(method, code.name).inc()
                 latency.observe(time.perf_counter() - start)
-                if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
+                if isinstance(exc, _REFUSALS):
                     metrics.AUTH_FAILURES.labels(exc.reason).inc()
-                    await _audit_refusal(self, method, context, caller, exc)
+                    await _refused(self, method, context, caller, exc, authorization)
                 # abort_with_status is in grpc.aio but missing from grpc-stubs.
                 await context.abort_with_status(to_grpc_status(exc))  # type: ignore[attr-defined]
                 raise  # pragma: no cover - abort raises
@@ -198,7 +266,25 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
     return decorate
 
 
-def _decoder(cls: type[Message]) -> Callable[[bytes], Any]:
+def connection_options(config: Config) -> list[tuple[str, int]]:
+    """grpc server channel arguments bounding connections (0 in the config = no limit).
+    grpc.max_allowed_incoming_connections is enforced at accept, before the handshake."""
+    options: list[tuple[str, int]] = []
+    settings = (
+        ("grpc.max_allowed_incoming_connections", config.max_connections, 1),
+        ("grpc.max_connection_idle_ms", config.max_connection_idle, 1000),
+        ("grpc.max_connection_age_ms", config.max_connection_age, 1000),
+    )
+    for name, value, scale in settings:
+        if value > 0:
+            options.append((name, max(int(value * scale), 1)))
+    if config.max_connection_age > 0:
+        grace = int(config.max_connection_age_grace * 1000)
+        options.append(("grpc.max_connection_age_grace_ms", grace))
+    return options
+
+
+def _decoder(cls: type[Message]) -> Decoder:
     def decode(data: bytes) -> Any:
         try:
             return cls.FromString(data)
@@ -212,14 +298,16 @@ def _decoder(cls: type[Message]) -> Callable[[bytes], Any]:
 
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
     """Register the unary methods of ``service`` on ``servicer`` (the generated helper's
-    job, with the tolerant decoder)."""
+    job). grpc hands each handler the raw request bytes (no request deserializer) and the
+    handler decodes them with the method's tolerant decoder only once the credential in
+    the headers is accepted: an anonymous client never gets a body parsed."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=_decoder(request_cls),
+            functools.partial(getattr(servicer, method.name), decode=_decoder(request_cls)),
+            request_deserializer=None,
             response_serializer=response_cls.SerializeToString,
         )
     server.add_generic_rpc_handlers(

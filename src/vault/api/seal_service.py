@@ -20,7 +20,7 @@ from typing import Any
 
 from vault import metrics
 from vault.api.errors import to_grpc_status
-from vault.api.rpc import request_context, rpc
+from vault.api.rpc import Decoder, request_context, rpc
 from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, OUTCOME_OK, AuditEvent, AuditSink
 from vault.auth.apikeys import Authenticator
 from vault.auth.policy import SCOPE_KEYS, Caller, require
@@ -46,14 +46,18 @@ log = logging.getLogger(__name__)
 SEAL_SERVICE = pb.DESCRIPTOR.services_by_name["SealService"]
 ACTION_UNSEAL_SHARE = "key.unseal_share"  # one SubmitUnsealShare (never the share)
 ACTION_UNSEAL = "key.unseal"  # the vault unsealed (the K-th share)
-# Submissions remembered while sealed; more are not kept (only keys-scope callers get
-# this far, so this bounds a runaway script, not an attack).
-_MAX_PENDING_EVENTS = 1000
+# Events remembered while sealed. Unseal submissions have a budget of their own (only
+# keys-scope callers get that far, so it bounds a runaway script, not an attack); every
+# other event, refusals above all, shares the second one.
+_MAX_PENDING_UNSEAL = 10_000
+_MAX_PENDING_OTHER = 1000
 
 # What the last share hands the server: load the keys under the rebuilt master key and
 # serve; returns the audit trail it opened. Raises (and loads nothing) if the data keys
 # do not unwrap.
 UnsealHook = Callable[[KekProvider], Awaitable[AuditSink]]
+
+_UNSEAL_ACTIONS = frozenset({ACTION_UNSEAL_SHARE, ACTION_UNSEAL})
 
 _SEALED = UnavailableError("the vault is sealed", reason="VAULT_SEALED")
 
@@ -71,26 +75,39 @@ class SealedGate:
     def open(self, servicer: object) -> None:
         self._servicer = servicer
 
-    def __getattr__(self, name: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        async def handler(request: Any, context: Any) -> Any:
+        async def handler(request: Any, context: Any, decode: Decoder | None = None) -> Any:
+            # Sealed, nothing is decoded or looked up: the request stays bytes.
             servicer = self._servicer
             if servicer is None:
                 await context.abort_with_status(to_grpc_status(_SEALED))
-            return await getattr(servicer, name)(request, context)
+            return await getattr(servicer, name)(request, context, decode=decode)
 
         return handler
 
 
 class PendingAudit:
-    """The AuditSink while sealed: keeps events (refused credentials too, recorded by
-    ``rpc``) until the trail can be written, then writes them first, in order."""
+    """The AuditSink while sealed: keeps events (refused credentials too, tallied by
+    ``rpc``) until the trail can be written, then writes them first, in order.
 
-    def __init__(self) -> None:
+    Two budgets, so anonymous traffic cannot take the room of a custodian: the unseal
+    events (``key.unseal_share``, ``key.unseal``; each needs a keys-scope credential) have
+    their own, and every other event (refusals, already aggregated per peer and window)
+    shares the rest. An event past its budget is dropped, counted in
+    ``vault_audit_events_dropped_total`` and logged (one line, no values).
+    """
+
+    def __init__(
+        self,
+        max_unseal_events: int = _MAX_PENDING_UNSEAL,
+        max_other_events: int = _MAX_PENDING_OTHER,
+    ) -> None:
         self._trail: AuditSink | None = None
         self._events: list[AuditEvent] = []
+        self._room = {True: max_unseal_events, False: max_other_events}
 
     def __repr__(self) -> str:
         return f"PendingAudit(kept={len(self._events)})"
@@ -100,11 +117,23 @@ class PendingAudit:
 
     async def record(self, events: Sequence[AuditEvent]) -> None:
         if self._trail is None:
-            room = max(_MAX_PENDING_EVENTS - len(self._events), 0)
-            self._events.extend(events[:room])
+            self._keep(events)
             return
         kept, self._events = self._events, []
         await self._trail.record([*kept, *events])
+
+    def _keep(self, events: Sequence[AuditEvent]) -> None:
+        dropped: dict[str, int] = {}
+        for event in events:
+            unseal = event.action in _UNSEAL_ACTIONS
+            if self._room[unseal] > 0:
+                self._room[unseal] -= 1
+                self._events.append(event)
+            else:
+                dropped[event.action] = dropped.get(event.action, 0) + 1
+        for action, count in dropped.items():
+            metrics.AUDIT_EVENTS_DROPPED.labels(action).inc(count)
+            log.warning("audit buffer full while sealed: %d %s event(s) dropped", count, action)
 
 
 class SealServicer(pb_grpc.SealServiceServicer):

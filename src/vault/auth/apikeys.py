@@ -16,8 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from vault.audit.refusals import RefusalLog
 from vault.auth.mtls import MAX_IDENTITY_CHARS
 from vault.auth.policy import Caller, caller_from_row
+from vault.auth.ratelimit import PeerRefusalLimiter
 from vault.clock import Clock
 from vault.errors import UnauthenticatedError
 from vault.storage.base import CallerRow, Store
@@ -72,11 +74,24 @@ def _check_validity(row: CallerRow, now: float) -> None:
 
 class Authenticator:
     """Turns an ``authorization`` header, or failing that a verified client certificate's
-    identity, into a Caller; or refuses it."""
+    identity, into a Caller; or refuses it.
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    It is the vault's front door, so it also holds what refusals cost: ``refusals``
+    tallies them into the audit trail, ``limiter`` throttles peers refused too often.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        refusals: RefusalLog | None = None,
+        limiter: PeerRefusalLimiter | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self.refusals = refusals if refusals is not None else RefusalLog(clock)
+        self.limiter = limiter if limiter is not None else PeerRefusalLimiter(clock)
         # key id -> (row or None, monotonic time it was read)
         self._cache: dict[str, tuple[CallerRow | None, float]] = {}
         # certificate identity -> (row or None, monotonic time it was read)
@@ -111,6 +126,21 @@ class Authenticator:
 
     async def _lookup_identity(self, identity: str) -> CallerRow | None:
         return await self._cached(self._by_identity, identity, self._store.caller_by_cert_identity)
+
+    def recognizes(self, authorization: str | None, cert_identity: str | None = None) -> bool:
+        """Is this a credential the vault knows already (a header that authenticated, or
+        the key id or certificate identity of a caller read from the store), without
+        asking the store? A throttled peer gets through with such a credential only."""
+        if authorization:
+            if len(authorization) > _MAX_KEY_CHARS + 16:
+                return False
+            if hashlib.sha256(authorization.encode()).digest() in self._verified:
+                return True
+            key = parse_api_key(authorization.partition(" ")[2].strip())
+            hit = self._cache.get(key.key_id) if key is not None else None
+            return hit is not None and hit[0] is not None
+        hit = self._by_identity.get(cert_identity) if cert_identity else None
+        return hit is not None and hit[0] is not None
 
     async def authenticate(
         self, authorization: str | None, cert_identity: str | None = None

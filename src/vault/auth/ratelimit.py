@@ -1,19 +1,22 @@
-"""Per-caller reveal rate limits: a token bucket per caller, in this process.
+"""Rate limits, token buckets in this process.
 
-A stolen credential can reveal at most `burst` values at once and `rate` per second
-after that. Buckets live in the process: with `--workers N` a caller gets up to N times
+Per caller, on reveals: a stolen credential can reveal at most `burst` values at once
+and `rate` per second after that. Per peer, on refusals: a client that keeps being
+refused is answered RESOURCE_EXHAUSTED before its credential is looked up in the store.
+Buckets live in the process: with `--workers N` a caller or a peer gets up to N times
 the rate (each worker refills its own bucket); the README says so.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.errors import ResourceExhaustedError
 
-__all__ = ["RateLimitedError", "RevealLimiter"]
+__all__ = ["PeerRefusalLimiter", "RateLimitedError", "RefusalsThrottledError", "RevealLimiter"]
 
 
 class RateLimitedError(ResourceExhaustedError):
@@ -63,3 +66,84 @@ class RevealLimiter:
         if bucket.tokens < count:
             raise RateLimitedError(retry_after=(count - bucket.tokens) / rate)
         bucket.tokens -= count
+
+
+class RefusalsThrottledError(ResourceExhaustedError):
+    """Too many refusals from this peer lately; ``retry_after`` seconds until one passes."""
+
+    reason = "REFUSAL_RATE_EXCEEDED"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many refused calls from this peer; retry later")
+        self.retry_after = retry_after
+
+
+DEFAULT_REFUSAL_RATE = 10.0  # refusals per second a peer earns back
+DEFAULT_REFUSAL_BURST = 100  # refusals a peer may have before it is throttled
+_MAX_PEERS = 10_000  # buckets kept; the least recently refused peer is forgotten first
+
+
+class PeerRefusalLimiter:
+    """A token bucket per peer key (its address and the kind of credential it sent); every
+    refusal spends one. A peer whose bucket is empty is *throttled*: the API layer then
+    answers its calls RESOURCE_EXHAUSTED unless their credential is one the vault already
+    knows, without any store work. At most ``max_peers`` buckets are kept (least recently
+    refused evicted first), so the limiter's own memory is bounded; rate 0 turns it off.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        rate: float = DEFAULT_REFUSAL_RATE,
+        burst: int = DEFAULT_REFUSAL_BURST,
+        max_peers: int = _MAX_PEERS,
+    ) -> None:
+        self._clock = clock
+        self._rate = rate
+        self._burst = float(max(burst, 1))
+        self._max_peers = max_peers
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        # Peer -> clock time its bucket holds one refusal again. Non-empty only under
+        # refusal pressure, so the hot path of an honest call is one truthiness check.
+        self._throttled: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"PeerRefusalLimiter({len(self._buckets)} peers, {len(self._throttled)} throttled)"
+
+    @property
+    def peers(self) -> int:
+        return len(self._buckets)
+
+    @property
+    def throttling(self) -> bool:
+        """Is any peer throttled (or was, until its next check)?"""
+        return bool(self._throttled)
+
+    def retry_after(self, peer: str) -> float | None:
+        """Seconds until ``peer`` may be refused again, or None if it is not throttled."""
+        until = self._throttled.get(peer)
+        if until is None:
+            return None
+        wait = until - self._clock.now()
+        if wait <= 0:
+            del self._throttled[peer]
+            return None
+        return wait
+
+    def spend(self, peer: str) -> None:
+        """One refusal of ``peer``."""
+        if self._rate <= 0:
+            return
+        now = self._clock.now()
+        bucket = self._buckets.pop(peer, None)
+        if bucket is None:
+            bucket = _Bucket(self._burst, now, self._rate, self._burst)
+            while len(self._buckets) >= self._max_peers:
+                evicted, _ = self._buckets.popitem(last=False)
+                self._throttled.pop(evicted, None)
+        self._buckets[peer] = bucket  # most recently refused last
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+        bucket.updated = now
+        bucket.tokens = max(bucket.tokens - 1.0, 0.0)
+        if bucket.tokens < 1.0:
+            self._throttled[peer] = now + (1.0 - bucket.tokens) / self._rate
