@@ -150,7 +150,7 @@ class AsyncVault:
     async def update_token(
         self,
         token: str,
-        value: str | r.Address | None = None,
+        value: str | r.Address,
         *,
         metadata: Mapping[str, str] | None = None,
         replace_metadata: bool = False,

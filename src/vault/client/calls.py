@@ -135,7 +135,7 @@ def tokenize_retry(
 
 def update_request(
     token: str,
-    value: str | Address | None,
+    value: str | Address,
     metadata: Mapping[str, str] | None,
     replace_metadata: bool,
 ) -> tokens_pb.UpdateTokenRequest:
@@ -144,6 +144,6 @@ def update_request(
     )
     if isinstance(value, Address):
         request.address.CopyFrom(value.to_proto())
-    elif value is not None:
+    else:
         request.text = value
     return request

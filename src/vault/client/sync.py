@@ -143,7 +143,7 @@ class Vault:
     def update_token(
         self,
         token: str,
-        value: str | r.Address | None = None,
+        value: str | r.Address,
         *,
         metadata: Mapping[str, str] | None = None,
         replace_metadata: bool = False,
