@@ -38,8 +38,8 @@ run: venv
 	$(BIN)/vaultctl serve --dev --data-dir $(DATA_DIR) --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464
 
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: dev
 	$(BIN)/mypy
