@@ -3,11 +3,14 @@
 #   softhsm2    the PKCS#11 master-key tests (a real SoftHSM2 token)
 #   prometheus  promtool, which checks and unit-tests the alert rules in deploy/
 #   postgresql  initdb/pg_ctl for the throwaway PostgreSQL cluster of the storage tests
+#   protoc-gen-go, protoc-gen-go-grpc  the Go client stubs of buf.gen.yaml
 # Installed when missing and running as root; otherwise one line naming them, and exit 1.
 set -euo pipefail
 missing=()
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v protoc-gen-go >/dev/null 2>&1 || missing+=(protoc-gen-go)
+command -v protoc-gen-go-grpc >/dev/null 2>&1 || missing+=(protoc-gen-go-grpc)
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
   missing+=(postgresql)
 fi
