@@ -376,8 +376,8 @@ def _address_lines(
     if not isinstance(lines, tuple | list):
         violations.append(FieldViolation(field, "must be a list of lines"))
         return ()
-    if not 1 <= len(lines) <= _ADDRESS_MAX_LINES:
-        violations.append(FieldViolation(field, "must have 1 to 5 lines"))
+    if len(lines) > _ADDRESS_MAX_LINES:
+        violations.append(FieldViolation(field, "must have at most 5 lines"))
     # Every line is checked even when there are too many: the caller hears of all faults.
     return tuple(
         _address_text(line, f"{field}[{index}]", (1, _ADDRESS_FIELD_MAX), violations)
@@ -414,8 +414,10 @@ def _region_code(value: object, field: str, violations: list[FieldViolation]) ->
 
 def _address(address: Address, field: str) -> Address:
     violations: list[FieldViolation] = []
+    # The recipient is optional (google.type.PostalAddress; a checkout may keep the name
+    # as its own CARDHOLDER_NAME token): blank after cleaning is absent.
     recipient = _address_text(
-        address.recipient, f"{field}.recipient", (1, _ADDRESS_FIELD_MAX), violations
+        address.recipient, f"{field}.recipient", (0, _ADDRESS_FIELD_MAX), violations
     )
     lines = _address_lines(address.lines, f"{field}.lines", violations)
     locality = _address_text(address.locality, f"{field}.locality", (0, _LOCALITY_MAX), violations)
@@ -424,6 +426,11 @@ def _address(address: Address, field: str) -> Address:
     )
     postal_code = _postal_code(address.postal_code, f"{field}.postal_code", violations)
     region_code = _region_code(address.region_code, f"{field}.region_code", violations)
+    # Beside its country, an address must say where: a line, a locality or a postal code
+    # (a region code alone is a country, not an address). Named on lines, the usual field.
+    if not lines and locality == "" and postal_code == "":
+        description = "must be given when locality and postal code are empty"
+        violations.append(FieldViolation(f"{field}.lines", description))
     if violations:
         raise InvalidArgumentError(violations)
     # No violation means no field came back None; the checks below only tell mypy so.

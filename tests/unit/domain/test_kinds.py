@@ -147,6 +147,42 @@ def test_invalid_value_is_refused_naming_every_field(kind, case):
     _assert_value_free(caught.value, value)
 
 
+ADDRESSES = _load("addresses.json")
+_ADDRESS_FIELDS = ("recipient", "lines", "locality", "administrative_area", "postal_code")
+
+
+def _address_from(raw):
+    """A data-file address: a missing field is empty, as on the wire."""
+    fields = dict.fromkeys(_ADDRESS_FIELDS, "") | {"region_code": ""} | raw
+    fields["lines"] = tuple(raw.get("lines", ()))
+    return Address(**fields)
+
+
+@pytest.mark.parametrize("kind", sorted(ADDRESS_KINDS))
+@pytest.mark.parametrize("case", ADDRESSES["valid"], ids=lambda case: case["id"])
+def test_country_address_form_is_accepted(case, kind):
+    normalised = normalize(kind, _address_from(case["value"]), "address")
+    assert normalised == _address_from(case["normalised"])
+    assert mask(kind, normalised) == case["mask"]
+    assert value_from_canonical(kind, canonical_bytes(kind, normalised)) == normalised
+    assert normalize(kind, normalised, "address") == normalised
+
+
+@pytest.mark.parametrize("kind", sorted(ADDRESS_KINDS))
+@pytest.mark.parametrize("case", ADDRESSES["invalid"], ids=lambda case: case["id"])
+def test_incomplete_country_address_is_refused(case, kind):
+    address = _address_from(case["value"])
+    with pytest.raises(InvalidArgumentError) as caught:
+        normalize(kind, address, "address")
+    assert sorted(v.field for v in caught.value.violations) == case["fields"]
+    _assert_value_free(caught.value, address)
+
+
+def test_every_country_of_the_brief_has_a_form():
+    regions = {case["id"].split("-")[0] for case in ADDRESSES["valid"]}
+    assert {"GB", "US", "DE", "JP", "BR"} <= regions
+
+
 def test_unknown_kind_number_is_refused_on_kind():
     with pytest.raises(InvalidArgumentError) as caught:
         normalize(99, "hello", "text")  # type: ignore[arg-type]
@@ -156,7 +192,7 @@ def test_unknown_kind_number_is_refused_on_kind():
 
 
 def test_sub_field_paths_follow_the_given_field():
-    address = Address("", ("1 High Street", ""), "", "", "", "ZZ")
+    address = Address("R" * 201, ("1 High Street", ""), "", "", "", "ZZ")
     with pytest.raises(InvalidArgumentError) as caught:
         normalize(DataKind.BILLING_ADDRESS, address, "requests[3].address")
     assert sorted(v.field for v in caught.value.violations) == [
