@@ -16,7 +16,8 @@ from typing import Any
 from vault.cli import audit_cmd
 from vault.cli.common import CommandError, add_store_args, iso_time, vault_of
 from vault.cli.kek import add_shares_arg
-from vault.forward.routes import RouteAdministration, RouteSecrets, RouteSpec
+from vault.errors import InvalidArgumentError
+from vault.forward.routes import RouteAdministration, RouteSecrets, RouteSpec, check_spec
 from vault.secrets import SecretBytes
 from vault.wiring import OpenedVault
 
@@ -59,6 +60,11 @@ async def _add(args: argparse.Namespace) -> int:
         max_response_bytes=args.max_response_bytes,
         tokenize_paths=tuple(args.tokenize_path),
     )
+    try:
+        check_spec(spec)  # before the master key is asked for
+    except InvalidArgumentError as exc:
+        flags = "; ".join(f"--{v.field.replace('_', '-')} {v.description}" for v in exc.violations)
+        raise CommandError(f"refused: {flags}") from None
     # The master key before the change: it must be recorded (and seals the client key).
     async with vault_of(args, need_keys=True) as vault:
         await administration(vault).add(spec)
