@@ -135,6 +135,7 @@ _NON_NEGATIVE = (
     "max_connection_age",
     "max_connection_age_grace",
     "refusal_rate",
+    "route_refresh_interval",  # 0: Forward re-reads the routes on every call
 )
 
 
