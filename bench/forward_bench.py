@@ -2,11 +2,11 @@
 one run of one vault: ``forward_bench.py --duration S --concurrency C`` prints one JSON
 line ``{"rows": [detokenize_unary, forward_unary]}``, each shaped like loadgen.py's.
 
-The vault (``VaultServer``, dev mode, a fresh data dir), the gRPC client and the
-processor (a minimal HTTP/1.1 server over TLS, with its own test CA made here with
-``cryptography``, on a thread of its own) share this process, so both rows pay the same
-client costs; the difference between them is what a forward adds: the route check, the
-template substitution and an HTTPS round trip on a kept-alive connection.
+The vault (``VaultServer``, dev mode, a fresh data dir) and the gRPC client share this
+process, so both rows pay the same client costs; the processor (a minimal HTTP/1.1
+server over TLS, with its own test CA made here with ``cryptography``) runs in another.
+The difference between them is what a forward adds: the route check, the template
+substitution and an HTTPS round trip on a kept-alive connection.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
+import multiprocessing
 import ssl
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -108,25 +108,21 @@ class _Answering(asyncio.Protocol):
             self.transport.write(_ANSWER)
 
 
-def start_processor(cert: Path, key: Path) -> int:
-    """The processor on its own thread and loop; returns its port."""
-    ready: list[int] = []
-    started = threading.Event()
+def _serve(cert: Path, key: Path, ports: multiprocessing.Queue[int]) -> None:
+    loop = asyncio.new_event_loop()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = loop.run_until_complete(loop.create_server(_Answering, "127.0.0.1", 0, ssl=context))
+    ports.put(server.sockets[0].getsockname()[1])
+    loop.run_forever()
 
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        server = loop.run_until_complete(
-            loop.create_server(_Answering, "127.0.0.1", 0, ssl=context)
-        )
-        ready.append(server.sockets[0].getsockname()[1])
-        started.set()
-        loop.run_forever()
 
-    threading.Thread(target=serve, daemon=True).start()
-    started.wait(10)
-    return ready[0]
+def start_processor(cert: Path, key: Path) -> tuple[multiprocessing.Process, int]:
+    """The processor in a process of its own (not competing for this one's GIL)."""
+    ports: multiprocessing.Queue[int] = multiprocessing.Queue()
+    proc = multiprocessing.Process(target=_serve, args=(cert, key, ports), daemon=True)
+    proc.start()
+    return proc, ports.get(timeout=30)
 
 
 async def _measure(
@@ -175,7 +171,7 @@ async def _measure(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vault-forward-bench-"))
     ca_pem, cert, key = _certs(work)
-    port = start_processor(cert, key)
+    processor, port = start_processor(cert, key)
     config = Config(data_dir=work / "data", dev=True, listen="127.0.0.1:0", metrics_listen="")
     server = VaultServer(config)
     await server.start()
@@ -229,6 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
     finally:
         await server.stop(grace=1.0)
+        processor.terminate()
     return {"rows": rows}
 
 
