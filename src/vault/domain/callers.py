@@ -67,8 +67,7 @@ class NewCaller:
             "expires": expires,
             "reveal_kinds": ",".join(self.reveal_kinds),
             "reveal_rate": str(self.reveal_rate),
-            "routes": ",".join(self.routes),
-        }
+        } | ({"routes": ",".join(self.routes)} if self.routes else {})
 
 
 class CallerAdministration:
