@@ -10,7 +10,14 @@ from urllib.parse import parse_qs
 
 import grpc
 import pytest
-from api_helpers import PURPOSE, assert_invalid, assert_reason, expect_code, tokenize_request
+from api_helpers import (
+    PURPOSE,
+    assert_invalid,
+    assert_reason,
+    error_info,
+    expect_code,
+    tokenize_request,
+)
 from mtls_certs import issue, make_ca
 from processor_stub import start_processor
 
@@ -227,7 +234,8 @@ async def _refused(vault, processor, request, md, code, reason=None):
     return exc
 
 
-async def test_refusals_before_anything_is_sent(vault, cas, processor):
+async def test_refusals_before_anything_is_sent(vault, cas, processor, caplog):
+    caplog.set_level(logging.DEBUG)
     await add_route(
         vault,
         "stripe",
@@ -279,7 +287,26 @@ async def test_refusals_before_anything_is_sent(vault, cas, processor):
     reasons = [r[4] for r in forward_rows(vault)]
     assert "ROUTE_NOT_FOUND" in reasons
     assert "KIND_NOT_ALLOWED" in reasons
-    assert_clean(audit_texts(vault))
+    assert_clean([*audit_texts(vault), *(r.getMessage() for r in caplog.records)])
+
+
+async def test_mtls_processor_refuses_a_route_without_the_client_certificate(
+    vault, cas, mtls_processor
+):
+    await add_route(vault, "nocert", f"{mtls_processor.url}/charge", ca_pem=cas["processor"].pem)
+    md = await vault.add_caller("checkout", ("forward",))
+    t = await tokens(vault)
+    request = fpb.ForwardRequest(
+        route="nocert", headers=JSON_CT, body=adyen_body(t), purpose=PURPOSE
+    )
+    exc = await expect_code(
+        forwarder(vault).Forward(request, metadata=md), grpc.StatusCode.UNAVAILABLE
+    )
+    # TLS 1.3: the client finishes its handshake before the server checks the client
+    # certificate, so the refusal shows as a broken exchange (the request counts as sent).
+    assert error_info(exc).reason in {"PROCESSOR_TLS_FAILED", "PROCESSOR_FAILED"}
+    assert_clean([exc.details() or ""])
+    assert mtls_processor.received == []
 
 
 async def test_http_route_is_refused_at_add(vault):
