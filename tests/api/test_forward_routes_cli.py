@@ -78,9 +78,13 @@ async def test_routes_cli_round_trip_and_live_pickup(vault_factory, processor, t
         "--routes", "missing",
     )  # fmt: skip
     assert unknown.returncode == 1
+    allowed = await run(data_dir, "routes", "allow", "proc", "--caller", "dev")
+    assert allowed.returncode == 0, allowed.stderr
+    nobody = await run(data_dir, "routes", "allow", "proc", "--caller", "nobody")
+    assert nobody.returncode == 1
     listed = await run(data_dir, "routes", "list", "--json")
     [route] = json.loads(listed.stdout)["routes"]
-    assert route["callers"] == ["checkout"]
+    assert route["callers"] == ["checkout", "dev"]
     assert route["mtls"] is True
     assert route["allow_headers"] == ["x-api-key"]
     assert "PRIVATE KEY" not in listed.stdout + added.stdout + added.stderr
@@ -104,3 +108,4 @@ async def test_routes_cli_round_trip_and_live_pickup(vault_factory, processor, t
     actions = [r[0] for r in vault.sql("SELECT action FROM audit_log ORDER BY seq")]
     assert "route.add" in actions
     assert "route.remove" in actions
+    assert "route.allow" in actions

@@ -27,6 +27,7 @@ __all__ = [
     "ACTION_RETENTION_SET",
     "ACTION_REVEAL",
     "ACTION_ROUTE_ADD",
+    "ACTION_ROUTE_ALLOW",
     "ACTION_ROUTE_REMOVE",
     "ACTION_SUBJECT_ERASE",
     "ACTION_SUBJECT_EXPORT",
@@ -63,6 +64,7 @@ ACTION_RETENTION_PURGE = "retention.purge"  # the retention job removed values (
 ACTION_FORWARD = "token.forward"  # ForwardService/Forward: one event per forward (its tokens)
 ACTION_ROUTE_ADD = "route.add"  # vaultctl routes add (or a replaced route)
 ACTION_ROUTE_REMOVE = "route.remove"  # vaultctl routes remove
+ACTION_ROUTE_ALLOW = "route.allow"  # vaultctl routes allow (callers add --routes: caller.add)
 
 OUTCOME_OK = "ok"  # done
 OUTCOME_DENIED = "denied"  # refused: credential, permission, or a token the caller cannot see

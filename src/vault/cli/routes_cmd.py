@@ -116,6 +116,14 @@ async def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _allow(args: argparse.Namespace) -> int:
+    async with vault_of(args, need_keys=True) as vault:
+        known = [c.name for c in await vault.store.callers() if c.revoked_at is None]
+        await administration(vault).allow(args.name, args.caller, known)
+    print(f"route {args.name} allowed for {', '.join(args.caller)}")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``routes ...`` to vaultctl's parser."""
     routes = sub.add_parser("routes", help="Forward routes to payment processors")
@@ -159,3 +167,11 @@ def register(sub: Any) -> None:
     add_shares_arg(remove)
     remove.add_argument("name")
     remove.set_defaults(handler=_remove)
+    allow = r_sub.add_parser("allow", help="let existing callers forward on a route")
+    add_store_args(allow)
+    add_shares_arg(allow)
+    allow.add_argument("name")
+    allow.add_argument(
+        "--caller", action="append", required=True, help="a caller name (repeat for more)"
+    )
+    allow.set_defaults(handler=_allow)

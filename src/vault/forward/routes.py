@@ -12,7 +12,13 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from vault.audit.base import ACTION_ROUTE_ADD, ACTION_ROUTE_REMOVE, OUTCOME_OK, AuditEvent
+from vault.audit.base import (
+    ACTION_ROUTE_ADD,
+    ACTION_ROUTE_ALLOW,
+    ACTION_ROUTE_REMOVE,
+    OUTCOME_OK,
+    AuditEvent,
+)
 from vault.clock import Clock
 from vault.crypto.aead import RecordKey
 from vault.crypto.base import KekProvider
@@ -281,11 +287,16 @@ class RouteAdministration:
             raise NotFoundError("no route with that name", reason="ROUTE_NOT_FOUND")
         await self._record(trail, ACTION_ROUTE_REMOVE, {"name": name})
 
-    async def check_names(self, names: Sequence[str]) -> None:
-        """NOT_FOUND unless every name is a configured route (callers add --routes)."""
-        known = {r.name for r in await self._store.routes()}
-        if any(n not in known for n in names):
+    async def allow(self, route: str, callers: Sequence[str], known: Sequence[str]) -> None:
+        """Let existing callers (``known``: every caller's name) forward on the route."""
+        trail = await self._open_trail()
+        if route not in {r.name for r in await self._store.routes()}:
             raise NotFoundError("no route with that name", reason="ROUTE_NOT_FOUND")
+        if not set(callers) <= set(known):
+            raise NotFoundError("no caller with that name", reason="CALLER_NOT_FOUND")
+        for caller in callers:
+            await self._store.allow_routes(caller, [route], self._clock.now())
+        await self._record(trail, ACTION_ROUTE_ALLOW, {"name": route, "callers": ",".join(callers)})
 
     async def _record(self, trail: EventRecorder, action: str, detail: dict[str, str]) -> None:
         event = AuditEvent(
