@@ -139,7 +139,7 @@ class HttpxProcessorClient:
             raise ProcessorTimeoutError(sent=True) from None
         except httpx.ConnectError as exc:
             raise _connect_error(exc) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             log.warning("forward on route %s failed: %s", route.name, type(exc).__name__)
             raise ProcessorUnavailableError(
                 "the exchange with the processor broke off",
