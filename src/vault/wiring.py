@@ -237,6 +237,7 @@ def build_forward(
         store,
         lambda: RouteSecrets.open(store, keys.kek, clock, create=False),
         refresh_seconds=config.route_refresh_interval,
+        on_reload=client.retain,  # a removed route's connections are closed
     )
     return Forward(
         table,

@@ -65,6 +65,10 @@ class ProcessorClient(Protocol):
         ResourceExhaustedError (answer too large) otherwise."""
         ...
 
+    def retain(self, routes: Mapping[str, Route]) -> None:
+        """Drop the connections of routes no longer configured (after a reload)."""
+        ...
+
     async def close(self) -> None:
         """Close every connection."""
         ...

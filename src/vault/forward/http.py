@@ -29,6 +29,7 @@ from vault.forward.base import (
     ProcessorUnavailableError,
     Route,
 )
+from vault.forward.routes import MAX_TIMEOUT
 from vault.secrets import SecretBytes
 
 __all__ = ["HttpxProcessorClient", "route_ssl_context"]
@@ -105,7 +106,8 @@ class HttpxProcessorClient:
 
     def __init__(self) -> None:
         self._clients: dict[str, tuple[int, httpx.AsyncClient]] = {}
-        self._retired: set[asyncio.Task[None]] = set()
+        # Clients replaced or dropped, closed once their in-flight calls had time to end.
+        self._retired: dict[asyncio.Task[None], httpx.AsyncClient] = {}
 
     def __repr__(self) -> str:
         return f"HttpxProcessorClient({len(self._clients)} routes)"
@@ -117,11 +119,19 @@ class HttpxProcessorClient:
         client = _client(route)
         self._clients[route.name] = (route.revision, client)
         if known is not None:
-            # Calls still in flight on the old client finish within its timeout.
-            task = asyncio.create_task(self._close_later(known[1], route.timeout + 1.0))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            self._retire(known[1], route.timeout + 1.0)
         return client
+
+    def retain(self, routes: Mapping[str, Route]) -> None:
+        for name in [n for n in self._clients if n not in routes]:
+            _, client = self._clients.pop(name)
+            self._retire(client, MAX_TIMEOUT + 1.0)
+
+    def _retire(self, client: httpx.AsyncClient, delay: float) -> None:
+        # Calls still in flight on the old client finish within its timeout.
+        task = asyncio.create_task(self._close_later(client, delay))
+        self._retired[task] = client
+        task.add_done_callback(self._retired.pop)
 
     @staticmethod
     async def _close_later(client: httpx.AsyncClient, delay: float) -> None:
@@ -173,5 +183,7 @@ class HttpxProcessorClient:
         clients, self._clients = self._clients, {}
         for _, client in clients.values():
             await client.aclose()
-        for task in list(self._retired):
+        retired, self._retired = self._retired, {}
+        for task, client in retired.items():
             task.cancel()
+            await client.aclose()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from vault.errors import VaultError
 from vault.forward.base import Route
@@ -29,7 +29,9 @@ class RouteTable:
         *,
         refresh_seconds: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        on_reload: Callable[[Mapping[str, Route]], None] | None = None,
     ) -> None:
+        self._on_reload = on_reload
         self._store = store
         self._open_secrets = open_secrets
         self._secrets: RouteSecrets | None = None
@@ -79,3 +81,5 @@ class RouteTable:
         self._routes = routes
         self._allowed = frozenset(permissions)
         self._loaded_at = self._monotonic()
+        if self._on_reload is not None:
+            self._on_reload(routes)
