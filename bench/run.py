@@ -66,6 +66,7 @@ ALL_SCENARIOS = (
     "growth",
     "workers",
     "postgres",
+    "forward",
 )
 BATCH_SCENARIOS = {"tokenize_batch", "detokenize_batch", "echo_batch", *INPROC_SCENARIOS}
 WORKERS_CHANNELS = 16  # client connections for the workers points
@@ -564,6 +565,33 @@ def run_inproc_point(ctx: Context, scenario: str, concurrency: int) -> dict[str,
             ctx.tmp / "inproc.log",
         )
     return summarize(raw)
+
+
+def run_forward(ctx: Context, points: list[dict[str, Any]]) -> None:
+    """Forward against a local processor that answers at once, and Detokenize unary, in
+    one run of one in-process vault (bench/forward_bench.py): forwards/s next to reveals/s."""
+    m = ctx.mode
+    c = max(m.concurrency)
+    raw = run_json(
+        [
+            PYTHON,
+            str(BENCH / "forward_bench.py"),
+            "--duration",
+            str(m.duration),
+            "--warmup",
+            str(m.warmup),
+            "--concurrency",
+            str(c),
+        ],
+        2 * (m.warmup + m.duration) + CLIENT_SETUP_BUDGET,
+        ctx.tmp / "forward.log",
+    )
+    rows = {r["scenario"]: summarize(r) for r in raw["rows"]}
+    detok, fwd = rows["detokenize_unary"], rows["forward_unary"]
+    fwd["vs_detokenize"] = _ratio(fwd["throughput"], detok["throughput"])
+    for name, row in rows.items():
+        points.append({"label": f"{name} c={c}", **row})
+        print(_describe(name, row))
 
 
 def has_workers_flag() -> bool:
@@ -1074,6 +1102,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
             else:
                 scenarios["workers"] = {"skipped": WORKERS_SKIPPED}
                 print(f"  workers: skipped ({WORKERS_SKIPPED})")
+        if "forward" in selected:
+            pts = []
+            scenarios["forward"] = {"points": pts}
+            try:
+                run_forward(ctx, pts)
+            except BenchError as exc:
+                ctx.failures.append(f"forward: {exc}")
+                pts.append({"label": "forward", "error": str(exc)})
+                print(f"  forward: FAILED: {exc}")
         if "postgres" in selected:
             import pg_scenario  # noqa: PLC0415 - only this scenario needs the test cluster
 

@@ -34,6 +34,7 @@ class Config:
     purge_interval: float = 30.0  # seconds between expired-token purges
     retention_interval: float = 300.0  # seconds between retention purges (policies per tenant/kind)
     key_refresh_interval: float = 5.0  # seconds between keyring reloads from the store
+    route_refresh_interval: float = 2.0  # seconds between reloads of Forward routes
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight calls
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000
@@ -134,6 +135,7 @@ _NON_NEGATIVE = (
     "max_connection_age",
     "max_connection_age_grace",
     "refusal_rate",
+    "route_refresh_interval",  # 0: Forward re-reads the routes on every call
 )
 
 

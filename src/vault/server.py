@@ -18,6 +18,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
+from vault.api.forward_service import FORWARD_SERVICE as FORWARD_SERVICE_DESCRIPTOR
+from vault.api.forward_service import ForwardServicer
 from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
 from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service, connection_options
@@ -48,10 +50,12 @@ from vault.domain.retention import purge_retained
 from vault.domain.unseal import Unsealer
 from vault.domain.usecases import UseCases
 from vault.errors import FailedPreconditionError
+from vault.forward.usecase import Forward
 from vault.jobs import LeasedJob
 from vault.master_key import open_kek
 from vault.storage.base import KeyVersionRow, Store, SubjectKeyStore
 from vault.wiring import (
+    build_forward,
     create_dev_caller,
     init_data_dir,
     open_keyed,
@@ -66,8 +70,9 @@ log = logging.getLogger(__name__)
 TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
 KEY_SERVICE = KEY_SERVICE_DESCRIPTOR.full_name
 SEAL_SERVICE = SEAL_SERVICE_DESCRIPTOR.full_name
+FORWARD_SERVICE = FORWARD_SERVICE_DESCRIPTOR.full_name
 # What health reports NOT_SERVING while sealed (readiness); "" is SERVING (liveness).
-KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE, SUBJECT_SERVICE.full_name)
+KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE, SUBJECT_SERVICE.full_name, FORWARD_SERVICE)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -127,6 +132,7 @@ class VaultServer:
         self.keys: KeyMaterial | None = None
         self.vault: UseCases | None = None
         self.audit: AuditTrail | None = None
+        self.forward: Forward | None = None
         self.key_ops: KeyOperations | None = None
         self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
         self.usage = UsageWatch(config.key_max_encryptions)
@@ -218,6 +224,9 @@ class VaultServer:
             on_encrypt=self.usage.encrypted,
         )
         self.keys, self.audit, self.vault = keyed.keys, keyed.audit, keyed.services
+        self.forward = build_forward(
+            cfg, self.store, keyed.keys, keyed.services, self.clock, audit=keyed.audit
+        )
         self.key_ops = KeyOperations(
             self.store,
             kek,
@@ -264,6 +273,7 @@ class VaultServer:
         assert self.vault is not None  # noqa: S101 - keys loaded
         assert self.key_ops is not None  # noqa: S101
         assert self.keys is not None  # noqa: S101
+        assert self.forward is not None  # noqa: S101
         return {
             TOKEN_SERVICE: TokenServicer(self.vault, authenticator, self.audit, self.clock),
             KEY_SERVICE: KeyServicer(
@@ -280,6 +290,7 @@ class VaultServer:
                 self.audit,
                 self.clock,
             ),
+            FORWARD_SERVICE: ForwardServicer(self.forward, authenticator, self.audit, self.clock),
         }
 
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
@@ -302,7 +313,12 @@ class VaultServer:
         # through their gates until the last share; otherwise they serve directly.
         gates: dict[str, SealedGate] = {}
         servicers = self._servicers(authenticator) if self.vault is not None else None
-        for descriptor in (TOKEN_SERVICE_DESCRIPTOR, KEY_SERVICE_DESCRIPTOR, SUBJECT_SERVICE):
+        for descriptor in (
+            TOKEN_SERVICE_DESCRIPTOR,
+            KEY_SERVICE_DESCRIPTOR,
+            SUBJECT_SERVICE,
+            FORWARD_SERVICE_DESCRIPTOR,
+        ):
             if servicers is None:
                 gates[descriptor.full_name] = gate = SealedGate()
                 add_service(server, descriptor, gate)
@@ -321,6 +337,7 @@ class VaultServer:
             KEY_SERVICE,
             SUBJECT_SERVICE.full_name,
             SEAL_SERVICE,
+            FORWARD_SERVICE,
             HEALTH_SERVICE,
             reflection.SERVICE_NAME,
         ]
@@ -486,6 +503,8 @@ class VaultServer:
                 running.metrics_server.server_close()
         if self.key_ops is not None:
             await self.key_ops.close()  # a background rewrap stops, its lease released
+        if self.forward is not None:
+            await self.forward.close()  # the processor connections
         await self.store.close()
         await self.subject_key_store.close()
         if self.audit is not None:

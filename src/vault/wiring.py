@@ -28,12 +28,18 @@ from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.auditing import UseCaseAudit
 from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.usecases import UseCases, build_use_cases
-from vault.domain.validation import Limits
+from vault.domain.validation import Limits, Validator
 from vault.errors import AlreadyExistsError, FailedPreconditionError
+from vault.forward.base import ProcessorClient
+from vault.forward.filtering import AnswerFilter
+from vault.forward.routes import RouteSecrets
+from vault.forward.table import RouteTable
+from vault.forward.usecase import Forward
 from vault.master_key import open_kek, open_pkcs11
 from vault.storage.base import CallerRow, Store, SubjectKeyStore
 from vault.storage.postgres import PostgresStore, is_postgres_url, same_database
@@ -47,6 +53,7 @@ __all__ = [
     "KeyedVault",
     "OpenedVault",
     "ShareReader",
+    "build_forward",
     "build_services",
     "create_dev_caller",
     "harden_process",
@@ -206,6 +213,40 @@ def build_services(
         cvc_memory=EphemeralStore(
             clock, budget_bytes=config.cvc_memory_bytes, tenant_share=config.cvc_tenant_share
         ),
+    )
+
+
+def build_forward(
+    config: Config,
+    store: Store,
+    keys: KeyMaterial,
+    services: UseCases,
+    clock: Clock,
+    *,
+    audit: AuditTrail,
+    client: ProcessorClient | None = None,
+) -> Forward:
+    """The Forward use case over the store's routes, with the httpx client unless one is
+    given; the client is the caller's to close (Forward.close)."""
+    if client is None:
+        # Only a serving process needs the HTTP client: commands do not import it.
+        from vault.forward.http import HttpxProcessorClient  # noqa: PLC0415
+
+        client = HttpxProcessorClient()
+    table = RouteTable(
+        store,
+        lambda: RouteSecrets.open(store, keys.kek, clock, create=False),
+        refresh_seconds=config.route_refresh_interval,
+        on_reload=client.retain,  # a removed route's connections are closed
+    )
+    return Forward(
+        table,
+        client,
+        services.reveal,
+        AnswerFilter(services.tokenize),
+        Validator(services.limits),
+        UseCaseAudit(audit, clock, services.limits),
+        clock,
     )
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "ALL_SCOPES",
     "SCOPE_AUDIT",
     "SCOPE_DETOKENIZE",
+    "SCOPE_FORWARD",
     "SCOPE_KEYS",
     "SCOPE_REVEAL_MASKED",
     "SCOPE_SUBJECTS",
@@ -28,6 +29,7 @@ SCOPE_REVEAL_MASKED = "reveal-masked"  # token metadata and masked value, no rev
 SCOPE_SUBJECTS = "subjects"  # data-subject requests
 SCOPE_KEYS = "keys"  # key lifecycle
 SCOPE_AUDIT = "audit"  # read the audit trail
+SCOPE_FORWARD = "forward"  # ForwardService: send revealed values to a configured route
 
 ALL_SCOPES = (
     SCOPE_TOKENIZE,
@@ -36,6 +38,7 @@ ALL_SCOPES = (
     SCOPE_SUBJECTS,
     SCOPE_KEYS,
     SCOPE_AUDIT,
+    SCOPE_FORWARD,
 )
 
 

@@ -12,8 +12,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault import __version__
-from vault.auth.policy import parse_scopes
-from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
+from vault.auth.policy import SCOPE_FORWARD, parse_scopes
+from vault.cli import (
+    audit_cmd,
+    keys_cmd,
+    retention_cmd,
+    routes_cmd,
+    store_cmd,
+    subjects_cmd,
+)
 from vault.cli.common import EXIT_FAILURE, CommandError, client_channel, iso_time, vault_of
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
@@ -126,6 +133,9 @@ async def _callers_add(args: argparse.Namespace) -> int:
     reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
     if args.reveal_rate < 0 or args.reveal_burst < 0:
         raise CommandError("--reveal-rate and --reveal-burst must not be negative")
+    routes = tuple(dict.fromkeys(r.strip() for r in (args.routes or "").split(",") if r.strip()))
+    if routes and SCOPE_FORWARD not in scopes:
+        raise CommandError("--routes needs the forward scope")
     new = NewCaller(
         name=args.name,
         tenant=args.tenant,
@@ -135,6 +145,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
         reveal_kinds=reveal_kinds,
         reveal_rate=args.reveal_rate,
         reveal_burst=args.reveal_burst,
+        routes=routes,
     )
     async with vault_of(args) as vault:
         key = await _administration(vault).add(new)
@@ -275,6 +286,9 @@ def _parser() -> argparse.ArgumentParser:
         help="bind this mTLS client-certificate identity (SAN URI or subject CN) instead "
         "of minting an API key",
     )
+    c_add.add_argument(
+        "--routes", help="Forward routes it may use, e.g. stripe,adyen (needs the forward scope)"
+    )
     c_add.add_argument("--json", action="store_true")
     c_add.set_defaults(handler=_callers_add)
     c_list = c_sub.add_parser("list", help="callers (no secrets)")
@@ -291,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     store_cmd.register(sub)
     subjects_cmd.register(sub)
     retention_cmd.register(sub)
+    routes_cmd.register(sub)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, AuditEvent, AuditSink
 from vault.auth.policy import Caller
@@ -53,6 +53,7 @@ class UseCaseAudit:
         purpose: str,
         request: RequestContext,
         exc: VaultError,
+        detail: Mapping[str, str] | None = None,
     ) -> None:
         """One record of a refused or failed call (best effort: it already fails)."""
         if self._sink is None:
@@ -72,7 +73,7 @@ class UseCaseAudit:
             exc.reason,
             request.request_id,
             request.peer,
-            {"token_count": str(len(tokens))},
+            {"token_count": str(len(tokens)), **(detail or {})},
         )
         try:
             await self._sink.record([event])

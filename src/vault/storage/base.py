@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from vault.storage.route_store import RouteStore
+
 __all__ = [
     "AUDIT_GENESIS_MAC",
     "AuditHead",
@@ -654,6 +656,7 @@ class Store(
     AuditStore,
     SubjectStore,
     RetentionStore,
+    RouteStore,
     Protocol,
 ):
     """Every aggregate together: for the composition root and the storage contract

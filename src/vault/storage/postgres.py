@@ -91,6 +91,7 @@ from vault.storage.sql.columns import (
 from vault.storage.sql.dialect import POSTGRES
 from vault.storage.sql.reads import SqlReads
 from vault.storage.sql.resolution import InsertResolver
+from vault.storage.sql.routes import SqlRoutes, Statement
 from vault.storage.sql.schema import migrations
 
 __all__ = ["PostgresStore", "is_postgres_url", "open_error", "redact_url", "same_database"]
@@ -362,7 +363,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class PostgresStore(SqlReads):
+class PostgresStore(SqlReads, SqlRoutes):
     """Store on one PostgreSQL database (see the module docstring for the design)."""
 
     _dialect = POSTGRES
@@ -902,6 +903,14 @@ class PostgresStore(SqlReads):
         return await self._put_wrapped_key(
             "fingerprint_keys", "tenant", tenant, wrapped_key, kek_id, created_at
         )
+
+    async def _statements(self, statements: Sequence[Statement]) -> list[int]:
+        """The statements in one transaction of their own (SqlRoutes)."""
+
+        async def apply(conn: _Conn) -> list[int]:
+            return [_rowcount(await conn.execute(sql, *params)) for sql, params in statements]
+
+        return await self._write(apply)
 
     async def add_caller(self, caller: CallerRow) -> None:
         async def apply(conn: _Conn) -> None:

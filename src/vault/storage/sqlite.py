@@ -66,6 +66,7 @@ from vault.storage.sql.columns import (
 from vault.storage.sql.dialect import SQLITE
 from vault.storage.sql.reads import SqlReads
 from vault.storage.sql.resolution import InsertResolver
+from vault.storage.sql.routes import SqlRoutes, Statement
 from vault.storage.sql.schema import migrations
 
 __all__ = ["SqliteStore", "migrations"]
@@ -349,7 +350,7 @@ async def _enable_wal(conn: aiosqlite.Connection, wait_seconds: float = 10.0) ->
         return
 
 
-class SqliteStore(SqlReads):
+class SqliteStore(SqlReads, SqlRoutes):
     """Store on one SQLite file (see module docstring for the concurrency design)."""
 
     _dialect = SQLITE
@@ -889,6 +890,14 @@ class SqliteStore(SqlReads):
                 ),
             )
             return cur.rowcount == 1
+
+        return await self._write(apply)
+
+    async def _statements(self, statements: Sequence[Statement]) -> list[int]:
+        """The statements in one savepoint of the group transaction (SqlRoutes)."""
+
+        def apply(conn: sqlite3.Connection) -> list[int]:
+            return [conn.execute(sql, params).rowcount for sql, params in statements]
 
         return await self._write(apply)
 
