@@ -37,14 +37,22 @@ __all__ = [
     "configure",
     "enabled",
     "http_span",
+    "reset",
     "server_interceptors",
     "set_code",
     "traced_kek",
     "traced_store",
 ]
 
-_tracer = trace.get_tracer("vault")
-_state = {"enabled": False}
+
+class _State:
+    """Whether tracing is on, and the provider every vault span comes from."""
+
+    provider: TracerProvider | None = None
+    tracer: trace.Tracer = trace.NoOpTracer()
+
+
+_state = _State()
 
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -91,12 +99,16 @@ def _exporting() -> bool:
     return "otlp" in exporters or any(os.environ.get(name) for name in _OTLP_ENDPOINTS)
 
 
-def configure() -> bool:
-    """Turn tracing on if OTEL_* asks for OTLP export (installing the SDK provider) or an
-    SDK provider is installed already; returns whether it is on."""
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        _state["enabled"] = True
-    elif _exporting():
+def configure(provider: TracerProvider | None = None) -> bool:
+    """Turn tracing on with ``provider`` (tests, an embedding program), else if OTEL_*
+    asks for OTLP export (installing the SDK provider) or an SDK provider is installed
+    already; returns whether it is on. Once on, it stays on with its provider."""
+    if _state.provider is not None:
+        return True
+    installed = trace.get_tracer_provider()
+    if provider is None and isinstance(installed, TracerProvider):
+        provider = installed
+    elif provider is None and _exporting():
         # Imported only when asked for: the exporter pulls in its own grpc channel code.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,
@@ -106,21 +118,29 @@ def configure() -> bool:
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
-        _state["enabled"] = True
-    return _state["enabled"]
+    if provider is not None:
+        _state.provider = provider
+        _state.tracer = provider.get_tracer("vault")
+    return provider is not None
+
+
+def reset() -> None:
+    """Tracing off again (for tests; servers already built keep their wrappers)."""
+    _state.provider = None
+    _state.tracer = trace.NoOpTracer()
 
 
 def enabled() -> bool:
-    return _state["enabled"]
+    return _state.provider is not None
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The grpc.aio server interceptors tracing needs (none when it is off)."""
-    if not _state["enabled"]:
+    if _state.provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
 
-    interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
+    interceptor = aio_server_interceptor(_state.provider)  # type: ignore[no-untyped-call]
     return [cast("grpc.aio.ServerInterceptor[Any, Any]", interceptor)]
 
 
@@ -146,11 +166,11 @@ def set_code(span: trace.Span, code: int) -> None:
 @contextlib.contextmanager
 def http_span(service: str, method: str) -> Iterator[trace.Span]:
     """The server span of one HTTP/JSON call, named as the gRPC one is."""
-    if not _state["enabled"]:
+    if _state.provider is None:
         yield trace.INVALID_SPAN
         return
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-    with _tracer.start_as_current_span(
+    with _state.tracer.start_as_current_span(
         f"/{service}/{method}",
         kind=trace.SpanKind.SERVER,
         attributes={**attributes, "vault.transport": "http-json"},
@@ -161,7 +181,7 @@ def http_span(service: str, method: str) -> Iterator[trace.Span]:
 
 def _commit_span(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     async def traced(*args: Any, **kwargs: Any) -> Any:
-        with _tracer.start_as_current_span(
+        with _state.tracer.start_as_current_span(
             "vault.store.commit",
             attributes={"vault.store.operation": name},
             **_QUIET,
@@ -190,7 +210,7 @@ class _TracedStore:
 
 def traced_store(store: T) -> T:
     """``store`` with commit spans when tracing is on; ``store`` itself otherwise."""
-    if not _state["enabled"]:
+    if _state.provider is None:
         return store
     return cast("T", _TracedStore(store))
 
@@ -210,11 +230,13 @@ class _TracedKek:
         return self._kek.kek_id
 
     def wrap(self, key: SecretBytes, label: bytes) -> bytes:
-        with _tracer.start_as_current_span("vault.kek.wrap", attributes=self._attributes, **_QUIET):
+        with _state.tracer.start_as_current_span(
+            "vault.kek.wrap", attributes=self._attributes, **_QUIET
+        ):
             return self._kek.wrap(key, label)
 
     def unwrap(self, wrapped: bytes, label: bytes) -> SecretBytes:
-        with _tracer.start_as_current_span(
+        with _state.tracer.start_as_current_span(
             "vault.kek.unwrap", attributes=self._attributes, **_QUIET
         ):
             return self._kek.unwrap(wrapped, label)
@@ -225,4 +247,4 @@ class _TracedKek:
 
 def traced_kek(kek: KekProvider) -> KekProvider:
     """``kek`` with spans around its calls when tracing is on; ``kek`` itself otherwise."""
-    return _TracedKek(kek) if _state["enabled"] else kek
+    return _TracedKek(kek) if _state.provider is not None else kek

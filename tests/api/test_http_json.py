@@ -4,10 +4,12 @@ same methods, credentials, errors and audit as gRPC."""
 from __future__ import annotations
 
 import json
+import ssl
 
 import httpx
 import pytest
 from api_helpers import PURPOSE
+from mtls_certs import make_cert_set
 from test_audit import audit_rows
 
 PAN = "4111111111111111"
@@ -150,3 +152,32 @@ async def test_a_body_over_the_message_limit_is_refused(vault_factory):
         )
     assert resp.status_code == 429
     assert resp.json()["code"] == 8
+
+
+async def test_the_http_port_speaks_mtls_when_the_grpc_port_does(vault_factory, tmp_path):
+    certs = make_cert_set()
+    d = tmp_path / "tls"
+    cert, key = certs.server.write(d, "server")
+    client_cert, client_key = certs.spiffe.write(d, "client")
+    ca = d / "ca.crt"
+    ca.write_bytes(certs.ca.pem)
+    vault = await vault_factory(
+        http_listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key), client_ca=str(ca)
+    )
+    url = f"https://localhost:{vault.server.http_port}{TOKENIZE}"
+    body = {"kind": "DATA_KIND_PAN", "text": PAN}
+    headers = {"authorization": f"Bearer {vault.key}"}
+    with_cert = ssl.create_default_context(cafile=str(ca))
+    with_cert.load_cert_chain(client_cert, client_key)
+    async with httpx.AsyncClient(verify=with_cert) as client:
+        resp = await client.post(url, json=body, headers=headers)
+    assert resp.status_code == 200
+    assert resp.json()["token"]
+    # No client certificate: the handshake fails, as on the gRPC port.
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca))) as client:
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            await client.post(url, json=body, headers=headers)
+    # Plain HTTP is not served on a TLS port.
+    async with httpx.AsyncClient() as client:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError)):
+            await client.post(url.replace("https", "http"), json=body, headers=headers)
