@@ -19,17 +19,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import grpc
 from opentelemetry import trace
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from vault.auth.policy import Caller
-from vault.crypto.base import KekProvider
-from vault.secrets import SecretBytes
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vault.auth.policy import Caller
+    from vault.crypto.base import KekProvider
+    from vault.secrets import SecretBytes
+
+# Only the OpenTelemetry API is imported here (the CLI loads this module through the
+# master keys); the SDK, the exporter and the grpc instrumentation load when tracing is
+# turned on, in the server.
 
 __all__ = [
     "annotate_call",
@@ -105,6 +108,8 @@ def configure(provider: TracerProvider | None = None) -> bool:
     already; returns whether it is on. Once on, it stays on with its provider."""
     if _state.provider is not None:
         return True
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415 - see above
+
     installed = trace.get_tracer_provider()
     if provider is None and isinstance(installed, TracerProvider):
         provider = installed
@@ -113,6 +118,8 @@ def configure(provider: TracerProvider | None = None) -> bool:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,
         )
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
         name = os.environ.get("OTEL_SERVICE_NAME", "payment-vault")
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
@@ -134,14 +141,14 @@ def enabled() -> bool:
     return _state.provider is not None
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+def server_interceptors() -> list[Any]:
     """The grpc.aio server interceptors tracing needs (none when it is off)."""
     if _state.provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
 
     interceptor = aio_server_interceptor(_state.provider)  # type: ignore[no-untyped-call]
-    return [cast("grpc.aio.ServerInterceptor[Any, Any]", interceptor)]
+    return [interceptor]
 
 
 def annotate_call(caller: Caller) -> None:
@@ -151,10 +158,10 @@ def annotate_call(caller: Caller) -> None:
     span.set_attribute("vault.tenant", caller.tenant)
 
 
-def annotate_code(code: grpc.StatusCode) -> None:
-    """The call's status on its span (the instrumentation sees ``abort`` only, and the
-    vault answers with ``abort_with_status``)."""
-    set_code(trace.get_current_span(), code.value[0])
+def annotate_code(code: int) -> None:
+    """The call's status (a google.rpc.Code number) on its span: the instrumentation
+    sees ``abort`` only, and the vault answers with ``abort_with_status``."""
+    set_code(trace.get_current_span(), code)
 
 
 def set_code(span: trace.Span, code: int) -> None:

@@ -245,7 +245,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             except VaultError as exc:
                 code = grpc_code(exc)
                 if tracing.enabled():
-                    tracing.annotate_code(code)
+                    tracing.annotate_code(code.value[0])
                 metrics.RPC_CALLS.labels(method, code.name).inc()
                 latency.observe(time.perf_counter() - start)
                 if isinstance(exc, _REFUSALS):
@@ -258,7 +258,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
                 # Only the type is logged: an exception string may carry input.
                 log.error("internal error in %s: %s", method, type(exc).__name__)
                 if tracing.enabled():
-                    tracing.annotate_code(grpc.StatusCode.INTERNAL)
+                    tracing.annotate_code(grpc.StatusCode.INTERNAL.value[0])
                 metrics.RPC_CALLS.labels(method, "INTERNAL").inc()
                 latency.observe(time.perf_counter() - start)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
