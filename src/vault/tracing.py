@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -171,14 +171,18 @@ def set_code(span: trace.Span, code: int) -> None:
 
 
 @contextlib.contextmanager
-def http_span(service: str, method: str) -> Iterator[trace.Span]:
-    """The server span of one HTTP/JSON call, named as the gRPC one is."""
+def http_span(
+    service: str, method: str, headers: Iterable[tuple[str, str]] = ()
+) -> Iterator[trace.Span]:
+    """The server span of one HTTP/JSON call, named as the gRPC one is; a ``traceparent``
+    header continues the caller's trace."""
     if _state.provider is None:
         yield trace.INVALID_SPAN
         return
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
     with _state.tracer.start_as_current_span(
         f"/{service}/{method}",
+        context=propagate.extract(dict(headers)),
         kind=trace.SpanKind.SERVER,
         attributes={**attributes, "vault.transport": "http-json"},
         **_QUIET,

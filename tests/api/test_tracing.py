@@ -21,6 +21,8 @@ from vault.v1 import token_service_pb2 as pb
 PAN = "4111111111111111"
 BAD_PAN = "4111111111111112"
 EMAIL = "ada@shop.example"
+CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CALLER_SPAN = 0x00F067AA0BA902B7
 
 
 @pytest.fixture
@@ -92,7 +94,10 @@ async def test_no_value_token_or_key_reaches_a_span(traced):
         over_http = await c.post(
             "/vault.v1.TokenService/Detokenize",
             json={"token": token, "purpose": PURPOSE},
-            headers={"authorization": f"Bearer {vault.key}"},
+            headers={
+                "authorization": f"Bearer {vault.key}",
+                "traceparent": f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01",
+            },
         )
     assert over_http.json()["text"] == PAN
 
@@ -127,6 +132,11 @@ async def test_no_value_token_or_key_reaches_a_span(traced):
     assert http_reveal.attributes["vault.transport"] == "http-json"
     assert http_reveal.attributes["rpc.grpc.status_code"] == 0
     assert http_reveal.attributes["vault.caller"] == "dev"
+    # The checkout's trace continues into the vault.
+    assert http_reveal.context is not None
+    assert http_reveal.context.trace_id == CALLER_TRACE
+    assert http_reveal.parent is not None
+    assert http_reveal.parent.span_id == CALLER_SPAN
 
 
 def test_tracing_is_off_by_default(monkeypatch):

@@ -224,7 +224,7 @@ class HttpGateway:
             for name, value in scope["headers"]
         )
         call = _HttpCall(metadata, _grpc_peer(scope.get("client")))
-        with tracing.http_span(route.service, route.method) as span:
+        with tracing.http_span(route.service, route.method, metadata) as span:
             try:
                 response = await route.handler(body, call, decode=route.decode)
             except _AbortedError as aborted:
