@@ -28,6 +28,9 @@ class Config:
     data_dir: Path = Path("var")
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"  # empty string turns the metrics port off
+    # HOST:PORT serving the unary methods as HTTP/JSON too ("" = off, the default); TLS
+    # (and mTLS) as the gRPC port has it.
+    http_listen: str = ""
     dev: bool = False
     log_format: str = "plain"  # plain | json
     log_level: str = "INFO"

@@ -18,8 +18,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
+from vault import tracing
 from vault.api.forward_service import FORWARD_SERVICE as FORWARD_SERVICE_DESCRIPTOR
 from vault.api.forward_service import ForwardServicer
+from vault.api.http import HttpGateway, HttpServer, HttpTls
 from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
 from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service, connection_options
@@ -114,6 +116,7 @@ class _Running:
     metrics_server: Any
     gates: dict[str, SealedGate]  # the key-holding services while sealed, by name
     authenticator: Authenticator
+    http: HttpServer | None = None
 
 
 class VaultServer:
@@ -122,10 +125,12 @@ class VaultServer:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.store: Store = open_store(config)
+        tracing.configure()  # OTEL_* (off by default): before anything it wraps
+        self.store: Store = tracing.traced_store(open_store(config))
         self.subject_key_store: SubjectKeyStore = open_subject_key_store(config)
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
         self.dev_key: str | None = None
         self._running: _Running | None = None
         self._stopped = asyncio.Event()
@@ -296,6 +301,7 @@ class VaultServer:
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
         server = grpc.aio.server(
+            interceptors=tracing.server_interceptors(),
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -313,6 +319,8 @@ class VaultServer:
         # through their gates until the last share; otherwise they serve directly.
         gates: dict[str, SealedGate] = {}
         servicers = self._servicers(authenticator) if self.vault is not None else None
+        # The HTTP/JSON port (--http-listen) serves the very servicers (or gates) grpc does.
+        gateway = HttpGateway(cfg.max_message_bytes)
         for descriptor in (
             TOKEN_SERVICE_DESCRIPTOR,
             KEY_SERVICE_DESCRIPTOR,
@@ -322,12 +330,15 @@ class VaultServer:
             if servicers is None:
                 gates[descriptor.full_name] = gate = SealedGate()
                 add_service(server, descriptor, gate)
+                gateway.add_service(descriptor, gate)
             else:
                 add_service(server, descriptor, servicers[descriptor.full_name])
+                gateway.add_service(descriptor, servicers[descriptor.full_name])
         self.seal_servicer = SealServicer(
             authenticator, self.clock, self.unsealer, self._unseal, self.audit
         )
         add_service(server, SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
+        gateway.add_service(SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
@@ -367,6 +378,7 @@ class VaultServer:
                 "cannot listen on the configured address", reason="LISTEN_FAILED"
             ) from None
         await server.start()
+        http = await self._start_http(gateway, server, tls is not None)
         metrics_server = None
         if cfg.metrics_listen:
             host, _, port = cfg.metrics_listen.rpartition(":")
@@ -374,13 +386,15 @@ class VaultServer:
                 metrics_server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
             except (OSError, ValueError):
                 await server.stop(None)
+                if http is not None:
+                    await http.stop()
                 raise FailedPreconditionError(
                     "cannot listen on the metrics address", reason="LISTEN_FAILED"
                 ) from None
             self.metrics_port = metrics_server.server_port
         sealed = self.vault is None
         tasks = [] if sealed else self._background_tasks()
-        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator)
+        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator, http)
         # "" is liveness; the key-holding services are SERVING only now that migrations
         # ran and the keys are loaded, or once the last custodian share is in (sealed).
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -397,6 +411,27 @@ class VaultServer:
             self.port,
             "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
         )
+
+    async def _start_http(
+        self, gateway: HttpGateway, server: grpc.aio.Server, tls: bool
+    ) -> HttpServer | None:
+        cfg = self.config
+        if not cfg.http_listen:
+            return None
+        http = HttpServer(
+            gateway,
+            cfg.http_listen,
+            tls=HttpTls(cfg.tls_cert, cfg.tls_key, cfg.client_ca) if tls else None,
+            max_concurrency=cfg.max_concurrent_rpcs,
+            reuse_port=cfg.workers > 1,
+        )
+        try:
+            await http.start()
+        except BaseException:
+            await server.stop(None)
+            raise
+        self.http_port = http.port
+        return http
 
     async def _every(self, seconds: float, job: Any) -> None:
         while True:
@@ -488,6 +523,8 @@ class VaultServer:
         running, self._running = self._running, None
         if running is not None:
             await running.health.enter_graceful_shutdown()
+            if running.http is not None:
+                await running.http.stop()
             await running.server.stop(self.config.shutdown_grace if grace is None else grace)
             await running.authenticator.refusals.close()  # counted refusals into the trail
             for task in running.tasks:

@@ -22,7 +22,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from vault import metrics
+from vault import metrics, tracing
 from vault.api.errors import grpc_code, to_grpc_status
 from vault.audit.base import ACTION_AUTHENTICATE, ACTION_AUTHORIZE, AuditSink
 from vault.audit.refusals import RefusalKey
@@ -239,9 +239,13 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
                 if door.limiter.throttling:
                     _check_throttle(door, context, authorization, identity)
                 caller = await door.authenticate(authorization, identity)
+                if tracing.enabled():
+                    tracing.annotate_call(caller)
                 response = await fn(self, caller, _decode(decode, request), context)
             except VaultError as exc:
                 code = grpc_code(exc)
+                if tracing.enabled():
+                    tracing.annotate_code(code.value[0])
                 metrics.RPC_CALLS.labels(method, code.name).inc()
                 latency.observe(time.perf_counter() - start)
                 if isinstance(exc, _REFUSALS):
@@ -253,6 +257,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             except Exception as exc:
                 # Only the type is logged: an exception string may carry input.
                 log.error("internal error in %s: %s", method, type(exc).__name__)
+                if tracing.enabled():
+                    tracing.annotate_code(grpc.StatusCode.INTERNAL.value[0])
                 metrics.RPC_CALLS.labels(method, "INTERNAL").inc()
                 latency.observe(time.perf_counter() - start)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")

@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         args,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
+        http_listen=args.http_listen,
         dev=True if args.dev else None,
         log_format=args.log_format,
         workers=args.workers,
@@ -79,6 +80,10 @@ async def _serve_one(cfg: Config) -> int:
     server = VaultServer(cfg)
     await server.start()
     _announce(cfg, server.port, server.dev_key, [server.metrics_port])
+    if server.http_port:
+        scheme = "https" if cfg.tls_cert else "http"
+        host = cfg.http_listen.rpartition(":")[0]
+        print(f"HTTP/JSON on {scheme}://{host}:{server.http_port}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -232,6 +237,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_store_args(serve)
     serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:50051)")
     serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus metrics")
+    serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT serving the unary methods as HTTP/JSON too (default off)",
+    )
     serve.add_argument(
         "--dev",
         action="store_true",
