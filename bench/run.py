@@ -56,6 +56,7 @@ MAIN_SCENARIOS = (
     "tokenize_batch",
     "detokenize_batch",
     "mixed",
+    "tokenize_stream",
 )
 ECHO_SCENARIOS = ("echo_unary", "echo_batch")
 INPROC_SCENARIOS = ("inproc_tokenize", "inproc_detokenize")
@@ -67,7 +68,15 @@ ALL_SCENARIOS = (
     "workers",
     "postgres",
 )
-BATCH_SCENARIOS = {"tokenize_batch", "detokenize_batch", "echo_batch", *INPROC_SCENARIOS}
+# Reported in items/s (a stream's items are its unit too).
+BATCH_SCENARIOS = {
+    "tokenize_batch",
+    "detokenize_batch",
+    "echo_batch",
+    "tokenize_stream",
+    *INPROC_SCENARIOS,
+}
+P99_CONCURRENCY = 16  # the tokenize p99 target's level (issue 14)
 WORKERS_CHANNELS = 16  # client connections for the workers points
 WORKERS_SKIPPED = "vaultctl serve has no --workers yet"
 
@@ -667,6 +676,10 @@ def compute_ratios(
             _get(_find(scenarios, "tokenize_unary", concurrency=low), "p99_ms"),
             _get(_find(scenarios, "echo_unary", concurrency=low), "p99_ms"),
         ),
+        "stream_tokenize_vs_unary": _ratio(
+            _get(_find(scenarios, "tokenize_stream", concurrency=top), "throughput"),
+            _get(tu, "throughput"),
+        ),
     }
     basis = {
         "tokenize_unary_vs_echo": f"ops/s at concurrency {top}",
@@ -676,6 +689,10 @@ def compute_ratios(
         "tokenize_1m_vs_10k": f"growth tokenize ops/s at concurrency {GROWTH_CONCURRENCY}",
         "workers2_vs_workers1": f"tokenize_unary ops/s at concurrency {top}",
         "tokenize_p99_c1_vs_echo": f"p99 at concurrency {low}",
+        "stream_tokenize_vs_unary": (
+            f"tokenize_stream items/s / tokenize_unary ops/s, both at concurrency {top}"
+        ),
+        "tokenize_p99_c16_ms": f"tokenize_unary p99 at concurrency {P99_CONCURRENCY}",
         "tokenize_batch_items_per_s": "best over concurrency levels",
         "detokenize_batch_items_per_s": "best over concurrency levels",
     }
@@ -683,6 +700,9 @@ def compute_ratios(
         **ratios,
         "tokenize_batch_items_per_s": _get(tb, "throughput"),
         "detokenize_batch_items_per_s": _get(db, "throughput"),
+        "tokenize_p99_c16_ms": _get(
+            _find(scenarios, "tokenize_unary", concurrency=P99_CONCURRENCY), "p99_ms"
+        ),
     }
     return ratios, {"values": values, "basis": basis}
 
@@ -696,6 +716,8 @@ TARGETS: list[tuple[str, str, float]] = [
     ("tokenize_1m_vs_10k", ">=", 0.7),
     ("workers2_vs_workers1", ">=", 1.3),
     ("tokenize_p99_c1_vs_echo", "<=", 2.0),
+    ("stream_tokenize_vs_unary", ">=", 2.0),
+    ("tokenize_p99_c16_ms", "<=", 8.0),
 ]
 
 
