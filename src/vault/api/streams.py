@@ -56,6 +56,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 # (servicer, caller, request, stream's request context) -> the item's response
 ItemHandler = Callable[[Any, Caller, Req, RequestContext], Awaitable[Resp]]
+# (servicer, caller, requests, stream's request context) -> their responses, all or none
+GroupHandler = Callable[[Any, Caller, list[Any], RequestContext], Awaitable[list[Any]]]
 # (response=...) or (error=...) -> the stream's response message
 Wrap = Callable[..., Any]
 
@@ -103,10 +105,13 @@ class _Stream:
 
 
 def stream(
-    method: str, scope: str, response_type: Wrap
+    method: str, scope: str, response_type: Wrap, group: GroupHandler | None = None
 ) -> Callable[[ItemHandler[Req, Resp]], Callable[..., Awaitable[None]]]:
     """Turn a one-item handler into a stream handler for ``method`` (the metric label),
-    needing ``scope``; ``response_type`` wraps an item's response or error."""
+    needing ``scope``; ``response_type`` wraps an item's response or error. With
+    ``group`` (the batch use case, all or nothing), the items that arrive while a group
+    runs go together as the next group; a group that fails is run again item by item,
+    so each item still gets the answer its unary call would."""
 
     def decorate(fn: ItemHandler[Req, Resp]) -> Callable[..., Awaitable[None]]:
         @functools.wraps(fn)
@@ -118,7 +123,10 @@ def stream(
         ) -> None:
             s = await _open(self, context, method, scope)
             item = functools.partial(_item, s, fn, decode, response_type)
-            await _pump(s, requests, item)
+            if group is None:
+                await _pump(s, requests, item)
+            else:
+                await _pump(s, requests, _Grouper(s, group, item, decode, response_type))
 
         return handler
 
@@ -170,6 +178,86 @@ async def _item(
         answer = wrap(response=response)
     metrics.RPC_LATENCY.labels(s.method).observe(time.perf_counter() - start)
     return answer
+
+
+class _Grouper:
+    """Items of one stream in groups: at most one group runs at a time, and the items
+    that arrive meanwhile form the next one (a group commit per stream)."""
+
+    __slots__ = ("_decode", "_group", "_item", "_pending", "_running", "_s", "_wrap")
+
+    def __init__(
+        self,
+        s: _Stream,
+        group: GroupHandler,
+        item: Callable[[Any], Awaitable[Any]],
+        decode: Decoder | None,
+        wrap: Wrap,
+    ) -> None:
+        self._s = s
+        self._group = group
+        self._item = item
+        self._decode = decode
+        self._wrap = wrap
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    def __call__(self, raw: Any) -> asyncio.Future[Any]:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((raw, answer))
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._drain())
+        return answer
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._run(batch)
+        finally:
+            self._running = None
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        s = self._s
+        start = time.perf_counter()
+        try:
+            caller = await s.caller()
+        except VaultError as exc:
+            for _, answer in batch:
+                _settle(answer, error=_EndStream(exc))
+            return
+        try:
+            requests = [decode_request(self._decode, raw) for raw, _ in batch]
+            responses = await self._group(s.servicer, caller, requests, s.request)
+        except Exception:  # noqa: BLE001 - each item runs alone and gets its own answer
+            await self._one_by_one(batch)
+            return
+        for (_, answer), response in zip(batch, responses, strict=True):
+            _settle(answer, self._wrap(response=response))
+        metrics.RPC_CALLS.labels(s.method, "OK").inc(len(batch))
+        metrics.RPC_LATENCY.labels(s.method).observe(time.perf_counter() - start)
+
+    async def _one_by_one(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        results = await asyncio.gather(
+            *(self._item(raw) for raw, _ in batch), return_exceptions=True
+        )
+        for (_, answer), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                _settle(answer, error=result)
+            else:
+                _settle(answer, result)
+
+
+def _settle(
+    answer: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
+    """Answer an item, unless its stream has ended (the future was cancelled)."""
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(result)
 
 
 async def _pump(

@@ -211,7 +211,16 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     # -- streams: each item is the unary call (same use case, audit, limits), see
     # api/streams.py for the window, the order and the per-item errors.
 
-    @stream("TokenizeStream", SCOPE_TOKENIZE, pb.TokenizeStreamResponse)
+    async def _tokenize_group(
+        self, caller: Caller, requests: list[pb.TokenizeRequest], _request: RequestContext
+    ) -> list[pb.TokenizeResponse]:
+        """The stream's items that arrived together, as one batch (one commit)."""
+        results = await self.use_cases.tokenize.tokenize(
+            caller, [_item(r) for r in requests], batch=True
+        )
+        return [_tokenized(t) for t in results]
+
+    @stream("TokenizeStream", SCOPE_TOKENIZE, pb.TokenizeStreamResponse, _tokenize_group)
     async def TokenizeStream(  # noqa: N802 - gRPC method name
         self, caller: Caller, request: pb.TokenizeRequest, _request: RequestContext
     ) -> pb.TokenizeResponse:
