@@ -57,7 +57,7 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "protobuf building and decoding",
-        ("protobuf/", "token_service.py", "_pb2.py", "echo_server.py", "decode (rpc.py"),
+        ("protobuf/", "token_service.py", "_pb2.py", "decode (rpc.py"),
     ),
     ("rpc wrapper (auth, request context, metrics)", ("vault/api/rpc.py", "vault/auth/", "uuid")),
     ("use cases (the rest of the domain)", ("vault/domain/",)),
@@ -138,14 +138,17 @@ def markdown(rows: list[dict]) -> str:
     names = list(rows[0]["us_per_call"])
     head = "| µs of server CPU per call | " + " | ".join(r["scenario"] for r in rows) + " |"
     lines = [head, "|---|" + "---:|" * len(rows)]
-    for n in names:
-        lines.append(f"| {n} | " + " | ".join(f"{r['us_per_call'][n]:.0f}" for r in rows) + " |")
+    lines.extend(
+        f"| {n} | " + " | ".join(f"{r['us_per_call'][n]:.0f}" for r in rows) + " |" for n in names
+    )
     lines.append(
         "| **total (from /proc)** | "
         + " | ".join(f"**{r['server_cpu_us_per_call']:.0f}**" for r in rows)
         + " |"
     )
-    lines.append("| calls/s while sampled | " + " | ".join(f"{r['ops_per_s']:,.0f}" for r in rows) + " |")
+    lines.append(
+        "| calls/s while sampled | " + " | ".join(f"{r['ops_per_s']:,.0f}" for r in rows) + " |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +172,8 @@ def main() -> int:
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     table = markdown(rows)
     args.out.with_suffix(".md").write_text(
-        f"# Server CPU per unary call, c={args.concurrency} (py-spy, blocking, {args.seconds:g} s)\n\n"
-        + table
+        f"# Server CPU per unary call, c={args.concurrency}"
+        f" (py-spy, blocking, {args.seconds:g} s)\n\n" + table
     )
     print(table)
     return 0
