@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 
 from vault.api.streams import STREAM_WINDOW
 from vault.audit.base import ACTION_REVEAL
+from vault.auth import apikeys
 from vault.v1 import token_service_pb2 as pb
 
 PURPOSE = "stream test"
@@ -226,3 +227,17 @@ async def test_an_undecodable_item_is_invalid_argument_and_the_stream_goes_on(va
     answer = cls.FromString(raw)
     assert answer.error.code == INVALID
     assert _reason(answer.error) == "MALFORMED_REQUEST"
+
+
+async def test_a_key_revoked_mid_stream_ends_the_stream(vault, monkeypatch):
+    monkeypatch.setattr(apikeys, "CACHE_SECONDS", 0.0)
+    md = await vault.add_caller("soon-revoked", ("tokenize",))
+    call = vault.stub.TokenizeStream(metadata=md)
+    await call.write(tokenize_request("DATA_KIND_EMAIL", "jo@example.com"))
+    first = await call.read()
+    assert first.response.token
+    assert await vault.server.store.revoke_caller("soon-revoked", vault.clock.now())
+    await call.write(tokenize_request("DATA_KIND_EMAIL", "other@example.com"))
+    exc = await expect_code(call.read(), grpc.StatusCode.UNAUTHENTICATED)
+    assert error_info(exc).reason == "REVOKED_CREDENTIAL"
+    assert vault.sql("SELECT count(*) FROM tokens") == [(1,)]
