@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +396,10 @@ class VaultServer:
         sealed = self.vault is None
         tasks = [] if sealed else self._background_tasks()
         self._running = _Running(server, health, tasks, metrics_server, gates, authenticator, http)
+        # What start-up built lives as long as the process (modules, keys, the grpc
+        # server): frozen out of the collector's sight, a full collection under load scans
+        # only what calls made (before: a ~35 ms pause every few thousand calls, a p99 spike).
+        gc.freeze()
         # "" is liveness; the key-holding services are SERVING only now that migrations
         # ran and the keys are loaded, or once the last custodian share is in (sealed).
         await health.set("", health_pb2.HealthCheckResponse.SERVING)

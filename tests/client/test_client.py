@@ -240,3 +240,21 @@ def test_plaintext_off_loopback_is_refused(address):
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "localhost:1", "[::1]:1"])
 def test_plaintext_to_loopback_is_allowed(address):
     Vault.connect(address, tls=False).close()
+
+
+async def test_async_streams_answer_each_item_in_order(server):
+    async with AsyncVault.connect(server.address, api_key=server.key, tls=False) as vault:
+        values = [PAN, "4242424242424241", "4111111111111111"]  # the second fails Luhn
+        answers = [a async for a in vault.tokenize_stream(DataKind.PAN, values)]
+        assert isinstance(answers[1], InvalidArgumentError)
+        assert answers[1].fields == ["text"]
+        tokens = [answers[0].token, "4000000000000002", answers[2].token]
+        revealed = [a async for a in vault.detokenize_stream(tokens, purpose=PURPOSE)]
+        assert revealed[0].value == PAN
+        assert isinstance(revealed[1], NotFoundError)
+        assert revealed[2].value == "4111111111111111"
+    checkout = server.add_caller(f"checkout-{uuid.uuid4().hex[:6]}", "tokenize")
+    async with AsyncVault.connect(server.address, api_key=checkout, tls=False) as vault:
+        with pytest.raises(PermissionDeniedError) as denied:
+            _ = [a async for a in vault.detokenize_stream(tokens, purpose=PURPOSE)]
+        assert denied.value.reason == "MISSING_SCOPE"

@@ -43,12 +43,18 @@ from vault.errors import (
 
 __all__ = [
     "MALFORMED",
+    "REFUSALS",
     "Authenticated",
+    "Context",
     "Decoder",
     "add_service",
+    "authorization_of",
     "cert_identity",
+    "check_throttle",
     "connection_options",
+    "decode_request",
     "peer_host",
+    "refused",
     "request_context",
     "rpc",
 ]
@@ -218,6 +224,15 @@ def _decode(decode: Decoder | None, request: Any) -> Any:
     return request
 
 
+# The steps the stream handlers (api/streams.py) share with ``rpc``, under public names
+# (aliases rather than renames, so the unary wrapper's body stays as it is).
+authorization_of = _authorization
+check_throttle = _check_throttle
+refused = _refused
+decode_request = _decode
+REFUSALS = _REFUSALS
+
+
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
     """Authenticate from the headers, then decode the body, run, map errors, count.
     ``method`` is the metric label."""
@@ -303,15 +318,21 @@ def _decoder(cls: type[Message]) -> Decoder:
 
 
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Register the unary methods of ``service`` on ``servicer`` (the generated helper's
-    job). grpc hands each handler the raw request bytes (no request deserializer) and the
-    handler decodes them with the method's tolerant decoder only once the credential in
-    the headers is accepted: an anonymous client never gets a body parsed."""
+    """Register the methods of ``service`` on ``servicer`` (the generated helper's job;
+    the bidirectional streams too, see api/streams.py). grpc hands each handler the raw
+    request bytes (no request deserializer) and the handler decodes them with the
+    method's tolerant decoder only once the credential in the headers is accepted: an
+    anonymous client never gets a body parsed."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
             functools.partial(getattr(servicer, method.name), decode=_decoder(request_cls)),
             request_deserializer=None,
             response_serializer=response_cls.SerializeToString,
