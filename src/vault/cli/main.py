@@ -126,7 +126,8 @@ async def _callers_add(args: argparse.Namespace) -> int:
     reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
     if args.reveal_rate < 0 or args.reveal_burst < 0:
         raise CommandError("--reveal-rate and --reveal-burst must not be negative")
-    if (args.tokenize_rate or 0) < 0 or (args.tokenize_burst or 1) < 1:
+    burst = args.tokenize_burst
+    if (args.tokenize_rate or 0) < 0 or (burst is not None and burst < 1):
         raise CommandError("--tokenize-rate must not be negative, --tokenize-burst at least 1")
     new = NewCaller(
         name=args.name,
