@@ -68,6 +68,16 @@ class Config:
     refusal_rate: float = 10.0
     refusal_burst: int = 100
     refusal_audit_window: float = 60.0
+    # Tokenize (issue 13): each caller may tokenize tokenize_burst items at once and
+    # tokenize_rate items a second after that (a batch of 100 spends 100; a caller's own
+    # --tokenize-rate/--tokenize-burst override these; rate 0 = no budget); past it the
+    # call is RESOURCE_EXHAUSTED (TOKENIZE_RATE_EXCEEDED) with RetryInfo. Each caller's
+    # volume is one audit record per tokenize_audit_window seconds. A stored token's ttl
+    # is at least min_ttl seconds (0 = no minimum; CVCs are exempt).
+    tokenize_rate: float = 100.0
+    tokenize_burst: int = 1000
+    tokenize_audit_window: float = 60.0
+    min_ttl: float = 60.0
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
     audit_sink: str = ""
@@ -139,6 +149,8 @@ _NON_NEGATIVE = (
     "max_connection_age_grace",
     "refusal_rate",
     "route_refresh_interval",  # 0: Forward re-reads the routes on every call
+    "tokenize_rate",
+    "min_ttl",
 )
 
 
@@ -148,10 +160,13 @@ def _check_limits(cfg: Config) -> None:
             raise FailedPreconditionError(f"{name} must be 0 or more", reason="BAD_CONFIG")
     if cfg.refusal_burst < 1:
         raise FailedPreconditionError("refusal_burst must be 1 or more", reason="BAD_CONFIG")
-    if cfg.refusal_audit_window <= 0:
-        raise FailedPreconditionError(
-            "refusal_audit_window must be more than 0 seconds", reason="BAD_CONFIG"
-        )
+    if cfg.tokenize_burst < 1:
+        raise FailedPreconditionError("tokenize_burst must be 1 or more", reason="BAD_CONFIG")
+    for name in ("refusal_audit_window", "tokenize_audit_window"):
+        if getattr(cfg, name) <= 0:
+            raise FailedPreconditionError(
+                f"{name} must be more than 0 seconds", reason="BAD_CONFIG"
+            )
 
 
 def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:

@@ -532,6 +532,8 @@ class VaultServer:
                 await running.http.stop()
             await running.server.stop(self.config.shutdown_grace if grace is None else grace)
             await running.authenticator.refusals.close()  # counted refusals into the trail
+            if self.vault is not None:
+                await self.vault.close()  # counted tokenize volume into the trail
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)

@@ -32,6 +32,7 @@ from vault.domain.auditing import UseCaseAudit
 from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
+from vault.domain.tokenize import TokenizeRules
 from vault.domain.usecases import UseCases, build_use_cases
 from vault.domain.validation import Limits, Validator
 from vault.errors import AlreadyExistsError, FailedPreconditionError
@@ -178,6 +179,9 @@ async def create_dev_caller(config: Config, store: Store, clock: Clock) -> str |
                 created_at=clock.now(),
                 expires_at=None,
                 revoked_at=None,
+                # The dev key has every scope (a reveal of anything already); a budget
+                # would only slow local benchmarks down.
+                tokenize_rate=0.0,
             )
         )
     except AlreadyExistsError:
@@ -213,6 +217,8 @@ def build_services(
         cvc_memory=EphemeralStore(
             clock, budget_bytes=config.cvc_memory_bytes, tenant_share=config.cvc_tenant_share
         ),
+        tokenize_rules=TokenizeRules(config.min_ttl, config.tokenize_rate, config.tokenize_burst),
+        volume_window=config.tokenize_audit_window,
     )
 
 

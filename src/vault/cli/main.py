@@ -141,6 +141,9 @@ async def _callers_add(args: argparse.Namespace) -> int:
     routes = tuple(dict.fromkeys(r.strip() for r in (args.routes or "").split(",") if r.strip()))
     if routes and SCOPE_FORWARD not in scopes:
         raise CommandError("--routes needs the forward scope")
+    burst = args.tokenize_burst
+    if (args.tokenize_rate or 0) < 0 or (burst is not None and burst < 1):
+        raise CommandError("--tokenize-rate must not be negative, --tokenize-burst at least 1")
     new = NewCaller(
         name=args.name,
         tenant=args.tenant,
@@ -151,6 +154,8 @@ async def _callers_add(args: argparse.Namespace) -> int:
         reveal_rate=args.reveal_rate,
         reveal_burst=args.reveal_burst,
         routes=routes,
+        tokenize_rate=args.tokenize_rate,
+        tokenize_burst=args.tokenize_burst,
     )
     async with vault_of(args) as vault:
         key = await _administration(vault).add(new)
@@ -183,6 +188,8 @@ async def _callers_list(args: argparse.Namespace) -> int:
             "reveal_kinds": list(r.reveal_kinds),
             "reveal_rate": r.reveal_rate,
             "reveal_burst": r.reveal_burst,
+            "tokenize_rate": r.tokenize_rate,
+            "tokenize_burst": r.tokenize_burst,
         }
         for r in rows
     ]
@@ -289,6 +296,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     c_add.add_argument(
         "--reveal-burst", type=int, default=0, help="reveals at once (default: the rate, >= 1)"
+    )
+    c_add.add_argument(
+        "--tokenize-rate",
+        type=float,
+        help="values tokenized per second, batch items counted (default: the server's "
+        "tokenize_rate; 0 = no budget)",
+    )
+    c_add.add_argument(
+        "--tokenize-burst",
+        type=int,
+        help="values tokenized at once (default: the server's tokenize_burst)",
     )
     c_add.add_argument(
         "--cert-identity",

@@ -52,6 +52,9 @@ class NewCaller:
     reveal_rate: float = 0.0  # reveals per second; 0 = no limit
     reveal_burst: int = 0  # reveals at once; 0 = the rate (at least 1)
     routes: tuple[str, ...] = ()  # Forward routes it may use (with the forward scope)
+    # Tokenize budget in items; None = the server's tokenize_rate / tokenize_burst.
+    tokenize_rate: float | None = None
+    tokenize_burst: int | None = None
 
     def audit_detail(self) -> dict[str, str]:
         """What the trail says about the new caller: never its key."""
@@ -67,6 +70,8 @@ class NewCaller:
             "expires": expires,
             "reveal_kinds": ",".join(self.reveal_kinds),
             "reveal_rate": str(self.reveal_rate),
+            "tokenize_rate": "" if self.tokenize_rate is None else str(self.tokenize_rate),
+            "tokenize_burst": "" if self.tokenize_burst is None else str(self.tokenize_burst),
         } | ({"routes": ",".join(self.routes)} if self.routes else {})
 
 
@@ -140,6 +145,8 @@ class CallerAdministration:
             reveal_kinds=new.reveal_kinds,
             reveal_rate=new.reveal_rate,
             reveal_burst=new.reveal_burst,
+            tokenize_rate=new.tokenize_rate,
+            tokenize_burst=new.tokenize_burst,
         )
 
     async def _record(

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from vault import metrics
 from vault.audit.base import ACTION_DELETE
-from vault.auth.policy import SCOPE_DETOKENIZE, SCOPE_REVEAL_MASKED, SCOPE_TOKENIZE, Caller
+from vault.auth.policy import (
+    SCOPE_DETOKENIZE,
+    SCOPE_FINGERPRINT,
+    SCOPE_REVEAL_MASKED,
+    SCOPE_TOKENIZE,
+    Caller,
+)
 from vault.auth.policy import require as require_scope
 from vault.auth.policy import require_any as require_any_scope
 from vault.clock import Clock
@@ -57,18 +63,21 @@ class Describe:
         (row,) = await self._reader.load(caller, [token], "token")
         opened = self._codec.open(row, await self._codec.subject_keys_for([row]))
         kind, value = opened.kind, opened.value
-        fingerprint = row.fingerprint
-        if row.subject_ref is not None:
-            # A subject's row stores its fingerprint bound to the subject key; the caller
-            # sees the tenant-wide one, as tokenize returned it.
-            fp = await self._keys.fingerprinter(row.tenant)
-            fingerprint = fp.digest(KIND_DOMAINS[kind], kinds.canonical_bytes(kind, value))
+        # Only to a caller with the fingerprint scope: an equality oracle (see policy).
+        fingerprint = b""
+        if SCOPE_FINGERPRINT in caller.scopes:
+            fingerprint = row.fingerprint
+            if row.subject_ref is not None:
+                # A subject's row stores its fingerprint bound to the subject key; the
+                # caller sees the tenant-wide one, as tokenize returned it.
+                fp = await self._keys.fingerprinter(row.tenant)
+                fingerprint = fp.digest(KIND_DOMAINS[kind], kinds.canonical_bytes(kind, value))
         return TokenInfo(
             token=row.token,
             kind=kind,
             token_format=TokenFormat(row.token_format),
             masked=kinds.mask(kind, value),
-            fingerprint=Fingerprinter.encode(fingerprint),
+            fingerprint=Fingerprinter.encode(fingerprint) if fingerprint else "",
             subject=opened.subject,
             metadata=opened.metadata,
             deterministic=row.deterministic,
