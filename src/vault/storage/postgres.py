@@ -43,7 +43,6 @@ import contextlib
 import functools
 import json
 import logging
-import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
@@ -64,6 +63,7 @@ from vault.storage.base import (
     RewrapUpdate,
     TokenRecord,
 )
+from vault.storage.postgres_open import is_postgres_url, open_error, redact_url, same_database
 from vault.storage.sql.audit_chain import chain_audits
 from vault.storage.sql.batch import (
     AuditOp,
@@ -121,32 +121,6 @@ _RETRYABLE = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )
-
-
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def same_database(one: str, other: str) -> bool:
-    """Whether two postgresql:// URLs name the same database (host, port, name)."""
-    try:
-        a, b = urllib.parse.urlsplit(one), urllib.parse.urlsplit(other)
-        where = [(u.hostname, u.port or 5432, u.path.strip("/")) for u in (a, b)]
-    except ValueError:
-        return False
-    return where[0] == where[1]
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (and without a query that could carry one)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "postgresql://…"
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 _Op = InsertOp | AuditOp
@@ -562,26 +536,6 @@ def _rowcount(status: str) -> int:
     """Rows touched, from a command tag such as ``DELETE 3`` or ``UPDATE 1``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-
-
-def open_error(exc: BaseException, where: str) -> FailedPreconditionError:
-    """One value-free line for a failed open: never the URL's password or the driver's
-    own message (which can quote the URL)."""
-    if isinstance(exc, FailedPreconditionError):
-        return exc
-    if isinstance(
-        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-    ):
-        text = f"the database at {where} refused the credentials"
-    elif isinstance(exc, asyncpg.InvalidCatalogNameError):
-        text = f"no such database at {where}"
-    elif isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
-        text = "the database URL is not valid"
-    elif isinstance(exc, OSError | TimeoutError | asyncpg.CannotConnectNowError):
-        text = f"cannot reach the database at {where}"
-    else:
-        text = f"cannot open the database at {where} ({type(exc).__name__})"
-    return FailedPreconditionError(text, reason="STORE_OPEN_FAILED")
 
 
 # Errors of two openers creating the migrations table at the same moment.

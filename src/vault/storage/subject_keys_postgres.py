@@ -23,7 +23,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from vault.errors import FailedPreconditionError, StoreUnavailableError, VaultError
-from vault.storage.postgres import open_error, redact_url
+from vault.storage.postgres_open import open_error, redact_url
 
 __all__ = ["PostgresSubjectKeyStore"]
 
