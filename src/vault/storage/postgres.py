@@ -39,7 +39,6 @@ per-transaction retention purge.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -63,7 +62,15 @@ from vault.storage.base import (
     RewrapUpdate,
     TokenRecord,
 )
-from vault.storage.postgres_open import is_postgres_url, open_error, redact_url, same_database
+from vault.storage.postgres_open import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    is_postgres_url,
+    open_error,
+    open_pool,
+    redact_url,
+    same_database,
+)
 from vault.storage.sql.audit_chain import chain_audits
 from vault.storage.sql.batch import (
     AuditOp,
@@ -107,11 +114,8 @@ _MAX_READ_BATCH = 512
 # Times a transaction is run again after a unique-index race, serialization failure or
 # deadlock before its callers get UNAVAILABLE.
 _RETRIES = 8
-# Seconds to connect (and to wait for a pooled connection): a database that is gone
-# fails calls fast instead of piling them up.
-_CONNECT_TIMEOUT = 5.0
-# Seconds one statement may run.
-_COMMAND_TIMEOUT = 30.0
+_CONNECT_TIMEOUT = CONNECT_TIMEOUT
+_COMMAND_TIMEOUT = COMMAND_TIMEOUT
 
 _SELECT_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ANY($1::text[])"  # noqa: S608
 _INSERT_AUDIT = POSTGRES.insert("audit_log", AUDIT_COLUMNS)
@@ -289,29 +293,9 @@ class PostgresStore(TokenWrites, KeyWrites, CallerWrites, SubjectWrites, Retenti
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
-        where = redact_url(self._url)
-        try:
-            pool = await asyncpg.create_pool(
-                self._url,
-                min_size=1,
-                max_size=self._pool_size,
-                timeout=_CONNECT_TIMEOUT,
-                command_timeout=_COMMAND_TIMEOUT,
-                server_settings={"application_name": "vault"},
-            )
-        except Exception as exc:  # noqa: BLE001 - every cause becomes one value-free line
-            raise open_error(exc, where) from None
-        try:
-            async with pool.acquire() as conn:
-                await _migrate(conn)
-        except BaseException as exc:
-            # A failed open leaves no connection behind, and no half-applied migration
-            # (they ran in one transaction).
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), _CONNECT_TIMEOUT)
-            if isinstance(exc, Exception) and not isinstance(exc, VaultError):
-                raise open_error(exc, where) from None
-            raise
+        pool = await open_pool(
+            self._url, max_size=self._pool_size, application_name="vault", migrate=_migrate
+        )
         self._pool = pool
         self._tasks = [
             *(

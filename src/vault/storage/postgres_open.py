@@ -6,13 +6,65 @@ PostgreSQL store, the subject-key store on PostgreSQL and ``vaultctl store copy`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-from vault.errors import FailedPreconditionError
+from vault.errors import FailedPreconditionError, VaultError
 
-__all__ = ["is_postgres_url", "open_error", "redact_url", "same_database"]
+__all__ = [
+    "COMMAND_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "is_postgres_url",
+    "open_error",
+    "open_pool",
+    "redact_url",
+    "same_database",
+]
+
+# Seconds to connect (and to wait for a pooled connection): a database that is gone
+# fails calls fast instead of piling them up.
+CONNECT_TIMEOUT = 5.0
+# Seconds one statement may run.
+COMMAND_TIMEOUT = 30.0
+
+
+async def open_pool(
+    url: str,
+    *,
+    max_size: int,
+    application_name: str,
+    migrate: Callable[[PoolConnectionProxy[asyncpg.Record]], Awaitable[None]],
+) -> asyncpg.Pool[asyncpg.Record]:
+    """A pool on the database at url, migrated once. A failed open leaves no connection
+    behind (and no half-applied migration: each store migrates in one transaction) and
+    says one value-free line (open_error)."""
+    where = redact_url(url)
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            server_settings={"application_name": application_name},
+        )
+    except Exception as exc:  # noqa: BLE001 - every cause becomes one value-free line
+        raise open_error(exc, where) from None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
+        if isinstance(exc, Exception) and not isinstance(exc, VaultError):
+            raise open_error(exc, where) from None
+        raise
+    return pool
 
 
 def is_postgres_url(url: str) -> bool:
