@@ -27,7 +27,7 @@ import asyncpg
 
 from vault.errors import FailedPreconditionError
 from vault.storage.base import SubjectKeyStore
-from vault.storage.postgres import open_error, redact_url
+from vault.storage.postgres_open import open_error, redact_url
 
 __all__ = [
     "CopyError",

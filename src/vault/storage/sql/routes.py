@@ -1,9 +1,8 @@
 """The routes aggregate (RouteStore), written once for both dialects.
 
 A store mixes ``SqlRoutes`` in and supplies ``_dialect``, ``_rows`` (one read query)
-and ``_statements`` (statements run in one transaction of their own, answering each
-one's row count). The SQL is written with ``?``; ``Dialect.sql`` numbers it for
-PostgreSQL.
+and ``_write`` (sql/tx.py: a transaction run durably by the store's driver).
+The SQL is written with ``?``; ``Dialect.sql`` numbers it for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Any
 
 from vault.storage.route_store import RouteRow
 from vault.storage.sql.dialect import Dialect
+from vault.storage.sql.tx import Tx, Writes, run
 
 __all__ = ["ROUTE_COLUMNS", "SqlRoutes", "Statement"]
 
@@ -84,7 +84,14 @@ def _put_route_sql(dialect: Dialect) -> str:
     )
 
 
-class SqlRoutes:
+def _run_all(statements: Sequence[Statement]) -> Tx[list[int]]:
+    counts: list[int] = []
+    for sql, params in statements:
+        counts.append(int((yield run(sql, *params))))
+    return counts
+
+
+class SqlRoutes(Writes):
     """RouteStore over the shared schema."""
 
     _dialect: Dialect
@@ -93,7 +100,8 @@ class SqlRoutes:
         raise NotImplementedError
 
     async def _statements(self, statements: Sequence[Statement]) -> list[int]:
-        raise NotImplementedError
+        """The statements in one transaction, answering each one's row count."""
+        return await self._write(lambda: _run_all(statements))
 
     async def put_route(self, route: RouteRow) -> None:
         await self._statements([(_put_route_sql(self._dialect), _route_params(route))])
