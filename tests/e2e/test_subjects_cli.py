@@ -71,7 +71,9 @@ def test_export_hold_erase_from_the_cli(served):
         pb.DetokenizeRequest(token=next(iter(tokens)), purpose=PURPOSE), metadata=vault.metadata()
     )
 
-    exported = _ctl(vault, "subjects", "export", ALICE, "--tenant", "default", "--json")
+    exported = _ctl(
+        vault, "subjects", "export", ALICE, "--tenant", "default", "--purpose", "art. 15", "--json"
+    )
     assert exported.returncode == 0, exported.stderr
     doc = json.loads(exported.stdout)
     assert {r["token"]: r["text"] for r in doc["records"]} == tokens
@@ -96,7 +98,9 @@ def test_export_hold_erase_from_the_cli(served):
 
     again = _ctl(vault, "subjects", "erase", ALICE, "--tenant", "default", "--reason", "art. 17")
     assert_one_line_failure(again)
-    assert_one_line_failure(_ctl(vault, "subjects", "export", ALICE, "--tenant", "default"))
+    assert_one_line_failure(
+        _ctl(vault, "subjects", "export", ALICE, "--tenant", "default", "--purpose", "art. 15")
+    )
     assert_one_line_failure(
         _ctl(vault, "subjects", "hold", "cust-nobody", "--tenant", "default", "--reason", "x")
     )
