@@ -56,6 +56,10 @@ _NO_CONTEXT = RequestContext()
 _DENIED = (PermissionDeniedError, UnauthenticatedError, NotFoundError, FailedPreconditionError)
 
 
+def _nothing_held() -> NotFoundError:
+    return NotFoundError("the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND")
+
+
 @dataclass(frozen=True, slots=True)
 class ExportedRecord:
     token: str
@@ -122,20 +126,26 @@ class SubjectRequests:
 
     async def _changing_request(
         self, caller: Caller, subject: str, reason: str, detail: dict[str, str]
-    ) -> tuple[str, bytes]:
+    ) -> tuple[str, bytes | None]:
         """The checks an erase or a hold starts with (scope, subject, reason); the
         subject's normal form and ref (the ref also put in the audit detail)."""
         require_scope(caller, SCOPE_SUBJECTS)
         subject = self._validator.check_subject(subject)
         self._validator.check_reason(reason)
-        ref = await self._ref(caller.tenant, subject)
-        detail["subject_ref"] = ref.hex()
+        ref = await self._ref(caller.tenant, subject, detail)
         return subject, ref
 
-    async def _ref(self, tenant: str, subject: str) -> bytes:
-        """The subject_ref of a subject id in its normal form (as tokenize computes it)."""
-        fp = await self._keys.fingerprinter(tenant)
-        return fp.digest(b"subject", subject.encode())
+    async def _ref(self, tenant: str, subject: str, detail: dict[str, str]) -> bytes | None:
+        """The subject_ref of a subject id in its normal form (as tokenize computes it),
+        also put in the audit detail. None when the tenant has no fingerprint key: it
+        never stored a value, so no subject has one (and a request that finds nothing
+        must not write a key)."""
+        fp = await self._keys.existing_fingerprinter(tenant)
+        if fp is None:
+            return None
+        ref = fp.digest(b"subject", subject.encode())
+        detail["subject_ref"] = ref.hex()
+        return ref
 
     # -- audit -------------------------------------------------------------------
 
@@ -225,8 +235,9 @@ class SubjectRequests:
             require_scope(caller, SCOPE_SUBJECTS)
             subject = self._validator.check_subject(subject)
             self._validator.check_purpose(purpose)
-            ref = await self._ref(caller.tenant, subject)
-            detail["subject_ref"] = ref.hex()
+            ref = await self._ref(caller.tenant, subject, detail)
+            if ref is None:
+                raise _nothing_held()
             records = await self._open_subject(caller, subject, ref)
             audit_rows = await self._store.audit_records_for_tokens(
                 caller.tenant, ACTION_REVEAL, [r.token for r in records]
@@ -281,9 +292,7 @@ class SubjectRequests:
                 )
             )
         if not records:
-            raise NotFoundError(
-                "the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND"
-            )
+            raise _nothing_held()
         return records
 
     # -- erasure -----------------------------------------------------------------
@@ -302,25 +311,11 @@ class SubjectRequests:
         detail: dict[str, str] = {}
         try:
             subject, ref = await self._changing_request(caller, subject, reason, detail)
-            # Rows first, in one transaction with the hold check; then the key (a failure
-            # in between leaves a key and no rows: erasing again destroys it).
-            outcome = await self._store.erase_subject(caller.tenant, ref)
-            if outcome.held:
-                raise FailedPreconditionError(
-                    "the subject is under legal hold", reason="LEGAL_HOLD"
-                )
+            stored, destroyed = await self._erase_stored(caller.tenant, ref)
             cvcs = self._cvc.erase_subject(caller.tenant, subject)
-            subject_keys = self._codec.subject_keys
-            destroyed = (
-                await subject_keys.destroy(caller.tenant, ref)
-                if subject_keys is not None
-                else False
-            )
-            erased = outcome.erased + cvcs
+            erased = stored + cvcs
             if not erased and not destroyed:
-                raise NotFoundError(
-                    "the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND"
-                )
+                raise _nothing_held()
         except VaultError as exc:
             await self._record(
                 caller, ACTION_SUBJECT_ERASE, ctx, detail, reason_text=reason, error=exc
@@ -333,6 +328,19 @@ class SubjectRequests:
         }
         await self._record(caller, ACTION_SUBJECT_ERASE, ctx, detail, reason_text=reason)
         return erased
+
+    async def _erase_stored(self, tenant: str, ref: bytes | None) -> tuple[int, bool]:
+        """Erase the subject's rows, then its key: (rows erased, key destroyed). Rows
+        first, in one transaction with the hold check; then the key (a failure in
+        between leaves a key and no rows: erasing again destroys it)."""
+        if ref is None:
+            return 0, False
+        outcome = await self._store.erase_subject(tenant, ref)
+        if outcome.held:
+            raise FailedPreconditionError("the subject is under legal hold", reason="LEGAL_HOLD")
+        subject_keys = self._codec.subject_keys
+        destroyed = await subject_keys.destroy(tenant, ref) if subject_keys is not None else False
+        return outcome.erased, destroyed
 
     # -- legal hold --------------------------------------------------------------
 
@@ -352,17 +360,17 @@ class SubjectRequests:
         action = ACTION_SUBJECT_HOLD if hold else ACTION_SUBJECT_RELEASE
         detail: dict[str, str] = {}
         try:
-            subject, ref = await self._changing_request(caller, subject, reason, detail)
+            _, ref = await self._changing_request(caller, subject, reason, detail)
             if hold:
-                if not await self._store.subject_tokens(caller.tenant, ref):
-                    raise NotFoundError(
-                        "the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND"
-                    )
+                if ref is None or not await self._store.subject_tokens(caller.tenant, ref):
+                    raise _nothing_held()
                 changed = await self._store.set_subject_hold(
                     caller.tenant, ref, reason, self._clock.now()
                 )
             else:
-                changed = await self._store.release_subject_hold(caller.tenant, ref)
+                changed = ref is not None and await self._store.release_subject_hold(
+                    caller.tenant, ref
+                )
                 if not changed:
                     raise NotFoundError(
                         "the subject is not under legal hold", reason="HOLD_NOT_FOUND"
