@@ -31,7 +31,7 @@ from api_helpers import (
 )
 from subject_helpers import erase_request, hold_request, subject_stub
 
-from vault.audit.base import ACTION_REVEAL, ACTION_SUBJECT_EXPORT
+from vault.audit.base import ACTION_AUTHENTICATE, ACTION_REVEAL, ACTION_SUBJECT_EXPORT
 from vault.v1 import subject_service_pb2 as spb
 from vault.v1 import token_service_pb2 as pb
 
@@ -275,6 +275,23 @@ async def test_an_x_request_id_with_a_card_number_is_refused(vault):
         header,
     )
     assert vault.sql("SELECT count(*) FROM audit_log WHERE action = ?", (ACTION_REVEAL,)) == [(0,)]
+    _assert_not_on_disk(vault, header)
+
+
+async def test_a_refused_credentials_record_gets_a_made_up_id_instead(vault):
+    """A call refused before it runs (a bad credential) is recorded anyway: the card
+    number in its x-request-id is not, a made-up id stands in."""
+    header = DATA["request_id_with_card"]
+    md = (("authorization", "Bearer vk_0123456789abcdef_" + "A" * 43), ("x-request-id", header))
+    await expect_code(
+        vault.stub.GetToken(pb.GetTokenRequest(token="tok_" + "c" * 32), metadata=md),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    ((request_id,),) = vault.sql(
+        "SELECT request_id FROM audit_log WHERE action = ?", (ACTION_AUTHENTICATE,)
+    )
+    assert request_id
+    assert request_id != header
     _assert_not_on_disk(vault, header)
 
 
