@@ -29,6 +29,7 @@ from vault.client.calls import Target
 
 PAN = "4242424242424242"
 PURPOSE = "refund #1234"
+ACCESS_REQUEST = "GDPR art. 15 request #7"
 ADDRESS = Address(region_code="JP", lines=("1-1-1 Marunouchi",), postal_code="100-0005")
 
 
@@ -86,13 +87,13 @@ def test_sync_keys_and_subjects(server):
         assert vault.get_key_status().primary.version == rotated.primary.version
         subject = f"cust-{uuid.uuid4().hex[:8]}"
         token = vault.tokenize(DataKind.EMAIL, "zoe@example.com", subject=subject).token
-        exported = vault.export_subject(subject)
+        exported = vault.export_subject(subject, purpose=ACCESS_REQUEST)
         assert [(r.token, r.value) for r in exported.records] == [(token, "zoe@example.com")]
         assert vault.set_legal_hold(subject, hold=True, reason="dispute").held
         assert vault.set_legal_hold(subject, hold=False, reason="resolved").changed
         assert vault.erase_subject(subject, reason="customer request") == 1
         with pytest.raises(NotFoundError) as erased:
-            vault.export_subject(subject)
+            vault.export_subject(subject, purpose=ACCESS_REQUEST)
         assert erased.value.reason == "SUBJECT_NOT_FOUND"
 
 
@@ -197,7 +198,9 @@ def test_tokenize_retried_after_a_lost_answer_gives_one_token(server):
     assert request_ids.pop().startswith("py-")
     assert not card.created  # the first attempt's token, found by its request id
     with Vault.connect(server.address, api_key=server.key, tls=False) as vault:
-        assert [r.token for r in vault.export_subject(subject).records] == [card.token]
+        assert [r.token for r in vault.export_subject(subject, purpose=ACCESS_REQUEST).records] == [
+            card.token
+        ]
 
 
 def test_writes_without_request_id_are_not_retried(server):

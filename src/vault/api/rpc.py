@@ -33,6 +33,7 @@ from vault.auth.ratelimit import RefusalsThrottledError
 from vault.clock import Clock
 from vault.config import Config
 from vault.domain.model import RequestContext
+from vault.domain.validation import check_free_text, free_text_violation
 from vault.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -121,13 +122,19 @@ def cert_identity(context: Context) -> str | None:
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-def request_context(context: Context) -> RequestContext:
-    """The call's request id and peer, for the audit trail."""
+def request_context(context: Context, *, strict: bool = True) -> RequestContext:
+    """The call's request id and peer, for the audit trail. The id is audited in clear:
+    one holding a card number is refused (INVALID_ARGUMENT naming ``x-request-id``), or,
+    not ``strict`` (recording a call refused anyway), replaced by a made-up one."""
     request_id = ""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             request_id = value
             break
+    if request_id and free_text_violation("x-request-id", request_id) is not None:
+        if strict:
+            check_free_text("x-request-id", request_id)
+        request_id = ""
     try:
         peer = context.peer() or ""
     except Exception:  # noqa: BLE001 - a peer the transport cannot name is not fatal
@@ -202,7 +209,7 @@ async def _refused(
         identity[:256] if identity and caller is None else "",
     )
     try:
-        await door.refusals.refused(audit, key, request_context(context).request_id)
+        await door.refusals.refused(audit, key, request_context(context, strict=False).request_id)
     except Exception as audit_exc:  # noqa: BLE001 - the call is refused either way
         log.error("audit of a refused call failed: %s", type(audit_exc).__name__)
     else:

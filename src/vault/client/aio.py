@@ -217,8 +217,9 @@ class AsyncVault:
 
     # -- SubjectService ----------------------------------------------------------------
 
-    async def export_subject(self, subject: str) -> r.SubjectExport:
-        request = subjects_pb.ExportSubjectRequest(subject=subject)
+    async def export_subject(self, subject: str, *, purpose: str) -> r.SubjectExport:
+        """Every value held for the subject; each is audited as revealed for ``purpose``."""
+        request = subjects_pb.ExportSubjectRequest(subject=subject, purpose=purpose)
         reply = await self._call(self._subjects.ExportSubject, request, self._retry)
         return r.SubjectExport.from_proto(reply)
 

@@ -11,7 +11,7 @@ from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, AuditEvent, AuditSin
 from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.domain.model import RequestContext
-from vault.domain.validation import Limits
+from vault.domain.validation import Limits, recordable
 from vault.errors import (
     NotFoundError,
     PermissionDeniedError,
@@ -68,7 +68,8 @@ class UseCaseAudit:
             caller.tenant,
             action,
             named,
-            purpose if len(purpose) <= self._limits.max_purpose_chars else "",
+            # A refused purpose may be the very text refused (a card number).
+            recordable(purpose, self._limits.max_purpose_chars),
             OUTCOME_DENIED if isinstance(exc, _DENIED) else OUTCOME_ERROR,
             exc.reason,
             request.request_id,

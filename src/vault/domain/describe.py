@@ -1,7 +1,16 @@
 """Describe and delete: GetToken (metadata and masked value, no reveal), DeleteToken,
-and the purge of expired tokens."""
+and the purge of expired tokens.
+
+GetToken answers a `reveal-masked` caller with what a masked view needs (kind, format,
+masked value, dates). The subject id and the metadata say whose value it is and what it
+was for: they are personal data, returned only to a caller that could read them anyway,
+one holding `subjects` (ExportSubject returns them) or `detokenize` for the token's kind
+(Detokenize returns them).
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from vault import metrics
 from vault.audit.base import ACTION_DELETE
@@ -9,6 +18,7 @@ from vault.auth.policy import (
     SCOPE_DETOKENIZE,
     SCOPE_FINGERPRINT,
     SCOPE_REVEAL_MASKED,
+    SCOPE_SUBJECTS,
     SCOPE_TOKENIZE,
     Caller,
 )
@@ -21,14 +31,29 @@ from vault.domain.auditing import NO_CONTEXT, UseCaseAudit
 from vault.domain.codec import RecordCodec
 from vault.domain.cvc import CvcHandling
 from vault.domain.keys import KeyMaterial
-from vault.domain.model import RequestContext, TokenFormat
+from vault.domain.model import DataKind, RequestContext, TokenFormat
 from vault.domain.reading import TokenReader
 from vault.domain.results import TokenInfo
 from vault.domain.tokenize import KIND_DOMAINS
 from vault.errors import NotFoundError, VaultError
 from vault.storage.base import TokenStore
 
-__all__ = ["Describe"]
+__all__ = ["Describe", "shows_owner"]
+
+
+def shows_owner(caller: Caller, kind: DataKind) -> bool:
+    """Whether GetToken shows the caller a token's subject and metadata: only to one
+    that may read them through another method (ExportSubject, or Detokenize of the kind)."""
+    if SCOPE_SUBJECTS in caller.scopes:
+        return True
+    return SCOPE_DETOKENIZE in caller.scopes and caller.may_reveal(kind.name)
+
+
+def _as_seen_by(caller: Caller, info: TokenInfo) -> TokenInfo:
+    """``info`` without its subject and metadata unless the caller may see them."""
+    if shows_owner(caller, info.kind) or not (info.subject or info.metadata):
+        return info
+    return dataclasses.replace(info, subject="", metadata={})
 
 
 class Describe:
@@ -59,7 +84,7 @@ class Describe:
         require_any_scope(caller, SCOPE_REVEAL_MASKED, SCOPE_DETOKENIZE)
         held = self._cvc.describe(caller, token)
         if held is not None:
-            return held
+            return _as_seen_by(caller, held)
         (row,) = await self._reader.load(caller, [token], "token")
         opened = self._codec.open(row, await self._codec.subject_keys_for([row]))
         kind, value = opened.kind, opened.value
@@ -72,7 +97,7 @@ class Describe:
                 # caller sees the tenant-wide one, as tokenize returned it.
                 fp = await self._keys.fingerprinter(row.tenant)
                 fingerprint = fp.digest(KIND_DOMAINS[kind], kinds.canonical_bytes(kind, value))
-        return TokenInfo(
+        info = TokenInfo(
             token=row.token,
             kind=kind,
             token_format=TokenFormat(row.token_format),
@@ -85,6 +110,7 @@ class Describe:
             expires_at=row.expires_at,
             key_version=row.key_version,
         )
+        return _as_seen_by(caller, info)
 
     async def delete_token(
         self, caller: Caller, token: str, *, request: RequestContext | None = None
