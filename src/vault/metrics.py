@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "AUDIT_CHAIN_BROKEN",
     "AUDIT_EVENTS_DROPPED",
+    "AUDIT_HEAD_SEQ",
     "AUDIT_WRITE_FAILURES",
     "AUTH_FAILURES",
     "COMMIT_BATCH",
@@ -50,6 +52,12 @@ COMMIT_BATCH = Histogram(
 KEY_ENCRYPTIONS = Gauge(
     "vault_key_encryptions", "Encryptions done under each data-key version", ["version"]
 )
+# 1 once the writer found the chain's head not sealing its newest row (appends refused).
+AUDIT_CHAIN_BROKEN = Gauge(
+    "vault_audit_chain_broken", "1 when the audit chain is broken and appends are refused"
+)
+# The seq of the newest audit record this process appended (an outside witness of the head).
+AUDIT_HEAD_SEQ = Gauge("vault_audit_head_seq", "Seq of the newest audit record appended")
 # Every failed audit append. Its call was refused: a reveal fails closed, a refusal stays one.
 AUDIT_WRITE_FAILURES = Counter(
     "vault_audit_write_failures", "Audit appends that failed (their calls were refused)"

@@ -10,6 +10,7 @@ import hashlib
 
 import pytest
 
+from vault.audit.chain import genesis_head
 from vault.domain.retention import retention_stats
 from vault.storage.base import AuditRow, InsertStatus, RewrapProgressRow, ShareSchemeRow
 from vault.storage.copy import CopyError, copy_sqlite_to_postgres, copy_subject_keys
@@ -53,7 +54,7 @@ async def _fill(store, make_record, make_caller) -> list:
     [outcome] = await store.insert_tokens([hit], NOW, {2: 1})
     assert outcome.status is InsertStatus.DETERMINISTIC_EXISTS
     await store.put_fingerprint_key("tenant-a", b"fpk", "kek", NOW)
-    await store.put_service_key("audit:1", b"audit-key", "kek", NOW)
+    await store.put_service_key("audit:1", b"audit-key", "kek", NOW, genesis_head(_seal))
     await store.add_caller(make_caller("checkout", cert_identity="spiffe://x/checkout"))
     row = AuditRow(0, NOW, "ops", "t", "caller.add", ("tok_1",), "", "ok", "", "r", "", (), b"")
     await store.append_audit([row, row], _seal)

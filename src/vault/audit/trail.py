@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,12 +30,13 @@ from typing import Any, TextIO
 
 from vault import metrics
 from vault.audit.base import AuditEvent
+from vault.audit.chain import AuditChainBrokenError, genesis_head, head_verifies
 from vault.clock import Clock
 from vault.crypto.base import KekProvider
 from vault.crypto.keyring import new_data_key
 from vault.errors import FailedPreconditionError
 from vault.secrets import SecretBytes
-from vault.storage.base import AUDIT_GENESIS_MAC, AuditHead, AuditRow, Store
+from vault.storage.base import AUDIT_GENESIS_MAC, AUDIT_KEY_NAME, AuditHead, AuditRow, Store
 
 __all__ = [
     "AUDIT_KEY_NAME",
@@ -48,9 +50,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Name of the audit key in the store, and the label it is wrapped under.
-AUDIT_KEY_NAME = "audit:1"
 _VERIFY_CHUNK = 1000
+# Default seconds between heads published to the audit sink.
+HEAD_INTERVAL = 60.0
 
 
 def record_dict(row: AuditRow) -> dict[str, Any]:
@@ -127,9 +129,19 @@ class JsonLinesExporter:
             json.dumps(record_dict(r), separators=(",", ":"), ensure_ascii=False) + "\n"
             for r in rows
         )
+        # One write per commit on an O_APPEND file: lines of processes sharing the file
+        # do not interleave.
+        self._emit(text)
+
+    def write_head(self, head: AuditHead) -> None:
+        """Publish the head (seq and MAC, no data) as an outside witness: one line
+        ``{"audit_head": {"seq": N, "mac": HEX}}`` that `vaultctl audit verify --witness`
+        reads back."""
+        line = {"audit_head": {"seq": head.seq, "mac": head.mac.hex()}}
+        self._emit(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def _emit(self, text: str) -> None:
         if self._fd is not None:
-            # One write per commit on an O_APPEND file: lines of processes sharing the
-            # file do not interleave.
             os.write(self._fd, text.encode())
         elif self._out is not None:
             self._out.write(text)
@@ -166,7 +178,7 @@ class AuditTrail:
     Keeps a pre-keyed HMAC and copies it per record.
     """
 
-    __slots__ = ("_base", "_exporter", "_store")
+    __slots__ = ("_base", "_exporter", "_published", "_store", "head_interval")
 
     def __init__(
         self, store: Store, key: SecretBytes, exporter: JsonLinesExporter | None = None
@@ -174,6 +186,9 @@ class AuditTrail:
         self._store = store
         self._base = hmac.new(key.reveal(), digestmod=hashlib.sha256)
         self._exporter = exporter
+        # Seconds between heads published to the sink (the outside witness).
+        self.head_interval = HEAD_INTERVAL
+        self._published = time.monotonic()
 
     def __repr__(self) -> str:
         return "AuditTrail()"
@@ -199,9 +214,12 @@ class AuditTrail:
                 raise FailedPreconditionError(
                     "the store has no audit key", reason="AUDIT_KEY_MISSING"
                 )
-            candidate = kek.wrap(new_data_key(), label)
+            key = new_data_key()
+            # The genesis head is sealed with the new key and stored with it, in one
+            # transaction: a store with an audit key and no head is broken, not empty.
+            genesis = genesis_head(cls(store, key).seal)
             wrapped = await store.put_service_key(
-                AUDIT_KEY_NAME, candidate, kek.kek_id, clock.now()
+                AUDIT_KEY_NAME, kek.wrap(key, label), kek.kek_id, clock.now(), genesis
             )
         return cls(store, kek.unwrap(wrapped, label), exporter)
 
@@ -233,14 +251,34 @@ class AuditTrail:
         ]
         try:
             stored = await self._store.append_audit(rows, self.seal)
+        except AuditChainBrokenError:
+            # Refused in the store, nothing appended, nothing repaired: the use case
+            # fails closed (AUDIT_UNAVAILABLE) until an operator investigates.
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            metrics.AUDIT_CHAIN_BROKEN.set(1)
+            log.error("audit chain broken: appends refused; run vaultctl audit verify")
+            raise
         except Exception:
             metrics.AUDIT_WRITE_FAILURES.inc()
             raise
+        if stored:
+            metrics.AUDIT_HEAD_SEQ.set(stored[-1].seq)
         if self._exporter is not None and stored:
             try:
                 self._exporter.write(stored)
+                await self._maybe_publish_head()
             except OSError as exc:  # the copy failing must not fail the committed call
                 log.error("audit export failed: %s", type(exc).__name__)
+
+    async def _maybe_publish_head(self) -> None:
+        """Every head_interval seconds (on the next append), the head to the sink."""
+        now = time.monotonic()
+        if self._exporter is None or now - self._published < self.head_interval:
+            return
+        head = await self._store.audit_head()
+        if head is not None:
+            self._published = now
+            self._exporter.write_head(head)
 
     def close(self) -> None:
         if self._exporter is not None:
@@ -319,7 +357,8 @@ class AuditTrail:
 
     def _check_end(self, head: AuditHead | None, last: int, last_mac: bytes) -> ChainBreak | None:
         if head is None:
-            return None if last == 0 else ChainBreak(last, "head missing (edited)")
+            # The genesis head is written with the audit key: no head is a cut, not empty.
+            return ChainBreak(last + 1 if last == 0 else last, "head missing (deleted)")
         if head.seq > last:
             return ChainBreak(last + 1, "missing (deleted)")
         if head.seq < last:
@@ -329,4 +368,28 @@ class AuditTrail:
         return None
 
     def _head_ok(self, head: AuditHead, last_mac: bytes) -> bool:
-        return hmac.compare_digest(self.seal(last_mac, AuditHead.content(head.seq)), head.mac)
+        return head_verifies(head, last_mac, self.seal)
+
+    async def check_witness(
+        self, heads: Sequence[AuditHead], expect_seq: int | None = None
+    ) -> ChainBreak | None:
+        """Against heads published outside the database (and a seq the operator knows
+        was reached): the first record at or below one that is gone or was rewritten.
+        Catches a chain whose rows and head were rewritten consistently."""
+        wanted = sorted(heads, key=lambda h: h.seq)
+        if expect_seq is not None:
+            newest = await self._store.audit_head()
+            if newest is None or newest.seq < expect_seq:
+                have = 0 if newest is None else newest.seq
+                return ChainBreak(have + 1, f"missing (the chain ends before seq {expect_seq})")
+        for head in wanted:
+            if head.seq == 0:
+                mac = AUDIT_GENESIS_MAC
+            else:
+                found = await self._store.audit_records(head.seq - 1, 1)
+                if not found or found[0].seq != head.seq:
+                    return ChainBreak(head.seq, "missing (at or below a published head)")
+                mac = found[0].mac
+            if not head_verifies(head, mac, self.seal):
+                return ChainBreak(head.seq, "rewritten (does not match a published head)")
+        return None

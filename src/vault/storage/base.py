@@ -8,7 +8,6 @@ live in the domain layer.
 from __future__ import annotations
 
 import enum
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +16,7 @@ from vault.storage.route_store import RouteStore
 
 __all__ = [
     "AUDIT_GENESIS_MAC",
+    "AUDIT_KEY_NAME",
     "AuditHead",
     "AuditRow",
     "AuditSeal",
@@ -42,10 +42,6 @@ __all__ = [
     "UpdateStatus",
     "WrappedKeyKind",
     "WrappedKeyRow",
-    "audit_content",
-    "audit_detail_bytes",
-    "audit_texts_bytes",
-    "audit_tokens_bytes",
 ]
 
 
@@ -282,19 +278,9 @@ class RetentionPurges:
 
 # The MAC the first audit record chains from.
 AUDIT_GENESIS_MAC = bytes(32)
-# Leading byte of an audit record's canonical bytes; a new layout gets a new number.
-_AUDIT_FORMAT = 1
-# Leading byte of the sealed head's content, so a head can never pass for a record.
-_AUDIT_HEAD_FORMAT = 0x48
-_U32 = struct.Struct(">I")
-_HEAD = struct.Struct(">BQ")
-_RECORD_START = struct.Struct(">BQd")
-
-
-def _field(out: list[bytes], text: str) -> None:
-    data = text.encode("utf-8", "surrogatepass")
-    out.append(_U32.pack(len(data)))
-    out.append(data)
+# Name of the audit key in service_keys (and the label it is wrapped under): a store
+# holding it has a sealed genesis head, so an append without a head is refused.
+AUDIT_KEY_NAME = "audit:1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,43 +318,10 @@ class AuditRow:
         )
 
     def content(self) -> bytes:
-        """The canonical bytes the MAC covers: every stored field but the MAC, in a fixed
-        order, each variable-length part length-prefixed, so no two rows encode alike."""
-        return audit_content(
-            self.seq,
-            self.time,
-            audit_texts_bytes(self.texts()),
-            audit_tokens_bytes(self.tokens),
-            audit_detail_bytes(self.detail),
-        )
+        """The canonical bytes the MAC covers (vault.audit.chain.record_content)."""
+        from vault.audit.chain import record_content  # noqa: PLC0415 - audit owns the encoding
 
-
-# The parts of AuditRow.content(), separately: the rows of one call share their texts
-# and detail, so the store encodes those once per call, not once per token.
-def audit_texts_bytes(texts: tuple[str, ...]) -> bytes:
-    out: list[bytes] = []
-    for text in texts:
-        _field(out, text)
-    return b"".join(out)
-
-
-def audit_tokens_bytes(tokens: tuple[str, ...]) -> bytes:
-    out = [_U32.pack(len(tokens))]
-    for token in tokens:
-        _field(out, token)
-    return b"".join(out)
-
-
-def audit_detail_bytes(detail: tuple[tuple[str, str], ...]) -> bytes:
-    out = [_U32.pack(len(detail))]
-    for key, value in detail:
-        _field(out, key)
-        _field(out, value)
-    return b"".join(out)
-
-
-def audit_content(seq: int, time: float, texts: bytes, tokens: bytes, detail: bytes) -> bytes:
-    return _RECORD_START.pack(_AUDIT_FORMAT, seq, time) + texts + tokens + detail
+        return record_content(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +334,10 @@ class AuditHead:
 
     @staticmethod
     def content(seq: int) -> bytes:
-        return _HEAD.pack(_AUDIT_HEAD_FORMAT, seq)
+        """The bytes the head's MAC covers (vault.audit.chain.head_content)."""
+        from vault.audit.chain import head_content  # noqa: PLC0415 - audit owns the encoding
+
+        return head_content(seq)
 
 
 # Supplied by the audit layer (which alone holds the audit key): the MAC of a record
@@ -473,9 +429,15 @@ class WrappedKeyStore(Protocol):
         ...
 
     async def put_service_key(
-        self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
+        self,
+        name: str,
+        wrapped_key: bytes,
+        kek_id: str,
+        created_at: float,
+        genesis: AuditHead | None = None,
     ) -> bytes:
-        """Store the wrapped key unless one of that name exists; return the stored one."""
+        """Store the wrapped key unless one of that name exists; return the stored one.
+        ``genesis``: the audit chain's first head, written with the key that wins."""
         ...
 
     async def wrapped_keys(self) -> list[WrappedKeyRow]:

@@ -54,7 +54,8 @@ from vault.errors import (
     VaultError,
 )
 from vault.storage.base import (
-    AUDIT_GENESIS_MAC,
+    AUDIT_KEY_NAME,
+    AuditHead,
     AuditRow,
     AuditSeal,
     CommitObserver,
@@ -71,7 +72,7 @@ from vault.storage.postgres_open import (
     redact_url,
     same_database,
 )
-from vault.storage.sql.audit_chain import chain_audits
+from vault.storage.sql.audit_chain import chain_audits, check_head
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -212,32 +213,42 @@ def _purge_retained_batch(
     return len(deleted), ids[-1] if len(ids) == limit else boundary
 
 
-async def _lock_audit_head(conn: _Conn) -> None:
-    """Lock the head row (created on the first append) until this transaction ends."""
-    lock = "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"
-    if await conn.fetchrow(lock) is None:
-        # The first append: a concurrent first appender's row makes this wait, then
-        # do nothing; either way the row exists and is ours to lock next.
-        await conn.execute(
-            "INSERT INTO audit_head (id, seq, mac) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
-            AUDIT_GENESIS_MAC,
-        )
-        await conn.fetchrow(lock)
+async def _audit_state(conn: _Conn) -> tuple[AuditHead | None, tuple[int, bytes] | None]:
+    """Lock the head row (SELECT ... FOR UPDATE, never recreated) until this transaction
+    ends, then read the newest row's (seq, mac)."""
+    head = await conn.fetchrow("SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE")
+    # A statement of its own, after the lock: under READ COMMITTED it sees the rows
+    # the previous holder committed (a join with the locking read would not).
+    last = await conn.fetchrow("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
+    return (
+        AuditHead(int(head[0]), bytes(head[1])) if head else None,
+        (int(last[0]), bytes(last[1])) if last else None,
+    )
 
 
 async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
     """Chain every waiting op's rows onto the newest stored record (in the caller's
-    transaction, which holds only audit appends: a failure fails just those)."""
-    await _lock_audit_head(conn)
-    # A statement of its own, after the lock: under READ COMMITTED it sees the rows
-    # the previous holder committed (a join with the locking read would not).
-    last = await conn.fetchrow("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
-    seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
+    transaction, which holds only audit appends: a failure fails just those). A head
+    that does not seal the newest row fails them (AuditChainBrokenError), unrepaired."""
+    head, last = await _audit_state(conn)
+    keyed = await conn.fetchrow("SELECT 1 FROM service_keys WHERE name = $1", AUDIT_KEY_NAME)
+    seq, prev = check_head(head, last, ops[0].seal, keyed=keyed is not None)
     chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
     await conn.executemany(_INSERT_AUDIT, chain.params)
-    await conn.execute(
-        "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1", chain.head_seq, chain.head_mac
-    )
+    if head is None:
+        # A bare store's first append (no audit key, so no genesis head): a concurrent
+        # first appender makes this fail on the key, and the append is retried.
+        await conn.execute(
+            "INSERT INTO audit_head (id, seq, mac) VALUES (1, $1, $2)",
+            chain.head_seq,
+            chain.head_mac,
+        )
+    else:
+        await conn.execute(
+            "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1",
+            chain.head_seq,
+            chain.head_mac,
+        )
     for op, stored in zip(ops, chain.stored, strict=True):
         op.stored = stored
 

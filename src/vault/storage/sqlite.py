@@ -30,7 +30,8 @@ import aiosqlite
 
 from vault.errors import FailedPreconditionError, StoreUnavailableError
 from vault.storage.base import (
-    AUDIT_GENESIS_MAC,
+    AUDIT_KEY_NAME,
+    AuditHead,
     AuditRow,
     AuditSeal,
     CommitObserver,
@@ -38,7 +39,7 @@ from vault.storage.base import (
     RewrapUpdate,
     TokenRecord,
 )
-from vault.storage.sql.audit_chain import chain_audits
+from vault.storage.sql.audit_chain import chain_audits, check_head
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -99,6 +100,21 @@ _AuditOp = AuditOp
 
 _INSERT_AUDIT = SQLITE.insert("audit_log", AUDIT_COLUMNS)
 _PUT_AUDIT_HEAD = SQLITE.upsert("audit_head", "id, seq, mac", "id")
+_AUDIT_KEYED = "SELECT 1 FROM service_keys WHERE name = ?"
+
+
+def _audit_state(conn: sqlite3.Connection) -> tuple[AuditHead | None, tuple[int, bytes] | None]:
+    """The stored head and the newest row's (seq, mac), read in the write transaction."""
+    head = conn.execute("SELECT seq, mac FROM audit_head WHERE id = 1").fetchone()
+    last = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return (
+        AuditHead(int(head[0]), bytes(head[1])) if head else None,
+        (int(last[0]), bytes(last[1])) if last else None,
+    )
+
+
+def _audit_keyed(conn: sqlite3.Connection) -> bool:
+    return conn.execute(_AUDIT_KEYED, (AUDIT_KEY_NAME,)).fetchone() is not None
 
 
 def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
@@ -109,8 +125,7 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
     """
     conn.execute("SAVEPOINT audit")
     try:
-        last = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (int(last[0]), bytes(last[1])) if last else (0, AUDIT_GENESIS_MAC)
+        seq, prev = check_head(*_audit_state(conn), ops[0].seal, keyed=_audit_keyed(conn))
         chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
         conn.executemany(_INSERT_AUDIT, chain.params)
         conn.execute(_PUT_AUDIT_HEAD, (1, chain.head_seq, chain.head_mac))

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from vault.errors import StoreUnavailableError
 from vault.storage.base import AuditRow, AuditSeal, CommitObserver, InsertOutcome, TokenRecord
+from vault.storage.sql.audit_chain import AuditChainBrokenError
 from vault.storage.sql.tx import Tx
 
 __all__ = [
@@ -53,6 +54,14 @@ class InsertOp:
         self.future.set_result(self.outcomes)
 
 
+def _audit_error(exc: BaseException) -> BaseException:
+    """What an audit append's caller gets: a broken chain as such (its message holds no
+    data), anything else as UNAVAILABLE (a driver's text can quote values)."""
+    if isinstance(exc, AuditChainBrokenError):
+        return exc
+    return StoreUnavailableError("the store could not commit")
+
+
 @dataclass(slots=True)
 class AuditOp:
     """Audit records to chain on; every waiting one goes into the group's transaction."""
@@ -66,7 +75,7 @@ class AuditOp:
     def answer(self) -> None:
         if self.error is not None:
             log.error("audit append failed: %s", type(self.error).__name__)
-            self.future.set_exception(StoreUnavailableError("the store could not commit"))
+            self.future.set_exception(_audit_error(self.error))
         else:
             self.future.set_result(self.stored)
 
@@ -150,7 +159,11 @@ def fail_batch(batch: Sequence[Waiting], exc: BaseException, what: str = "commit
     """The batch's transaction (or read) failed: every waiting caller gets UNAVAILABLE
     (the error's type is logged, never its text: it can quote values)."""
     log.error("store %s failed: %s", what, type(exc).__name__)
-    err = StoreUnavailableError(f"the store could not {'be read' if what == 'read' else what}")
+    err: BaseException = StoreUnavailableError(
+        f"the store could not {'be read' if what == 'read' else what}"
+    )
+    if isinstance(exc, AuditChainBrokenError):
+        err = exc  # the trail counts and reports it (its message holds no data)
     for op in batch:
         if not op.future.done():
             op.future.set_exception(err)

@@ -10,7 +10,7 @@ holds it FOR KEY SHARE, so a record is never committed under a destroyed key.
 
 from __future__ import annotations
 
-from vault.storage.base import RetireOutcome, ShareSchemeRow, WrappedKeyKind
+from vault.storage.base import AuditHead, RetireOutcome, ShareSchemeRow, WrappedKeyKind
 from vault.storage.sql.columns import WRAPPED_KEY_TABLES
 from vault.storage.sql.dialect import Dialect
 from vault.storage.sql.tx import Abort, Tx, UniqueViolation, Writes, guarded, rows, run
@@ -96,6 +96,36 @@ def _put_wrapped_key(
     return bytes(stored[0][0])
 
 
+def _put_service_key(
+    d: Dialect,
+    name: str,
+    wrapped_key: bytes,
+    kek_id: str,
+    at: float,
+    genesis: AuditHead | None,
+) -> Tx[bytes]:
+    """The service key, and with the key that wins, the audit chain's genesis head (in
+    one transaction: a store with an audit key always has a sealed head)."""
+    added = yield run(
+        d.sql(
+            "INSERT INTO service_keys (name, wrapped_key, kek_id, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING"
+        ),
+        name,
+        wrapped_key,
+        kek_id,
+        at,
+    )
+    if added and genesis is not None:
+        yield run(
+            d.sql("INSERT INTO audit_head (id, seq, mac) VALUES (1, ?, ?)"),
+            genesis.seq,
+            genesis.mac,
+        )
+    stored = yield rows(d.sql("SELECT wrapped_key FROM service_keys WHERE name = ?"), name)
+    return bytes(stored[0][0])
+
+
 def _replace_wrapped_key(
     d: Dialect, kind: WrappedKeyKind, name: str, old: bytes, new: bytes, kek_id: str
 ) -> Tx[bool]:
@@ -169,11 +199,16 @@ class KeyWrites(Writes):
         )
 
     async def put_service_key(
-        self, name: str, wrapped_key: bytes, kek_id: str, created_at: float
+        self,
+        name: str,
+        wrapped_key: bytes,
+        kek_id: str,
+        created_at: float,
+        genesis: AuditHead | None = None,
     ) -> bytes:
-        d, table = self._dialect, "service_keys"
+        d = self._dialect
         return await self._write(
-            lambda: _put_wrapped_key(d, table, "name", name, wrapped_key, kek_id, created_at),
+            lambda: _put_service_key(d, name, wrapped_key, kek_id, created_at, genesis),
             retry_unique=True,
         )
 
