@@ -117,8 +117,8 @@ class SqlReads:
         return [audit_from_row(row) for row in rows]
 
     async def audit_head(self) -> AuditHead | None:
-        # seq 0: PostgreSQL's placeholder head row before the first append.
-        rows = await self._read("SELECT seq, mac FROM audit_head WHERE id = 1 AND seq > 0")
+        # seq 0: the genesis head, sealed with the audit key before any record.
+        rows = await self._read("SELECT seq, mac FROM audit_head WHERE id = 1")
         return AuditHead(int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     async def subject_tokens(self, tenant: str, subject_ref: bytes) -> list[TokenRecord]:
