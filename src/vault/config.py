@@ -81,6 +81,9 @@ class Config:
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
     audit_sink: str = ""
+    # Seconds between heads of the audit chain (seq and MAC, no data) written to the
+    # audit sink, on the next append: the outside witness `audit verify --witness` reads.
+    audit_head_interval: float = 60.0
     # TLS (paths; "" = off). tls_cert + tls_key: the server speaks TLS only. client_ca:
     # every connection must present a client certificate that chains to it (mTLS), and
     # a caller may be named by it (see ``vaultctl callers add --cert-identity``).
@@ -147,6 +150,7 @@ _NON_NEGATIVE = (
     "max_connection_idle",
     "max_connection_age",
     "max_connection_age_grace",
+    "audit_head_interval",  # 0: a head after every append
     "refusal_rate",
     "route_refresh_interval",  # 0: Forward re-reads the routes on every call
     "tokenize_rate",

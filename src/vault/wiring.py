@@ -263,7 +263,9 @@ async def open_audit_trail(
     files only: a sink on stdout would mix records into the command's own output."""
     sink = config.audit_sink
     exporter = JsonLinesExporter.from_setting(sink) if serving or sink != "stdout" else None
-    return await AuditTrail.open(store, kek, clock, exporter, create=create)
+    trail = await AuditTrail.open(store, kek, clock, exporter, create=create)
+    trail.head_interval = config.audit_head_interval
+    return trail
 
 
 @dataclass(frozen=True, slots=True)

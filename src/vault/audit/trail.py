@@ -371,25 +371,31 @@ class AuditTrail:
         return head_verifies(head, last_mac, self.seal)
 
     async def check_witness(
-        self, heads: Sequence[AuditHead], expect_seq: int | None = None
+        self,
+        heads: Sequence[AuditHead],
+        expect_seq: int | None = None,
+        records: Sequence[tuple[int, bytes]] = (),
     ) -> ChainBreak | None:
-        """Against heads published outside the database (and a seq the operator knows
-        was reached): the first record at or below one that is gone or was rewritten.
-        Catches a chain whose rows and head were rewritten consistently."""
-        wanted = sorted(heads, key=lambda h: h.seq)
+        """Against what was published outside the database: heads (seq, MAC), exported
+        records (seq, MAC) and a seq the operator knows was reached. The first record at
+        or below one of them that is gone or was rewritten; None when all hold. Catches
+        a chain whose rows and head were rewritten consistently (with the audit key)."""
         if expect_seq is not None:
             newest = await self._store.audit_head()
-            if newest is None or newest.seq < expect_seq:
-                have = 0 if newest is None else newest.seq
+            have = 0 if newest is None else newest.seq
+            if have < expect_seq:
                 return ChainBreak(have + 1, f"missing (the chain ends before seq {expect_seq})")
-        for head in wanted:
-            if head.seq == 0:
-                mac = AUDIT_GENESIS_MAC
-            else:
-                found = await self._store.audit_records(head.seq - 1, 1)
-                if not found or found[0].seq != head.seq:
-                    return ChainBreak(head.seq, "missing (at or below a published head)")
-                mac = found[0].mac
-            if not head_verifies(head, mac, self.seal):
-                return ChainBreak(head.seq, "rewritten (does not match a published head)")
+        checks = [(h.seq, h) for h in heads] + [(seq, mac) for seq, mac in records]
+        for seq, want in sorted(checks, key=lambda c: c[0]):
+            found = await self._store.audit_records(seq - 1, 1) if seq > 0 else []
+            if seq > 0 and (not found or found[0].seq != seq):
+                return ChainBreak(seq, "missing (at or below a published head)")
+            mac = found[0].mac if found else AUDIT_GENESIS_MAC
+            ok = (
+                head_verifies(want, mac, self.seal)
+                if isinstance(want, AuditHead)
+                else hmac.compare_digest(want, mac)
+            )
+            if not ok:
+                return ChainBreak(seq, "rewritten (does not match a published head)")
         return None

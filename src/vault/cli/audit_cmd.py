@@ -7,17 +7,18 @@ import asyncio
 import getpass
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from vault.audit.base import OUTCOME_OK, AuditEvent
-from vault.audit.trail import AuditTrail, record_dict, record_line
+from vault.audit.trail import AuditTrail, VerifyResult, record_dict, record_line
 from vault.cli.common import CommandError, add_store_args, vault_of
 from vault.cli.kek import add_shares_arg
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
-from vault.storage.base import Store
+from vault.storage.base import AuditHead, Store
 from vault.wiring import open_audit_trail
 
 __all__ = [
@@ -83,7 +84,36 @@ async def record_operator_event(
         trail.close()
 
 
+def _witness(path: Path | None) -> tuple[list[AuditHead], list[tuple[int, bytes]]]:
+    """The heads and records published in a file of the audit sink's lines (JSON lines:
+    ``{"audit_head": {"seq", "mac"}}`` and records with ``seq`` and ``mac``)."""
+    heads: list[AuditHead] = []
+    records: list[tuple[int, bytes]] = []
+    if path is None:
+        return heads, records
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError):
+        raise CommandError("--witness names no readable file") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if "audit_head" in item:
+                head = item["audit_head"]
+                heads.append(AuditHead(int(head["seq"]), bytes.fromhex(head["mac"])))
+            else:
+                records.append((int(item["seq"]), bytes.fromhex(item["mac"])))
+        except (ValueError, KeyError, TypeError):
+            raise CommandError(f"--witness line {number} is not an audit sink line") from None
+    return heads, records
+
+
 async def _verify(args: argparse.Namespace) -> int:
+    if args.expect_seq is not None and args.expect_seq < 0:
+        raise CommandError("--expect-seq must be 0 or more")
+    heads, records = _witness(args.witness)
     async with vault_of(args) as vault:
         try:
             trail = await vault.audit_trail(create=False)
@@ -96,17 +126,22 @@ async def _verify(args: argparse.Namespace) -> int:
             result = None
         else:
             result = await trail.verify()
-    records = result.records if result is not None else 0
+            if result.broken is None and (heads or records or args.expect_seq is not None):
+                broken = await trail.check_witness(heads, args.expect_seq, records)
+                result = VerifyResult(result.records, broken)
+    if result is None and (heads or records or args.expect_seq):
+        raise CommandError("the store has no audit trail but records were published")
+    count = result.records if result is not None else 0
     broken = result.broken if result is not None else None
     if args.json:
-        out: dict[str, Any] = {"intact": broken is None, "records": records}
+        out: dict[str, Any] = {"intact": broken is None, "records": count}
         if broken is not None:
             out |= {"seq": broken.seq, "problem": broken.problem}
         print(json.dumps(out))
     if broken is not None:
         raise CommandError(str(broken))
     if not args.json:
-        print(f"audit trail intact: {records} records")
+        print(f"audit trail intact: {count} records")
     return 0
 
 
@@ -148,6 +183,19 @@ def register(subparsers: Any) -> None:
     add_store_args(verify)
     add_shares_arg(verify)
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--expect-seq",
+        type=int,
+        metavar="N",
+        help="fail unless the chain reaches seq N (a head you saw published)",
+    )
+    verify.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="a copy of the audit sink's lines kept outside the database: fail if a "
+        "published head or record is gone or was rewritten",
+    )
     verify.set_defaults(handler=_verify)
     tail = a_sub.add_parser("tail", help="print the newest records")
     add_store_args(tail)
