@@ -30,6 +30,7 @@ MISSING = "promtool is not installed (Debian package `prometheus`; .ci/run insta
 REQUIRED = {
     "VaultRevealSpike": "vault_tokens_revealed_total",
     "VaultAuditWriteFailures": "vault_audit_write_failures_total",
+    "VaultAuditChainBroken": "vault_audit_chain_broken",
     "VaultAuthFailures": "vault_auth_failures_total",
     "VaultKeyNearUsageLimit": "vault_key_usage_ratio",
     "VaultRewrapStalled": "vault_rewrap_last_progress_timestamp_seconds",
