@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 import pytest
 from api_helpers import PURPOSE, assert_reason, expect_code, tokenize_request
@@ -18,10 +19,20 @@ from prometheus_client import REGISTRY
 
 from vault.audit.chain import head_content
 from vault.audit.trail import AuditTrail
+from vault.errors import FailedPreconditionError
 from vault.storage.base import AuditHead
+from vault.storage.postgres import PostgresStore
+from vault.storage.postgres_open import grant_server_role, migrate_schema
+from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 from vault.v1 import token_service_pb2 as pb
 
 PAN = "4111111111111111"
+SERVER_ROLE = "vault_server"
+SERVER_PASSWORD = "server-role-test-password"
+_CREATE_SERVER_ROLE = (
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vault_server') "
+    "THEN CREATE ROLE vault_server LOGIN PASSWORD 'server-role-test-password'; END IF; END $$"
+)
 
 # What the owner (or anyone with the SQLite file) runs before tampering.
 _SQLITE_UNGUARD = (
@@ -70,9 +81,32 @@ async def backend(request, vault_factory) -> Backend:
     cluster = request.getfixturevalue("pg_cluster")
     url = request.getfixturevalue("pg_database")
     keys_url = request.getfixturevalue("pg_subject_key_database")
-    vault = await vault_factory(database_url=url, subject_key_database_url=keys_url)
+    # The server runs as the least-privilege role; the owner migrated and granted it
+    # (what `vaultctl store migrate --grant-to` does), and tampers as the owner.
+    server_url, server_keys_url = await server_role_urls(cluster, url, keys_url)
+    vault = await vault_factory(database_url=server_url, subject_key_database_url=server_keys_url)
     name = url.rsplit("/", 1)[1]
     return Backend(vault, lambda sql: cluster.psql(name, sql), _PG_UNGUARD)
+
+
+async def server_role_urls(cluster, url: str, keys_url: str) -> tuple[str, str]:
+    """Migrate both databases as the owner, grant SERVER_ROLE; its URLs."""
+    cluster.psql(url.rsplit("/", 1)[1], _CREATE_SERVER_ROLE)
+    keys = PostgresSubjectKeyStore(keys_url)
+    await keys.open()
+    await keys.close()
+    for target in (url, keys_url):
+        conn = await asyncpg.connect(target)
+        try:
+            await migrate_schema(conn)
+            await grant_server_role(conn, SERVER_ROLE)
+        finally:
+            await conn.close()
+    where = f"{cluster.host}:{cluster.port}"
+    return tuple(  # type: ignore[return-value]
+        f"postgresql://{SERVER_ROLE}:{SERVER_PASSWORD}@{where}/{u.rsplit('/', 1)[1]}"
+        for u in (url, keys_url)
+    )
 
 
 async def _reveals(backend: Backend, n: int) -> str:
@@ -194,3 +228,56 @@ async def test_a_consistent_rewrite_is_caught_only_by_the_witness(backend):
 
 def _blob(backend: Backend, data: bytes) -> str:
     return f"X'{data.hex()}'" if backend.unguard == _SQLITE_UNGUARD else f"'\\x{data.hex()}'::bytea"
+
+
+@pytest.fixture
+async def pg_backend(vault_factory, pg_cluster, pg_database, pg_subject_key_database):
+    server_url, keys_url = await server_role_urls(pg_cluster, pg_database, pg_subject_key_database)
+    vault = await vault_factory(database_url=server_url, subject_key_database_url=keys_url)
+    name = pg_database.rsplit("/", 1)[1]
+    backend = Backend(vault, lambda sql: pg_cluster.psql(name, sql), _PG_UNGUARD)
+    return backend, server_url
+
+
+async def test_truncate_is_refused_by_the_trigger_and_detected_when_dropped(pg_backend):
+    backend, _ = pg_backend
+    token = await _reveals(backend, 2)
+    for table in ("audit_log", "audit_head"):
+        with pytest.raises(Exception, match="cannot be truncated"):
+            backend.run(f"TRUNCATE {table}")
+    assert (await backend.trail.verify()).intact
+    # The owner drops the guards and truncates both: broken, and the writer refuses.
+    backend.tamper("TRUNCATE audit_log", "TRUNCATE audit_head")
+    assert await _broken(backend) == (1, "head missing (deleted)")
+    await _refused(backend, token)
+
+
+async def test_the_server_role_cannot_cut_the_trail_or_change_the_schema(pg_backend):
+    backend, server_url = pg_backend
+    await _reveals(backend, 1)
+    conn = await asyncpg.connect(server_url)
+    try:
+        for statement in (
+            "TRUNCATE audit_log",
+            "DELETE FROM audit_log",
+            "UPDATE audit_log SET purpose = 'x'",
+            "DELETE FROM audit_head",
+            "DROP TRIGGER audit_head_forward ON audit_head",
+            "ALTER TABLE audit_log DISABLE TRIGGER USER",
+            "CREATE TABLE escape (x int)",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+    assert (await backend.trail.verify()).intact
+
+
+async def test_the_server_role_refuses_a_schema_with_pending_migrations(pg_backend):
+    backend, server_url = pg_backend
+    backend.run("DELETE FROM schema_migrations WHERE version = 9")
+    store = PostgresStore(server_url)
+    with pytest.raises(FailedPreconditionError, match="vaultctl store migrate") as caught:
+        await store.open()
+    assert caught.value.reason == "MIGRATIONS_PENDING"
+    assert SERVER_PASSWORD not in str(caught.value)

@@ -14,7 +14,7 @@ import pytest
 from pgcluster import PASSWORD, PgClientError
 
 from vault.errors import FailedPreconditionError, StoreUnavailableError
-from vault.storage import postgres as postgres_module
+from vault.storage import postgres_open as postgres_module  # the migrations run there
 from vault.storage.base import AuditRow, InsertStatus, RetireOutcome, TokenRecord
 from vault.storage.postgres import PostgresStore, redact_url
 from vault.storage.sqlite import migrations

@@ -1,4 +1,5 @@
-"""``vaultctl store copy``: move a vault from its SQLite file up to PostgreSQL.
+"""``vaultctl store copy``: move a vault from its SQLite file up to PostgreSQL; ``vaultctl
+store migrate``: apply PostgreSQL migrations as the owner role and grant the server role.
 
 Both stores are brought to this vault's schema first (their migrations), then every
 record, key version, fingerprint and service key, caller, request id and audit record
@@ -21,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from vault.audit.trail import AuditTrail
 from vault.cli.common import CommandError, config_for
 from vault.cli.kek import add_shares_arg, master_key
@@ -35,6 +38,13 @@ from vault.storage.copy import (
     subject_key_count,
 )
 from vault.storage.postgres import PostgresStore, is_postgres_url, redact_url, same_database
+from vault.storage.postgres_open import (
+    CONNECT_TIMEOUT,
+    grant_server_role,
+    migrate_schema,
+    open_error,
+    pending_migrations,
+)
 from vault.storage.sqlite import SqliteStore
 from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 
@@ -157,8 +167,73 @@ async def _copy(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _migrate_one(url: str, role: str | None) -> int:
+    """Apply the pending migrations of one database as its owner; grant ``role``."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - every cause becomes one value-free line
+        raise open_error(exc, redact_url(url)) from None
+    try:
+        pending = await pending_migrations(conn)
+        await migrate_schema(conn)
+        if role:
+            await grant_server_role(conn, role)
+    finally:
+        await conn.close()
+    return len(pending)
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    urls = [u for u in (args.database_url, args.subject_key_database_url) if u]
+    if not all(is_postgres_url(u) for u in urls):
+        raise CommandError("--database-url must be a postgresql:// URL of the owner role")
+    applied = await _migrate_one(args.database_url, args.grant_to)
+    print(f"{redact_url(args.database_url)}: {applied} migration(s) applied, schema current")
+    if args.subject_key_database_url:
+        # Its tables are created by its store's open, as the owner here.
+        keys = PostgresSubjectKeyStore(args.subject_key_database_url)
+        await keys.open()
+        await keys.close()
+        if args.grant_to:
+            await _migrate_grants_only(args.subject_key_database_url, args.grant_to)
+        print(f"{redact_url(args.subject_key_database_url)}: schema current")
+    if args.grant_to:
+        print(f"granted the server role {args.grant_to} (no TRUNCATE, no DDL, append-only audit)")
+    return 0
+
+
+async def _migrate_grants_only(url: str, role: str) -> None:
+    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    try:
+        await grant_server_role(conn, role)
+    finally:
+        await conn.close()
+
+
+def _register_migrate(s_sub: Any) -> None:
+    migrate = s_sub.add_parser(
+        "migrate",
+        help="apply pending PostgreSQL migrations as the owner role, and grant the server "
+        "role what `serve` needs (serve itself refuses a schema with pending migrations "
+        "when its role may not apply them)",
+    )
+    migrate.add_argument(
+        "--database-url", required=True, help="postgresql://OWNER@HOST[:PORT]/DB (the owner)"
+    )
+    migrate.add_argument(
+        "--subject-key-database-url",
+        help="postgresql://OWNER@… of the subject-key database, migrated and granted too",
+    )
+    migrate.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        help="the server's login role: read/write the vault's tables, append-only audit",
+    )
+    migrate.set_defaults(handler=_migrate)
+
+
 def register(subparsers: Any) -> None:
-    """Add ``store copy`` to vaultctl's parser."""
+    """Add ``store copy`` and ``store migrate`` to vaultctl's parser."""
     store = subparsers.add_parser("store", help="the vault's store")
     s_sub = store.add_subparsers(dest="store_command", required=True)
     copy = s_sub.add_parser(
@@ -190,3 +265,4 @@ def register(subparsers: Any) -> None:
     add_shares_arg(copy)
     copy.add_argument("--json", action="store_true")
     copy.set_defaults(handler=_copy)
+    _register_migrate(s_sub)

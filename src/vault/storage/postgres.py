@@ -49,7 +49,6 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from vault.errors import (
-    FailedPreconditionError,
     StoreUnavailableError,
     VaultError,
 )
@@ -67,6 +66,7 @@ from vault.storage.postgres_open import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
     is_postgres_url,
+    migrate_schema,
     open_error,
     open_pool,
     redact_url,
@@ -90,7 +90,6 @@ from vault.storage.sql.keys import KeyWrites
 from vault.storage.sql.leases import LeaseSql
 from vault.storage.sql.retention import RetentionSql, record_purge
 from vault.storage.sql.routes import SqlRoutes
-from vault.storage.sql.schema import migrations
 from vault.storage.sql.subjects import SubjectWrites
 from vault.storage.sql.tokens import TokenWrites, apply_inserts, delete_unheld
 from vault.storage.sql.tx import Abort, Mode, Stmt, Tx, UniqueViolation, run
@@ -308,7 +307,7 @@ class PostgresStore(
 
     async def open(self) -> None:
         pool = await open_pool(
-            self._url, max_size=self._pool_size, application_name="vault", migrate=_migrate
+            self._url, max_size=self._pool_size, application_name="vault", migrate=migrate_schema
         )
         self._pool = pool
         self._tasks = [
@@ -534,57 +533,3 @@ def _rowcount(status: str) -> int:
     """Rows touched, from a command tag such as ``DELETE 3`` or ``UPDATE 1``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-
-
-# Errors of two openers creating the migrations table at the same moment.
-_CREATE_RACES = (*_RETRYABLE, asyncpg.DuplicateTableError, asyncpg.DuplicateObjectError)
-
-# The first row of schema_migrations is a lock, not a migration: openers lock it FOR
-# UPDATE, so replicas starting together apply each migration once.
-_LOCK_VERSION = 0
-
-
-async def _migrate(conn: _Conn) -> None:
-    known = migrations("postgres")
-    numbers = {number for number, _ in known}
-    for attempt in range(_RETRIES):
-        try:
-            async with conn.transaction():
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version BIGINT PRIMARY KEY,"  # migration number (0: the openers' lock)
-                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"  # when it ran
-                )
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version) VALUES ($1) "
-                    "ON CONFLICT (version) DO NOTHING",
-                    _LOCK_VERSION,
-                )
-            break
-        except _CREATE_RACES:
-            # Another opener created the table at the same moment: it exists now.
-            if attempt == _RETRIES - 1:
-                raise
-    # Every pending migration in one transaction: a failure leaves the schema as it was.
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT version FROM schema_migrations WHERE version = $1 FOR UPDATE", _LOCK_VERSION
-        )
-        applied = {
-            int(r[0])
-            for r in await conn.fetch(
-                "SELECT version FROM schema_migrations WHERE version <> $1", _LOCK_VERSION
-            )
-        }
-        if applied - numbers:
-            # A migration this code does not know ran: a newer vault owns the schema.
-            raise FailedPreconditionError(
-                "the store's schema is newer than this vault; upgrade the vault",
-                reason="SCHEMA_TOO_NEW",
-            )
-        for number, script in known:
-            if number in applied:
-                continue
-            await conn.execute(script)  # no arguments: the simple protocol, many statements
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
-            log.info("applied migration %d", number)

@@ -147,6 +147,13 @@ class PostgresSubjectKeyStore:
 
 
 async def _migrate(conn: _Conn) -> None:
+    # Set up already (by the owner role, e.g. `vaultctl store migrate`): no DDL, so a
+    # least-privilege server role opens it.
+    if await conn.fetchval(
+        "SELECT to_regclass('subject_keys') IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'subject_key_schema')"
+    ) and await conn.fetchval("SELECT max(version) = $1 FROM subject_key_schema", _SCHEMA_VERSION):
+        return
     for attempt in range(_RETRIES):
         try:
             async with conn.transaction():
