@@ -95,11 +95,12 @@ async def server_role_urls(cluster, url: str, keys_url: str) -> tuple[str, str]:
     keys = PostgresSubjectKeyStore(keys_url)
     await keys.open()
     await keys.close()
-    for target in (url, keys_url):
+    for target, main in ((url, True), (keys_url, False)):
         conn = await asyncpg.connect(target)
         try:
-            await migrate_schema(conn)
-            await grant_server_role(conn, SERVER_ROLE)
+            if main:
+                await migrate_schema(conn)
+            await grant_server_role(conn, SERVER_ROLE, audit=main)
         finally:
             await conn.close()
     where = f"{cluster.host}:{cluster.port}"

@@ -187,7 +187,11 @@ async def _migrate(args: argparse.Namespace) -> int:
     urls = [u for u in (args.database_url, args.subject_key_database_url) if u]
     if not all(is_postgres_url(u) for u in urls):
         raise CommandError("--database-url must be a postgresql:// URL of the owner role")
-    applied = await _migrate_one(args.database_url, args.grant_to)
+    try:
+        applied = await _migrate_one(args.database_url, args.grant_to)
+    except asyncpg.PostgresError as exc:
+        # The driver's text can quote values: its type only.
+        raise CommandError(f"the migration failed ({type(exc).__name__})") from None
     print(f"{redact_url(args.database_url)}: {applied} migration(s) applied, schema current")
     if args.subject_key_database_url:
         # Its tables are created by its store's open, as the owner here.
@@ -205,7 +209,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _migrate_grants_only(url: str, role: str) -> None:
     conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
     try:
-        await grant_server_role(conn, role)
+        await grant_server_role(conn, role, audit=False)
     finally:
         await conn.close()
 

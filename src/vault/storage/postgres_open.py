@@ -227,10 +227,11 @@ _AUDIT_REVOKES = (
 )
 
 
-async def grant_server_role(conn: _Conn, role: str) -> None:
+async def grant_server_role(conn: _Conn, role: str, *, audit: bool = True) -> None:
     """Give ``role`` (an existing login role without DDL rights) what `vaultctl serve`
     needs on this database, as the owner: read and write the vault's tables, no
-    TRUNCATE, no DELETE or UPDATE of audit records, no DELETE of the audit head."""
+    TRUNCATE, no DELETE or UPDATE of audit records, no DELETE of the audit head.
+    ``audit`` False: a database without the audit tables (the subject-key database)."""
     ident = await conn.fetchval("SELECT quote_ident($1)", role)
     if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
         raise FailedPreconditionError(f"no role {ident} in this cluster", reason="NO_SUCH_ROLE")
@@ -241,5 +242,5 @@ async def grant_server_role(conn: _Conn, role: str) -> None:
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {ident}"
         )
         await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {ident}")
-        for statement in _AUDIT_REVOKES:
+        for statement in _AUDIT_REVOKES if audit else ():
             await conn.execute(statement.format(role=ident))
