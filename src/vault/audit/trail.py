@@ -6,6 +6,11 @@ under the label ``audit:1``, and stored in the store (first writer wins). The st
 ``seal`` inside its write transaction, so it never holds the key and several vault
 processes on one store extend one chain.
 
+Creating the audit key writes the genesis head (seq 0) in the same transaction; the
+store refuses to append when the head does not seal the newest row (AuditChainBrokenError:
+counted in vault_audit_chain_broken, the call fails closed). The head is published to the
+sink every ``head_interval`` seconds, for ``check_witness`` (``audit verify --witness``).
+
 ``verify`` walks the chain from seq 1 and names the first bad record: missing (deleted),
 edited (its MAC does not match), reordered (it verifies at another position) or
 inserted (a foreign row, or one past the sealed head).

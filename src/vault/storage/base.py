@@ -532,6 +532,9 @@ class AuditStore(Protocol):
         row gets the next seq and ``mac = seal(previous mac, row.content())`` (the first
         record chains from AUDIT_GENESIS_MAC), and the head is resealed. Returns only once
         the transaction is durable. ``seq`` and ``mac`` of the given rows are ignored.
+        First, in the same transaction, the stored head must seal the newest row
+        (vault.audit.chain.check_head); if not, nothing is appended or repaired and
+        AuditChainBrokenError is raised.
         """
         ...
 
@@ -540,7 +543,8 @@ class AuditStore(Protocol):
         ...
 
     async def audit_head(self) -> AuditHead | None:
-        """The sealed head of the chain; None before the first append."""
+        """The sealed head of the chain (seq 0: the genesis head written with the audit
+        key); None on a store without a trail yet, or whose head was removed."""
         ...
 
     async def audit_records_for_tokens(
