@@ -50,7 +50,7 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cryptography/",
             "hmac.py",
             "vault/domain/validation.py",
-            "vault/domain/kinds.py",
+            "vault/domain/kinds/",
             "vault/domain/codec.py",
             "vault/domain/cvc.py",
         ),

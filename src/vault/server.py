@@ -301,21 +301,32 @@ class VaultServer:
 
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
-        server = grpc.aio.server(
-            interceptors=tracing.server_interceptors(),
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", 4 * cfg.max_message_bytes),
-                # Headers up to 64 KiB reach the handler, so an oversized credential is
-                # refused as UNAUTHENTICATED and audited; beyond that the transport
-                # refuses the call before any handler runs (RESOURCE_EXHAUSTED).
-                ("grpc.max_metadata_size", 64 * 1024),
-                # One process per port unless --workers asks for sharing.
-                ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
-                *connection_options(cfg),
-            ],
-        )
+        server = _grpc_server(cfg)
+        gates, gateway = self._add_services(server, authenticator)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        _add_reflection(server)
+        self.port = _listen(server, cfg.listen, tls)
+        await server.start()
+        http = await self._start_http(gateway, server, tls is not None)
+        metrics_server = await _start_metrics(cfg.metrics_listen, server, http)
+        if metrics_server is not None:
+            self.metrics_port = metrics_server.server_port
+        sealed = self.vault is None
+        tasks = [] if sealed else self._background_tasks()
+        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator, http)
+        # What start-up built lives as long as the process (modules, keys, the grpc
+        # server): frozen out of the collector's sight, a full collection under load scans
+        # only what calls made (before: a ~35 ms pause every few thousand calls, a p99 spike).
+        gc.freeze()
+        await _announce(health, self.port, tls, sealed=sealed)
+
+    def _add_services(
+        self, server: grpc.aio.Server, authenticator: Authenticator
+    ) -> tuple[dict[str, SealedGate], HttpGateway]:
+        """Every vault service on ``server`` and on the HTTP/JSON gateway; the gates that
+        stand in for the key-holding ones while sealed."""
+        cfg = self.config
         # Sealed (kek_provider = shares), the key-holding services answer VAULT_SEALED
         # through their gates until the last share; otherwise they serve directly.
         gates: dict[str, SealedGate] = {}
@@ -340,82 +351,7 @@ class VaultServer:
         )
         add_service(server, SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
         gateway.add_service(SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
-        health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
-        # only ones grpcio-reflection ships, and a listed service must be describable.
-        names = [
-            TOKEN_SERVICE,
-            KEY_SERVICE,
-            SUBJECT_SERVICE.full_name,
-            SEAL_SERVICE,
-            FORWARD_SERVICE,
-            HEALTH_SERVICE,
-            reflection.SERVICE_NAME,
-        ]
-        reflector = ReflectionServicer(names)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    REFLECTION_V1,
-                    {
-                        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                            reflector.ServerReflectionInfo,
-                            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-                        )
-                    },
-                ),
-            )
-        )
-        try:
-            if tls is None:
-                self.port = server.add_insecure_port(cfg.listen)
-            else:
-                self.port = server.add_secure_port(cfg.listen, _server_credentials(tls))
-        except RuntimeError:
-            raise FailedPreconditionError(
-                "cannot listen on the configured address", reason="LISTEN_FAILED"
-            ) from None
-        await server.start()
-        http = await self._start_http(gateway, server, tls is not None)
-        metrics_server = None
-        if cfg.metrics_listen:
-            host, _, port = cfg.metrics_listen.rpartition(":")
-            try:
-                metrics_server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
-            except (OSError, ValueError):
-                await server.stop(None)
-                if http is not None:
-                    await http.stop()
-                raise FailedPreconditionError(
-                    "cannot listen on the metrics address", reason="LISTEN_FAILED"
-                ) from None
-            self.metrics_port = metrics_server.server_port
-        sealed = self.vault is None
-        tasks = [] if sealed else self._background_tasks()
-        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator, http)
-        # What start-up built lives as long as the process (modules, keys, the grpc
-        # server): frozen out of the collector's sight, a full collection under load scans
-        # only what calls made (before: a ~35 ms pause every few thousand calls, a p99 spike).
-        gc.freeze()
-        # "" is liveness; the key-holding services are SERVING only now that migrations
-        # ran and the keys are loaded, or once the last custodian share is in (sealed).
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in KEYED_SERVICES:
-            await health.set(
-                name,
-                health_pb2.HealthCheckResponse.NOT_SERVING
-                if sealed
-                else health_pb2.HealthCheckResponse.SERVING,
-            )
-        log.info(
-            "vault %s on port %d (%s)",
-            "sealed, waiting for custodian shares," if sealed else "serving",
-            self.port,
-            "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
-        )
+        return gates, gateway
 
     async def _start_http(
         self, gateway: HttpGateway, server: grpc.aio.Server, tls: bool
@@ -558,3 +494,103 @@ class VaultServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _grpc_server(cfg: Config) -> grpc.aio.Server:
+    return grpc.aio.server(
+        interceptors=tracing.server_interceptors(),
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", 4 * cfg.max_message_bytes),
+            # Headers up to 64 KiB reach the handler, so an oversized credential is
+            # refused as UNAUTHENTICATED and audited; beyond that the transport
+            # refuses the call before any handler runs (RESOURCE_EXHAUSTED).
+            ("grpc.max_metadata_size", 64 * 1024),
+            # One process per port unless --workers asks for sharing.
+            ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+            *connection_options(cfg),
+        ],
+    )
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
+    # only ones grpcio-reflection ships, and a listed service must be describable.
+    names = [
+        TOKEN_SERVICE,
+        KEY_SERVICE,
+        SUBJECT_SERVICE.full_name,
+        SEAL_SERVICE,
+        FORWARD_SERVICE,
+        HEALTH_SERVICE,
+        reflection.SERVICE_NAME,
+    ]
+    reflector = ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        reflector.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+
+
+def _listen(server: grpc.aio.Server, listen: str, tls: TlsMaterial | None) -> int:
+    try:
+        if tls is None:
+            return server.add_insecure_port(listen)
+        return server.add_secure_port(listen, _server_credentials(tls))
+    except RuntimeError:
+        raise FailedPreconditionError(
+            "cannot listen on the configured address", reason="LISTEN_FAILED"
+        ) from None
+
+
+async def _start_metrics(
+    metrics_listen: str, server: grpc.aio.Server, http: HttpServer | None
+) -> Any:
+    """The Prometheus endpoint on ``metrics_listen`` (None when unset); on failure the
+    servers already started are stopped."""
+    if not metrics_listen:
+        return None
+    host, _, port = metrics_listen.rpartition(":")
+    try:
+        metrics_server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
+    except (OSError, ValueError):
+        await server.stop(None)
+        if http is not None:
+            await http.stop()
+        raise FailedPreconditionError(
+            "cannot listen on the metrics address", reason="LISTEN_FAILED"
+        ) from None
+    return metrics_server
+
+
+async def _announce(
+    health: HealthServicer, port: int, tls: TlsMaterial | None, *, sealed: bool
+) -> None:
+    # "" is liveness; the key-holding services are SERVING only now that migrations
+    # ran and the keys are loaded, or once the last custodian share is in (sealed).
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in KEYED_SERVICES:
+        await health.set(
+            name,
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if sealed
+            else health_pb2.HealthCheckResponse.SERVING,
+        )
+    log.info(
+        "vault %s on port %d (%s)",
+        "sealed, waiting for custodian shares," if sealed else "serving",
+        port,
+        "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
+    )

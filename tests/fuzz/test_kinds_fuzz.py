@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from strategies import TEXT, addresses, expiries, pans
 
 from vault.domain import kinds
+from vault.domain.kinds import addresses as addresses_module
 from vault.domain.model import ADDRESS_KINDS, Address, DataKind
 from vault.errors import InvalidArgumentError
 
 TEXT_KINDS = [k for k in DataKind if k is not DataKind.UNSPECIFIED and k not in ADDRESS_KINDS]
-REGION_CODES = sorted(kinds._REGION_CODES)
+REGION_CODES = sorted(addresses_module.REGION_CODES)
 _MIN_ECHO = 6
 
 # Near-valid inputs of each kind, mixed with anything at all.

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from strategies import EMAILS, HUMAN_TEXT, IBANS, PHONES, addresses, expiries, pans
 
 from vault.domain import kinds
+from vault.domain.kinds import addresses as addresses_module
 from vault.domain.model import Address, DataKind
 from vault.errors import InvalidArgumentError
 from vault.v1 import token_service_pb2, types_pb2
 
-REGION_CODES = sorted(kinds._REGION_CODES)
+REGION_CODES = sorted(addresses_module.REGION_CODES)
 _VALUES: dict[DataKind, st.SearchStrategy[str | Address]] = {
     DataKind.PAN: pans(),
     DataKind.CARD_EXPIRY: expiries(),

@@ -87,7 +87,7 @@ Handler = Callable[[Any, Caller, Req, Context], Awaitable[Resp]]
 Decoder = Callable[[bytes], Any]
 
 
-def _authorization(context: Context) -> str | None:
+def authorization_of(context: Context) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             return value if isinstance(value, str) else None
@@ -168,7 +168,7 @@ def _limiter_key(peer: str, authorization: str | None, identity: str | None) -> 
     return f"{peer}|{kind}"
 
 
-def _check_throttle(
+def check_throttle(
     door: Authenticator, context: Context, authorization: str | None, identity: str | None
 ) -> None:
     """A throttled peer is answered RESOURCE_EXHAUSTED before any store work, unless its
@@ -178,7 +178,7 @@ def _check_throttle(
         raise RefusalsThrottledError(retry)
 
 
-async def _refused(
+async def refused(
     servicer: Authenticated,
     method: str,
     context: Context,
@@ -216,10 +216,10 @@ async def _refused(
         exc.audited = True
 
 
-_REFUSALS = (UnauthenticatedError, PermissionDeniedError, RefusalsThrottledError)
+REFUSALS = (UnauthenticatedError, PermissionDeniedError, RefusalsThrottledError)
 
 
-def _decode(decode: Decoder | None, request: Any) -> Any:
+def decode_request(decode: Decoder | None, request: Any) -> Any:
     """The request message: the raw bytes decoded now that the caller is authenticated."""
     if decode is not None and isinstance(request, bytes):
         request = decode(request)
@@ -229,15 +229,6 @@ def _decode(decode: Decoder | None, request: Any) -> Any:
             reason="MALFORMED_REQUEST",
         )
     return request
-
-
-# The steps the stream handlers (api/streams.py) share with ``rpc``, under public names
-# (aliases rather than renames, so the unary wrapper's body stays as it is).
-authorization_of = _authorization
-check_throttle = _check_throttle
-refused = _refused
-decode_request = _decode
-REFUSALS = _REFUSALS
 
 
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
@@ -256,23 +247,23 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             authorization: str | None = None
             try:
                 door = self.authenticator
-                authorization = _authorization(context)
+                authorization = authorization_of(context)
                 identity = None if authorization else cert_identity(context)
                 if door.limiter.throttling:
-                    _check_throttle(door, context, authorization, identity)
+                    check_throttle(door, context, authorization, identity)
                 caller = await door.authenticate(authorization, identity)
                 if tracing.enabled():
                     tracing.annotate_call(caller)
-                response = await fn(self, caller, _decode(decode, request), context)
+                response = await fn(self, caller, decode_request(decode, request), context)
             except VaultError as exc:
                 code = grpc_code(exc)
                 if tracing.enabled():
                     tracing.annotate_code(code.value[0])
                 metrics.RPC_CALLS.labels(method, code.name).inc()
                 latency.observe(time.perf_counter() - start)
-                if isinstance(exc, _REFUSALS):
+                if isinstance(exc, REFUSALS):
                     metrics.AUTH_FAILURES.labels(exc.reason).inc()
-                    await _refused(self, method, context, caller, exc, authorization)
+                    await refused(self, method, context, caller, exc, authorization)
                 # abort_with_status is in grpc.aio but missing from grpc-stubs.
                 await context.abort_with_status(to_grpc_status(exc))  # type: ignore[attr-defined]
                 raise  # pragma: no cover - abort raises

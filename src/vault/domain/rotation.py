@@ -17,14 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vault.clock import Clock
+from vault.crypto.aead import RecordKey
 from vault.crypto.base import KekProvider
-from vault.crypto.keyring import Keyring, KeyState, WrappedKeyVersion, dek_label, new_data_key
+from vault.crypto.keyring import (
+    Keyring,
+    KeyState,
+    WrappedKeyVersion,
+    dek_label,
+    new_data_key,
+)
 from vault.domain.codec import reseal
 from vault.errors import AbortedError, DecryptionError, FailedPreconditionError, NotFoundError
 from vault.storage.base import (
     KeyVersionRow,
     RetireOutcome,
     RewrapProgressRow,
+    RewrapRow,
     RewrapUpdate,
     Store,
 )
@@ -151,6 +159,25 @@ def _older(counts: dict[int, int], primary: int) -> int:
     return sum(n for v, n in counts.items() if v != primary)
 
 
+def _resealed(
+    rows: list[RewrapRow], keyring: Keyring, primary: RecordKey
+) -> tuple[list[RewrapUpdate], int]:
+    """The rows sealed again under ``primary``, and how many would not decrypt."""
+    updates = []
+    failed = 0
+    for item in rows:
+        rec = item.record
+        try:
+            ciphertext = reseal(rec, keyring, primary)
+        except DecryptionError:
+            failed += 1
+            continue
+        updates.append(
+            RewrapUpdate(rec.token, rec.key_version, rec.ciphertext, primary.version, ciphertext)
+        )
+    return updates, failed
+
+
 class RewrapRun:
     """One rewrap, its lease taken (``start_rewrap``); ``run`` does the work. Progress is
     written to the store after every batch so every server (and ``keys status``) sees it.
@@ -243,19 +270,8 @@ class RewrapRun:
             if not rows:
                 break
             after = rows[-1].position
-            updates = []
-            for item in rows:
-                rec = item.record
-                try:
-                    ciphertext = reseal(rec, keyring, primary)
-                except DecryptionError:
-                    failed += 1
-                    continue
-                updates.append(
-                    RewrapUpdate(
-                        rec.token, rec.key_version, rec.ciphertext, primary.version, ciphertext
-                    )
-                )
+            updates, undecryptable = _resealed(rows, keyring, primary)
+            failed += undecryptable
             done = await self._store.rewrap_tokens(updates, len(updates)) if updates else 0
             batches += 1
             rewrapped += done
