@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vault.audit.base import OUTCOME_OK, AuditEvent
-from vault.audit.trail import AuditTrail, record_dict, record_line
+from vault.audit.trail import AuditTrail, ChainBreak, record_dict, record_line
 from vault.cli.common import CommandError, add_store_args, vault_of
 from vault.cli.kek import add_shares_arg
 from vault.clock import SystemClock
@@ -18,6 +18,7 @@ from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
 from vault.storage.base import Store
+from vault.storage.sql.audit_index import IndexProblem, index_disagreement
 from vault.wiring import open_audit_trail
 
 __all__ = [
@@ -96,8 +97,11 @@ async def _verify(args: argparse.Namespace) -> int:
             result = None
         else:
             result = await trail.verify()
+        # h14a: the token index must agree with the verified records (sql/audit_index.py).
+        index = await index_disagreement(vault.store)
     records = result.records if result is not None else 0
-    broken = result.broken if result is not None else None
+    broken: ChainBreak | IndexProblem | None = result.broken if result is not None else None
+    broken = broken if broken is not None else index
     if args.json:
         out: dict[str, Any] = {"intact": broken is None, "records": records}
         if broken is not None:
