@@ -4,11 +4,16 @@ verify."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+
 import pytest
 
 from vault.audit.base import ACTION_REVEAL
 from vault.storage.base import AuditRow
 from vault.storage.sql.audit_index import index_disagreement
+from vault.storage.sql.schema import migrations
+from vault.storage.sqlite import _split_statements
 
 NOW = 1_800_000_000.0
 
@@ -63,3 +68,35 @@ async def test_the_index_and_the_records_are_written_together(store):
     found = await store.audit_records_for_tokens("tenant-a", ACTION_REVEAL, ["tok_2"])
     assert [r.seq for r in found] == [1, 2]
     assert sorted(await store.audit_index_rows(3, 3)) == [("tenant-a", "tok_4", 3)]
+
+
+def test_migration_0013_indexes_the_reveal_records_written_before_it(tmp_path):
+    # A trail of the one-record-per-token days: each reveal record is indexed under its
+    # token; other actions, refusals' placeholders and rows that are not JSON are not.
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        later = []
+        for number, script in migrations("sqlite"):
+            if number >= 13:
+                later.append(script)
+                continue
+            for statement in _split_statements(script):
+                conn.execute(statement)
+        insert = (
+            "INSERT INTO audit_log VALUES "
+            "(?, 1.0, 'c', ?, ?, ?, 'p', 'ok', '', 'r', '', '[]', x'00')"
+        )
+        conn.executemany(
+            insert,
+            [
+                (1, "t", "token.reveal", '["tok_a"]'),
+                (2, "t", "token.reveal", '["tok_b"]'),
+                (3, "t", "token.delete", '["tok_a"]'),
+                (4, "t", "token.reveal", '["[not recorded]", "tok_a"]'),
+                (5, "u", "token.reveal", "not json"),
+            ],
+        )
+        for statement in _split_statements(later[0]):
+            conn.execute(statement)
+        rows = conn.execute("SELECT tenant, token, seq FROM audit_tokens ORDER BY seq").fetchall()
+    assert rows == [("t", "tok_a", 1), ("t", "tok_b", 2), ("t", "tok_a", 4)]
