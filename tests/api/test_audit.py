@@ -88,7 +88,8 @@ async def test_without_x_request_id_the_vault_makes_one_up(vault):
     assert all(uuid.UUID(i).version == 4 for i in ids)
 
 
-async def test_a_batch_of_n_writes_n_records(vault):
+async def test_a_batch_of_n_writes_one_record_naming_the_n_tokens(vault):
+    # Issue 14 decision: one record per call, listing its tokens in order (was one each).
     values = [f"{NOTE} #{i}" for i in range(7)]
     tokens = [await tokenize(vault, "TEXT", v) for v in values]
     resp = await vault.stub.BatchDetokenize(
@@ -98,10 +99,13 @@ async def test_a_batch_of_n_writes_n_records(vault):
     assert [r.text for r in resp.responses] == values
 
     records = audit_rows(vault)
-    assert [r["tokens"] for r in records] == [[t] for t in tokens]
+    assert [r["tokens"] for r in records] == [tokens]
     assert {r["request_id"] for r in records} == {"batch-1"}
-    assert all(r["detail"] == {"batch_size": "7", "kind": "TEXT"} for r in records)
-    assert [r["seq"] for r in records] == list(range(1, 8))
+    assert all(
+        r["detail"] == {"batch_size": "7", "kind": "TEXT", "token_count": "7", "kinds": "TEXT:7"}
+        for r in records
+    )
+    assert [r["seq"] for r in records] == [1]
 
 
 async def test_no_value_anywhere_in_the_trail(vault):
@@ -116,7 +120,7 @@ async def test_no_value_anywhere_in_the_trail(vault):
         grpc.StatusCode.NOT_FOUND,
     )
     trail = json.dumps(audit_rows(vault))
-    assert len(audit_rows(vault)) == 3
+    assert len(audit_rows(vault)) == 2  # the batch's one record and the refusal
     for secret in (PAN, PAN[-8:], NOTE, vault.key):
         assert secret not in trail
     # Nor anywhere in the database file (values are stored encrypted).
@@ -269,7 +273,7 @@ async def test_the_trail_the_server_writes_verifies(vault):
     assert isinstance(trail, AuditTrail)
     result = await trail.verify()
     assert result.intact
-    assert result.records == 6
+    assert result.records == 2  # the batch (one record naming 5 tokens) and the refusal
 
 
 async def test_json_lines_sink_gets_each_committed_record(vault_factory, tmp_path):
@@ -280,8 +284,8 @@ async def test_json_lines_sink_gets_each_committed_record(vault_factory, tmp_pat
         pb.BatchDetokenizeRequest(tokens=[token, token], purpose=PURPOSE), metadata=vault.md
     )
     lines = [json.loads(line) for line in sink.read_text(encoding="utf-8").splitlines()]
-    assert [rec["seq"] for rec in lines] == [1, 2]
-    assert all(rec["tokens"] == [token] and rec["purpose"] == PURPOSE for rec in lines)
+    assert [rec["seq"] for rec in lines] == [1]  # one record per call, naming both
+    assert all(rec["tokens"] == [token, token] and rec["purpose"] == PURPOSE for rec in lines)
     assert NOTE not in sink.read_text(encoding="utf-8")
     assert oct(sink.stat().st_mode & 0o777) == oct(0o600)
 

@@ -86,12 +86,13 @@ def test_the_triggers_refuse_edits(trail_dir):
             conn.execute("DELETE FROM audit_log WHERE seq = 1")
 
 
-# The reveals, the tokenize volume of the window (one aggregated record, written when the
+# The batch of reveals (one record naming the REVEALS tokens: issue 14, one record per
+# call), the tokenize volume of the window (one aggregated record, written when the
 # server stops), the caller added and revoked.
-LAST = REVEALS + 3
+LAST = 1 + 3
 TAMPERING = {
     "edited": (["UPDATE audit_log SET purpose = 'nothing to see' WHERE seq = 3"], 3, "edited"),
-    "edited-tokens": (["UPDATE audit_log SET tokens = '[]' WHERE seq = 5"], 5, "edited"),
+    "edited-tokens": (["UPDATE audit_log SET tokens = '[]' WHERE seq = 1"], 1, "edited"),
     "deleted": (["DELETE FROM audit_log WHERE seq = 3"], 3, "missing (deleted)"),
     "deleted-first": (["DELETE FROM audit_log WHERE seq = 1"], 1, "missing (deleted)"),
     "deleted-last": ([f"DELETE FROM audit_log WHERE seq = {LAST}"], LAST, "missing (deleted)"),  # noqa: S608
@@ -131,6 +132,25 @@ def test_verify_names_the_first_bad_record(trail_dir, tmp_path, case):
     assert (report["intact"], report["seq"]) == (False, seq)
 
 
+def test_verify_reports_a_removed_index_row(trail_dir, tmp_path):
+    # The token index is not chained; a row removed behind the store's back would hide a
+    # reveal from ExportSubject, so verify reports it as tampering (issue 14).
+    copy = tmp_path / "copy"
+    shutil.copytree(trail_dir, copy)
+    with contextlib.closing(sqlite3.connect(copy / "vault.db")) as conn:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("DELETE FROM audit_tokens")
+        conn.execute("DROP TRIGGER audit_tokens_no_delete")
+        conn.execute("DELETE FROM audit_tokens WHERE token = (SELECT MIN(token) FROM audit_tokens)")
+        conn.commit()
+    result = run_vaultctl("audit", "verify", "--data-dir", copy)
+    line = assert_one_line_failure(result)
+    assert "audit token index disagrees with record 1: an index row is missing" in line, line
+    as_json = run_vaultctl("audit", "verify", "--json", "--data-dir", copy)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["seq"] == 1
+
+
 def test_tail_json_prints_valid_json_lines(trail_dir):
     result = run_vaultctl("audit", "tail", "--json", "-n", "4", "--data-dir", trail_dir)
     assert result.returncode == 0, result.stderr
@@ -162,6 +182,7 @@ def test_tail_json_prints_valid_json_lines(trail_dir):
     )
     assert reveal["action"] == "token.reveal"
     assert reveal["request_id"] == "e2e-batch"
+    assert len(reveal["tokens"]) == REVEALS  # the one record names every token revealed
 
 
 def test_tail_for_people(trail_dir):

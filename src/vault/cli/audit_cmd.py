@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vault.audit.base import OUTCOME_OK, AuditEvent
-from vault.audit.trail import AuditTrail, VerifyResult, record_dict, record_line
+from vault.audit.trail import AuditTrail, ChainBreak, VerifyResult, record_dict, record_line
 from vault.cli.common import CommandError, add_store_args, vault_of
 from vault.cli.kek import add_shares_arg
 from vault.clock import SystemClock
@@ -19,6 +19,7 @@ from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
 from vault.storage.base import AuditHead, Store
+from vault.storage.sql.audit_index import IndexProblem, index_disagreement
 from vault.wiring import open_audit_trail
 
 __all__ = [
@@ -127,12 +128,15 @@ async def _verify(args: argparse.Namespace) -> int:
         else:
             result = await trail.verify()
             if result.broken is None and (heads or records or args.expect_seq is not None):
-                broken = await trail.check_witness(heads, args.expect_seq, records)
-                result = VerifyResult(result.records, broken)
+                witnessed = await trail.check_witness(heads, args.expect_seq, records)
+                result = VerifyResult(result.records, witnessed)
+        # h14a: the token index must agree with the verified records (sql/audit_index.py).
+        index = await index_disagreement(vault.store)
     if result is None and (heads or records or args.expect_seq):
         raise CommandError("the store has no audit trail but records were published")
     count = result.records if result is not None else 0
-    broken = result.broken if result is not None else None
+    broken: ChainBreak | IndexProblem | None = result.broken if result is not None else None
+    broken = broken if broken is not None else index
     if args.json:
         out: dict[str, Any] = {"intact": broken is None, "records": count}
         if broken is not None:

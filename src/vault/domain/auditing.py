@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, AuditEvent, AuditSink
 from vault.auth.policy import Caller
 from vault.clock import Clock
-from vault.domain.model import RequestContext
+from vault.domain.model import DataKind, RequestContext
 from vault.domain.validation import Limits, recordable
 from vault.errors import (
     NotFoundError,
@@ -20,7 +21,7 @@ from vault.errors import (
     VaultError,
 )
 
-__all__ = ["NO_CONTEXT", "UseCaseAudit"]
+__all__ = ["NO_CONTEXT", "UseCaseAudit", "reveal_detail"]
 
 NO_CONTEXT = RequestContext()
 # What a refused call's record names instead of a string that is not a random-format
@@ -110,3 +111,17 @@ class UseCaseAudit:
             detail=detail,
         )
         await self.done([event])
+
+
+def reveal_detail(kinds: Sequence[DataKind]) -> dict[str, str]:
+    """The detail of a reveal record (never a value): ``kind`` when every value is of one
+    kind (all a one-token record has, as before); for several tokens also their count and
+    ``kinds``, e.g. "PAN:2,EXPIRY:1" (in order of first appearance)."""
+    counts = Counter(k.name for k in kinds)
+    detail: dict[str, str] = {}
+    if len(counts) == 1:
+        detail["kind"] = next(iter(counts))
+    if len(kinds) > 1:
+        detail["token_count"] = str(len(kinds))
+        detail["kinds"] = ",".join(f"{k}:{n}" for k, n in counts.items())
+    return detail

@@ -1,6 +1,7 @@
 """Reveal: Detokenize and BatchDetokenize. Scope, purpose and reveal rate are checked
-before any lookup; every value shown is audited (one record per token) before it is
-returned, and a call whose records cannot be written reveals nothing."""
+before any lookup; every value shown is audited before it is returned (one record per
+call, naming every token it revealed, in order), and a call whose record cannot be
+written reveals nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from vault.audit.base import ACTION_REVEAL, OUTCOME_OK, AuditEvent
 from vault.auth.policy import SCOPE_DETOKENIZE, Caller
 from vault.auth.policy import require as require_scope
 from vault.clock import Clock
-from vault.domain.auditing import NO_CONTEXT, UseCaseAudit
+from vault.domain.auditing import NO_CONTEXT, UseCaseAudit, reveal_detail
 from vault.domain.codec import KINDS, RecordCodec
 from vault.domain.cvc import CvcHandling, HeldCvcs
 from vault.domain.model import RequestContext
@@ -58,8 +59,8 @@ class Reveal:
         batch: bool,
         request: RequestContext | None = None,
     ) -> list[Revealed]:
-        """Values of the tokens, in order; each reveal is audited (one record per token)
-        before anything is returned."""
+        """Values of the tokens, in order; the call is audited (one record naming every
+        token revealed) before anything is returned."""
         ctx = request or NO_CONTEXT
         try:
             require_scope(caller, SCOPE_DETOKENIZE)
@@ -136,20 +137,20 @@ class Reveal:
         ctx: RequestContext,
         detail: dict[str, str],
     ) -> list[AuditEvent]:
-        now = self._clock.now()
+        """The call's one record: every token revealed, in order, with the count and the
+        kinds (never a value)."""
         return [
             AuditEvent(
-                now,
+                self._clock.now(),
                 caller.name,
                 caller.tenant,
                 ACTION_REVEAL,
-                (r.token,),
+                tuple(r.token for r in out),
                 purpose,
                 OUTCOME_OK,
                 "",
                 ctx.request_id,
                 ctx.peer,
-                {**detail, "kind": r.kind.name},
+                {**detail, **reveal_detail([r.kind for r in out])},
             )
-            for r in out
         ]

@@ -34,6 +34,7 @@ from vault.audit.base import (
 from vault.auth.policy import SCOPE_SUBJECTS, Caller
 from vault.auth.policy import require as require_scope
 from vault.clock import Clock
+from vault.domain.auditing import reveal_detail
 from vault.domain.codec import RecordCodec
 from vault.domain.cvc import CvcHandling
 from vault.domain.keys import KeyMaterial
@@ -152,24 +153,23 @@ class SubjectRequests:
     def _reveal_events(
         self, caller: Caller, ctx: RequestContext, purpose: str, records: Sequence[ExportedRecord]
     ) -> list[AuditEvent]:
-        """An export reveals every value it returns: one reveal record per token, as a
-        Detokenize writes, so each shows in that token's reveal history."""
-        now = self._clock.now()
+        """An export reveals every value it returns: one reveal record naming every
+        exported token, as a BatchDetokenize writes, so each shows in that token's reveal
+        history."""
         return [
             AuditEvent(
-                now,
+                self._clock.now(),
                 caller.name,
                 caller.tenant,
                 ACTION_REVEAL,
-                (r.token,),
+                tuple(r.token for r in records),
                 purpose,
                 OUTCOME_OK,
                 "",
                 ctx.request_id,
                 ctx.peer,
-                {"kind": r.kind.name, "method": "ExportSubject"},
+                {**reveal_detail([r.kind for r in records]), "method": "ExportSubject"},
             )
-            for r in records
         ]
 
     async def _record(
@@ -227,8 +227,8 @@ class SubjectRequests:
     ) -> SubjectExport:
         """Every value the vault holds for the subject in the caller's tenant, and the
         reveals of them the audit trail records. NOT_FOUND if it holds none. An export
-        is a reveal of every value in it: it needs a purpose, and each value is audited
-        as a reveal of its token (the next export lists them)."""
+        is a reveal of every value in it: it needs a purpose, and one reveal record names
+        every exported token (the next export lists each of them)."""
         ctx = request or _NO_CONTEXT
         detail: dict[str, str] = {}
         try:
@@ -248,10 +248,15 @@ class SubjectRequests:
                 caller, ACTION_SUBJECT_EXPORT, ctx, detail, reason_text=purpose, error=exc
             )
             raise
+        # A record names every token its call revealed: one reveal per token of this
+        # subject's (a batch's other tokens are not the subject's history).
+        mine = {r.token for r in records}
         reveals = [
-            ExportedReveal(a.time, a.caller, a.purpose, a.tokens[0], a.request_id)
+            ExportedReveal(a.time, a.caller, a.purpose, token, a.request_id)
             for a in audit_rows
-            if a.outcome == OUTCOME_OK and len(a.tokens) == 1
+            if a.outcome == OUTCOME_OK
+            for token in a.tokens
+            if token in mine
         ]
         detail |= {"records": str(len(records)), "reveals": str(len(reveals))}
         await self._record(

@@ -550,8 +550,13 @@ class AuditStore(Protocol):
     async def audit_records_for_tokens(
         self, tenant: str, action: str, tokens: Sequence[str]
     ) -> list[AuditRow]:
-        """Records of ``action`` in ``tenant`` naming any of ``tokens``, by seq (a scan of
-        the trail: it has no token index, so appends stay as cheap as they are)."""
+        """Records of ``action`` in ``tenant`` naming any of ``tokens``, by seq, from the
+        token index (audit_tokens, written with each record; sql/audit_index.py). Only
+        token.reveal records are indexed: another action is a ValueError."""
+        ...
+
+    async def audit_index_rows(self, first_seq: int, last_seq: int) -> list[tuple[str, str, int]]:
+        """(tenant, token, seq) rows of the token index for records first..last seq."""
         ...
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
@@ -73,6 +72,7 @@ from vault.storage.postgres_open import (
     same_database,
 )
 from vault.storage.sql.audit_chain import chain_audits, check_head
+from vault.storage.sql.audit_index import INDEXED_ACTION, history_stmts, index_stmt
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -225,6 +225,13 @@ async def _audit_state(conn: _Conn) -> tuple[AuditHead | None, tuple[int, bytes]
     )
 
 
+async def _index_audits(conn: _Conn, stored: list[list[AuditRow]]) -> None:
+    """Index the reveal records just chained (same transaction; sql/audit_index.py)."""
+    stmt = index_stmt(POSTGRES, stored)
+    if stmt is not None:
+        await conn.executemany(stmt.sql, stmt.params)
+
+
 async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
     """Chain every waiting op's rows onto the newest stored record (in the caller's
     transaction, which holds only audit appends: a failure fails just those). A head
@@ -234,6 +241,7 @@ async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
     seq, prev = check_head(head, last, ops[0].seal, keyed=keyed is not None)
     chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
     await conn.executemany(_INSERT_AUDIT, chain.params)
+    await _index_audits(conn, chain.stored)  # h14a: the reveal index (sql/audit_index.py)
     if head is None:
         # A bare store's first append (no audit key, so no genesis head): a concurrent
         # first appender makes this fail on the key, and the append is retried.
@@ -493,22 +501,24 @@ class PostgresStore(
     async def audit_records_for_tokens(
         self, tenant: str, action: str, tokens: Sequence[str]
     ) -> list[AuditRow]:
-        wanted = list(dict.fromkeys(tokens))
-        if not wanted:
+        if action != INDEXED_ACTION:
+            msg = f"only {INDEXED_ACTION} records are indexed by token"
+            raise ValueError(msg)
+        if not tokens:
             return []
-        # A text search of the JSON column (no jsonb cast: a row that is not valid JSON
-        # must not fail the query), confirmed on the decoded row below.
-        patterns = ["%" + _like_escape(json.dumps(t)) + "%" for t in wanted]
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
-            "WHERE tenant = $1 AND action = $2 AND tokens LIKE ANY($3::text[]) ORDER BY seq",
-            tenant,
-            action,
-            patterns,
+        found: dict[int, AuditRow] = {}
+        for stmt in history_stmts(POSTGRES, AUDIT_COLUMNS, tenant, action, tokens):
+            for row in await self._fetch(stmt.sql, *stmt.params):
+                found[int(row[0])] = audit_from_row([*row[:12], bytes(row[12])])
+        return [found[seq] for seq in sorted(found)]
+
+    async def audit_index_rows(self, first_seq: int, last_seq: int) -> list[tuple[str, str, int]]:
+        found = await self._fetch(
+            "SELECT tenant, token, seq FROM audit_tokens WHERE seq BETWEEN $1 AND $2",
+            first_seq,
+            last_seq,
         )
-        found = [audit_from_row([*row[:12], bytes(row[12])]) for row in rows]
-        targets = set(wanted)
-        return [r for r in found if targets.intersection(r.tokens)]
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in found]
 
     async def purge_retained(
         self, tenant: str, kind: int, created_before: float, now: float, limit: int
@@ -522,11 +532,6 @@ class PostgresStore(
             done, after = await self._write(batch, retry_unique=True)
             purged += done
         return purged
-
-
-def _like_escape(text: str) -> str:
-    """``text`` matched literally by LIKE (backslash is its default escape)."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _rowcount(status: str) -> int:

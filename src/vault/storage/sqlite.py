@@ -40,6 +40,7 @@ from vault.storage.base import (
     TokenRecord,
 )
 from vault.storage.sql.audit_chain import chain_audits, check_head
+from vault.storage.sql.audit_index import INDEXED_ACTION, history_stmts, index_stmt
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -128,6 +129,7 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
         seq, prev = check_head(*_audit_state(conn), ops[0].seal, keyed=_audit_keyed(conn))
         chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
         conn.executemany(_INSERT_AUDIT, chain.params)
+        index_audits(conn, chain.stored)  # h14a: the reveal index (sql/audit_index.py)
         conn.execute(_PUT_AUDIT_HEAD, (1, chain.head_seq, chain.head_mac))
     except Exception as exc:  # noqa: BLE001 - handed to every audit op's caller
         conn.execute("ROLLBACK TO audit")
@@ -139,6 +141,13 @@ def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
     conn.execute("RELEASE audit")
     for op, stored in zip(ops, chain.stored, strict=True):
         op.stored = stored
+
+
+def index_audits(conn: sqlite3.Connection, stored: list[list[AuditRow]]) -> None:
+    """Index the reveal records just chained (same transaction; sql/audit_index.py)."""
+    stmt = index_stmt(SQLITE, stored)
+    if stmt is not None:
+        conn.executemany(stmt.sql, stmt.params)
 
 
 def _run_tx(conn: sqlite3.Connection, tx: Tx[T]) -> T:
@@ -569,17 +578,21 @@ class SqliteStore(
     async def audit_records_for_tokens(
         self, tenant: str, action: str, tokens: Sequence[str]
     ) -> list[AuditRow]:
+        if action != INDEXED_ACTION:
+            msg = f"only {INDEXED_ACTION} records are indexed by token"
+            raise ValueError(msg)
         found: dict[int, AuditRow] = {}
-        for chunk in chunks(list(dict.fromkeys(tokens)), _MAX_PARAMS):
-            matched = await self._query(
-                f"SELECT {AUDIT_COLUMNS} FROM audit_log "  # noqa: S608 - constant
-                "WHERE tenant = ? AND action = ? AND EXISTS (SELECT 1 FROM json_each("
-                f"audit_log.tokens) WHERE json_each.value IN ({','.join('?' * len(chunk))}))",
-                (tenant, action, *chunk),
-            )
-            for row in matched:
+        for stmt in history_stmts(SQLITE, AUDIT_COLUMNS, tenant, action, tokens):
+            for row in await self._query(stmt.sql, tuple(stmt.params)):
                 found[int(row[0])] = audit_from_row(row)
         return [found[seq] for seq in sorted(found)]
+
+    async def audit_index_rows(self, first_seq: int, last_seq: int) -> list[tuple[str, str, int]]:
+        found = await self._query(
+            "SELECT tenant, token, seq FROM audit_tokens WHERE seq BETWEEN ? AND ?",
+            (first_seq, last_seq),
+        )
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in found]
 
     async def purge_retained(
         self, tenant: str, kind: int, created_before: float, now: float, limit: int
