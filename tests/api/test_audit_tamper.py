@@ -37,10 +37,12 @@ _CREATE_SERVER_ROLE = (
 # What the owner (or anyone with the SQLite file) runs before tampering.
 _SQLITE_UNGUARD = (
     "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete; "
-    "DROP TRIGGER audit_head_forward_only; DROP TRIGGER audit_head_no_delete"
+    "DROP TRIGGER audit_head_forward_only; DROP TRIGGER audit_head_no_delete; "
+    "DROP TRIGGER audit_tokens_no_delete"
 )
 _PG_UNGUARD = (
-    "ALTER TABLE audit_log DISABLE TRIGGER USER; ALTER TABLE audit_head DISABLE TRIGGER USER"
+    "ALTER TABLE audit_log DISABLE TRIGGER USER; ALTER TABLE audit_head DISABLE TRIGGER USER; "
+    "ALTER TABLE audit_tokens DISABLE TRIGGER USER"
 )
 
 
@@ -202,12 +204,14 @@ async def test_a_consistent_rewrite_is_caught_only_by_the_witness(backend):
     published = await store.audit_head()
     assert published.seq == 4
     assert REGISTRY.get_sample_value("vault_audit_head_seq") == 4
-    # An insider with the audit key cuts records 3-4 and reseals the head on record 2.
+    # An insider with the audit key cuts records 3-4 (and their reveal index rows) and
+    # reseals the head on record 2.
     [second] = await store.audit_records(1, 1)
     resealed = backend.trail.seal(second.mac, head_content(2))
     blob = _blob(backend, resealed)
     backend.tamper(
         "DELETE FROM audit_log WHERE seq > 2",
+        "DELETE FROM audit_tokens WHERE seq > 2",
         f"UPDATE audit_head SET seq = 2, mac = {blob}",  # noqa: S608 - the test's own bytes
     )
     assert (await backend.trail.verify()).intact  # consistent: the chain alone cannot tell
@@ -243,7 +247,7 @@ async def pg_backend(vault_factory, pg_cluster, pg_database, pg_subject_key_data
 async def test_truncate_is_refused_by_the_trigger_and_detected_when_dropped(pg_backend):
     backend, _ = pg_backend
     token = await _reveals(backend, 2)
-    for table in ("audit_log", "audit_head"):
+    for table in ("audit_log", "audit_head", "audit_tokens"):
         with pytest.raises(Exception, match="cannot be truncated"):
             backend.run(f"TRUNCATE {table}")
     assert (await backend.trail.verify()).intact
@@ -263,6 +267,8 @@ async def test_the_server_role_cannot_cut_the_trail_or_change_the_schema(pg_back
             "DELETE FROM audit_log",
             "UPDATE audit_log SET purpose = 'x'",
             "DELETE FROM audit_head",
+            "TRUNCATE audit_tokens",
+            "DELETE FROM audit_tokens",
             "DROP TRIGGER audit_head_forward ON audit_head",
             "ALTER TABLE audit_log DISABLE TRIGGER USER",
             "CREATE TABLE escape (x int)",

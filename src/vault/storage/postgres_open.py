@@ -224,6 +224,7 @@ async def _apply_migrations(conn: _Conn) -> None:
 _AUDIT_REVOKES = (
     "REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM {role}",
     "REVOKE DELETE, TRUNCATE ON audit_head FROM {role}",
+    "REVOKE UPDATE, DELETE, TRUNCATE ON audit_tokens FROM {role}",
 )
 
 

@@ -22,3 +22,5 @@ CREATE TRIGGER audit_tokens_no_update BEFORE UPDATE ON audit_tokens
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 CREATE TRIGGER audit_tokens_no_delete BEFORE DELETE ON audit_tokens
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_tokens_no_truncate BEFORE TRUNCATE ON audit_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_no_truncate();
