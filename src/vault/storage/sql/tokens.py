@@ -29,12 +29,14 @@ _INSERTED = InsertOutcome(InsertStatus.INSERTED)
 _Reserved = tuple[str, str, bytes, int]  # (tenant, request id, request hash, row id)
 
 
-def apply_inserts(d: Dialect, ops: Sequence[InsertOp]) -> Tx[int]:
+def apply_inserts(d: Dialect, ops: Sequence[InsertOp], *, optimistic: bool = True) -> Tx[int]:
     """Resolve collisions, deterministic and idempotent hits, insert the rest and count
-    the calls' encryptions; returns the rows inserted."""
+    the calls' encryptions; returns the rows inserted. ``optimistic``: first try the one
+    guarded insert of every record (the common case: no token taken); without it (a
+    store that saw that insert collide), resolve first."""
     records = [r for op in ops for r in op.records]
     inserted = -1
-    if not any(r.deterministic or r.request_id for r in records):
+    if optimistic and not any(r.deterministic or r.request_id for r in records):
         try:
             yield guarded(
                 many(d.insert("tokens", TOKEN_COLUMNS), [token_params(r) for r in records])
