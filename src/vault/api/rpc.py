@@ -30,10 +30,12 @@ from vault.auth.apikeys import Authenticator
 from vault.auth.mtls import certificate_identity
 from vault.auth.policy import Caller
 from vault.auth.ratelimit import RefusalsThrottledError
+from vault.auth.transport import TLS_REQUIRED, is_local_peer
 from vault.clock import Clock
 from vault.config import Config
 from vault.domain.model import RequestContext
 from vault.errors import (
+    FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -147,6 +149,26 @@ def _peer(context: Context) -> str:
         return ""
 
 
+def _check_transport(context: Context) -> None:
+    """A call from another host over plaintext is refused (TLS_REQUIRED) before its
+    credential is looked at: an API key or a custodian share sent in clear is already
+    exposed, and the vault does not take part in it. Loopback and Unix sockets pass."""
+    try:
+        peer = context.peer() or ""
+    except Exception:  # noqa: BLE001 - an unnamed peer is not local
+        peer = ""
+    if is_local_peer(peer):
+        return
+    try:
+        security = _texts((context.auth_context() or {}).get("transport_security_type", ()))
+    except Exception:  # noqa: BLE001 - no transport security
+        security = []
+    if "ssl" not in security:
+        raise FailedPreconditionError(
+            "TLS is required for calls from another host", reason=TLS_REQUIRED
+        )
+
+
 def _limiter_key(peer: str, authorization: str | None, identity: str | None) -> str:
     """Throttling is per peer and kind of credential: a flood of anonymous calls does not
     throttle a custodian's API key from the same address (and forged keys do not throttle
@@ -233,6 +255,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             caller: Caller | None = None
             authorization: str | None = None
             try:
+                _check_transport(context)
                 door = self.authenticator
                 authorization = _authorization(context)
                 identity = None if authorization else cert_identity(context)

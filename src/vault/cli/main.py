@@ -14,7 +14,14 @@ from typing import Any
 from vault import __version__
 from vault.auth.policy import parse_scopes
 from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
-from vault.cli.common import EXIT_FAILURE, CommandError, client_channel, iso_time, vault_of
+from vault.cli.common import (
+    EXIT_FAILURE,
+    CommandError,
+    add_client_tls_args,
+    client_channel,
+    iso_time,
+    vault_of,
+)
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
 from vault.cli.common import run_async as _run
@@ -56,9 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,
+        insecure_plaintext=True if args.insecure_plaintext else None,
     )
     setup_logging(cfg.log_format, cfg.log_level)
-    harden_process()
     if cfg.workers > 1:
         from vault.workers import run_workers  # noqa: PLC0415 - grpc only for serve
 
@@ -234,6 +241,12 @@ def _parser() -> argparse.ArgumentParser:
         help="PEM CA: require a client certificate that chains to it (mTLS)",
     )
     serve.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow plaintext on a non-loopback --listen (a TLS proxy on the same host); "
+        "calls with a credential from other hosts are still refused",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         help="server processes sharing the port (SO_REUSEPORT); default 1",
@@ -246,10 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the vault")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds")
-    health.add_argument("--tls-ca", help="PEM CA of the server's certificate: connect with TLS")
-    health.add_argument("--tls-cert", help="PEM client certificate, for a server with mTLS")
-    health.add_argument("--tls-key", help="PEM key of --tls-cert")
-    health.add_argument("--tls-server-name", help="name to check the server certificate for")
+    add_client_tls_args(health)
     health.set_defaults(handler=_health)
 
     callers = sub.add_parser("callers", help="API-key callers")
@@ -296,6 +306,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Every command: many hold a master key, a share, an API key or exported values in
+    # memory (no core dumps), and every file they create is the owner's only (umask).
+    harden_process()
     try:
         if args.command in {"serve", "health"}:
             return int(args.handler(args))  # no event loop, or their own

@@ -18,6 +18,7 @@ from vault.audit.base import OUTCOME_ERROR
 from vault.cli.audit_cmd import record_operator_event
 from vault.cli.common import (
     CommandError,
+    add_client_tls_args,
     add_store_args,
     client_channel,
     config_for,
@@ -286,7 +287,5 @@ def register(subparsers: Any, keys_sub: Any) -> None:
         "--api-key-file", help="file holding a keys-scope API key (else VAULT_API_KEY)"
     )
     unseal.add_argument("--timeout", type=float, default=30.0, help="seconds")
-    unseal.add_argument("--tls-ca", help="PEM CA of the server's certificate")
-    unseal.add_argument("--tls-cert", help="PEM client certificate, for mTLS")
-    unseal.add_argument("--tls-key", help="PEM key of --tls-cert")
+    add_client_tls_args(unseal)
     unseal.set_defaults(handler=_unseal)
