@@ -27,7 +27,7 @@ from vault.api.errors import grpc_code, to_grpc_status
 from vault.audit.base import ACTION_AUTHENTICATE, ACTION_AUTHORIZE, AuditSink
 from vault.audit.refusals import RefusalKey
 from vault.auth.apikeys import Authenticator
-from vault.auth.mtls import certificate_identity
+from vault.auth.mtls import typed_certificate_identity, untyped
 from vault.auth.policy import Caller
 from vault.auth.ratelimit import RefusalsThrottledError
 from vault.auth.transport import TLS_REQUIRED, is_local_peer
@@ -94,8 +94,8 @@ def _texts(values: Any) -> list[str]:
 
 
 def cert_identity(context: Context) -> str | None:
-    """The caller identity of the call's verified client certificate (see auth.mtls), or
-    None on a plaintext or server-only-TLS connection.
+    """The typed caller identity (``uri:…``/``cn:…``) of the call's verified client
+    certificate (see auth.mtls), or None on a plaintext or server-only-TLS connection.
 
     grpc names the certificate's URI SANs in ``peer_uri`` (grpc >= 1.62); older
     releases only list every SAN (DNS, IP and URI alike) in
@@ -109,7 +109,7 @@ def cert_identity(context: Context) -> str | None:
         uris = _texts(auth["peer_uri"])
     else:
         uris = [n for n in _texts(auth.get("x509_subject_alternative_name", ())) if "://" in n]
-    return certificate_identity(uris, _texts(auth.get("x509_common_name", ())))
+    return typed_certificate_identity(uris, _texts(auth.get("x509_common_name", ())))
 
 
 # A client's x-request-id is kept when it is short printable ASCII; otherwise (or when
@@ -215,7 +215,7 @@ async def _refused(
         ACTION_AUTHORIZE if caller is not None else ACTION_AUTHENTICATE,
         exc.reason,
         method,
-        identity[:256] if identity and caller is None else "",
+        untyped(identity)[:256] if identity and caller is None else "",
     )
     try:
         await door.refusals.refused(audit, key, request_context(context).request_id)

@@ -22,6 +22,7 @@ __all__ = [
     "CommandError",
     "add_client_tls_args",
     "add_store_args",
+    "check_plaintext_target",
     "client_channel",
     "config_for",
     "existing_vault",
@@ -124,6 +125,17 @@ def add_client_tls_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_plaintext_target(args: argparse.Namespace, address: str) -> None:
+    """Plaintext (no --tls-ca) only to a loopback address, or with --insecure: checked
+    before a command reads any secret it would send."""
+    if args.tls_ca or is_local_address(address) or getattr(args, "insecure", False):
+        return
+    raise CommandError(
+        f"refusing plaintext to {address}, not a loopback address: pass --tls-ca "
+        "(TLS), or --insecure to send in clear"
+    )
+
+
 def client_channel(grpc: Any, args: argparse.Namespace, address: str) -> Any:
     """A channel to a running vault: TLS with --tls-ca (and mTLS with --tls-cert and
     --tls-key), or plaintext to a loopback address (elsewhere only with --insecure);
@@ -131,11 +143,7 @@ def client_channel(grpc: Any, args: argparse.Namespace, address: str) -> Any:
     if not args.tls_ca:
         if args.tls_cert or args.tls_key:
             raise CommandError("--tls-cert and --tls-key need --tls-ca")
-        if not is_local_address(address) and not getattr(args, "insecure", False):
-            raise CommandError(
-                f"refusing plaintext to {address}, not a loopback address: pass --tls-ca "
-                "(TLS), or --insecure to send in clear"
-            )
+        check_plaintext_target(args, address)
         return grpc.insecure_channel(address)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CommandError("--tls-cert and --tls-key go together")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault import __version__
+from vault.auth.mtls import parse_cert_identity, untyped
 from vault.auth.policy import parse_scopes
 from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
 from vault.cli.common import (
@@ -120,8 +121,28 @@ def _parse_reveal_kinds(text: str | None) -> tuple[str, ...]:
 
 def _administration(vault: OpenedVault) -> CallerAdministration:
     return CallerAdministration(
-        vault.store, vault.clock, vault.audit_trail, audit_cmd.operator_name()
+        vault.store,
+        vault.clock,
+        vault.audit_trail,
+        audit_cmd.operator_name(),
+        operator_tenant=vault.config.operator_tenant,
     )
+
+
+def _cert_identity(args: argparse.Namespace) -> str | None:
+    """The typed identity --cert-uri, --cert-cn or --cert-identity uri:…|cn:… names."""
+    if args.cert_uri is not None:
+        text = f"uri:{args.cert_uri}"
+    elif args.cert_cn is not None:
+        text = f"cn:{args.cert_cn}"
+    elif args.cert_identity is not None:
+        text = args.cert_identity
+    else:
+        return None
+    try:
+        return parse_cert_identity(text)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def _callers_add(args: argparse.Namespace) -> int:
@@ -129,6 +150,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
         scopes = parse_scopes(args.scopes)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    cert_identity = _cert_identity(args)
     expires = _parse_expiry(args.expires)
     reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
     if args.reveal_rate < 0 or args.reveal_burst < 0:
@@ -137,7 +159,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
         name=args.name,
         tenant=args.tenant,
         scopes=scopes,
-        cert_identity=args.cert_identity,
+        cert_identity=cert_identity,
         expires_at=expires,
         reveal_kinds=reveal_kinds,
         reveal_rate=args.reveal_rate,
@@ -146,11 +168,18 @@ async def _callers_add(args: argparse.Namespace) -> int:
     async with vault_of(args) as vault:
         key = await _administration(vault).add(new)
     if key is None:
-        bound = {"name": args.name, "tenant": args.tenant, "cert_identity": args.cert_identity}
+        assert cert_identity is not None  # noqa: S101 - no key is minted for a certificate
+        kind, name = cert_identity.split(":", 1)
+        bound = {
+            "name": args.name,
+            "tenant": args.tenant,
+            "cert_identity": name,
+            "cert_identity_type": kind,
+        }
         print(
             json.dumps(bound)
             if args.json
-            else f"{args.name} is the caller with certificate identity {args.cert_identity}"
+            else f"{args.name} is the caller with certificate {kind} {name}"
         )
     elif args.json:
         print(json.dumps({"name": args.name, "tenant": args.tenant, "api_key": key.text}))
@@ -170,7 +199,8 @@ async def _callers_list(args: argparse.Namespace) -> int:
             "created": iso_time(r.created_at),
             "expires": iso_time(r.expires_at),
             "revoked": iso_time(r.revoked_at),
-            "cert_identity": r.cert_identity,
+            "cert_identity": untyped(r.cert_identity) if r.cert_identity else None,
+            "cert_identity_type": r.cert_identity.partition(":")[0] if r.cert_identity else None,
             "reveal_kinds": list(r.reveal_kinds),
             "reveal_rate": r.reveal_rate,
             "reveal_burst": r.reveal_burst,
@@ -182,7 +212,11 @@ async def _callers_list(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             state = "revoked" if r.revoked_at is not None else "active"
-            who = f"\tcert:{r.cert_identity}" if r.cert_identity else ""
+            who = (
+                f"\tcert:{untyped(r.cert_identity)} ({r.cert_identity.partition(':')[0]})"
+                if r.cert_identity
+                else ""
+            )
             print(f"{r.name}\t{r.tenant}\t{','.join(r.scopes)}\t{state}{who}")
     return 0
 
@@ -280,11 +314,17 @@ def _parser() -> argparse.ArgumentParser:
     c_add.add_argument(
         "--reveal-burst", type=int, default=0, help="reveals at once (default: the rate, >= 1)"
     )
-    c_add.add_argument(
-        "--cert-identity",
-        help="bind this mTLS client-certificate identity (SAN URI or subject CN) instead "
-        "of minting an API key",
+    bind = c_add.add_mutually_exclusive_group()
+    bind.add_argument(
+        "--cert-uri",
+        help="bind the mTLS client certificates whose first SAN URI is this (e.g. "
+        "spiffe://…) instead of minting an API key",
     )
+    bind.add_argument(
+        "--cert-cn",
+        help="bind the mTLS client certificates with no SAN URI and this subject CN",
+    )
+    bind.add_argument("--cert-identity", help="the same, typed: uri:<SAN URI> or cn:<subject CN>")
     c_add.add_argument("--json", action="store_true")
     c_add.set_defaults(handler=_callers_add)
     c_list = c_sub.add_parser("list", help="callers (no secrets)")

@@ -20,6 +20,7 @@ from vault.cli.common import (
     CommandError,
     add_client_tls_args,
     add_store_args,
+    check_plaintext_target,
     client_channel,
     config_for,
     vault_of,
@@ -238,6 +239,7 @@ async def _unseal(args: argparse.Namespace) -> int:
 
     from vault.v1 import seal_service_pb2, seal_service_pb2_grpc  # noqa: PLC0415
 
+    check_plaintext_target(args, args.addr)  # before the share is typed in
     key = _credential(args)
     share = _read_share()
     if not share:
