@@ -45,11 +45,11 @@ clients: $(NPM_STAMP)
 	$(BUF) generate
 
 run: venv
-	@echo "Starting the vault in dev mode: gRPC on 127.0.0.1:50051, metrics on 127.0.0.1:9464, data in ./$(DATA_DIR)"
+	@echo "Starting the vault in dev mode: gRPC on 127.0.0.1:50051, HTTP/JSON on 127.0.0.1:8080, metrics on 127.0.0.1:9464, data in ./$(DATA_DIR)"
 	@echo "Call it with the key in ./$(DATA_DIR)/dev-api-key, e.g.:"
 	@echo "  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer \$$(cat $(DATA_DIR)/dev-api-key)\" \\"
 	@echo "    -d '{\"kind\":\"DATA_KIND_PAN\",\"text\":\"4242424242424242\"}' http://127.0.0.1:50051/vault.v1.TokenService/Tokenize"
-	$(BIN)/vaultctl serve --dev --data-dir $(DATA_DIR) --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464
+	$(BIN)/vaultctl serve --dev --data-dir $(DATA_DIR) --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 --http-listen 127.0.0.1:8080
 
 lint: dev
 	$(BIN)/ruff check src tests bench examples

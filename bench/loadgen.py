@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import resource
@@ -54,6 +55,7 @@ UNARY_POOL_RATE = 6_000  # calls/s
 BATCH_POOL_RATE = 60_000  # items/s
 ECHO_UNARY_POOL = 20_000  # the echo stores nothing: distinct values do not matter
 ECHO_BATCH_POOL = 200
+STREAM_POOL_RATE = 30_000  # items/s over TokenizeStream
 MAX_ERRORS = 200  # stop early: the server is failing, not being measured
 
 SCENARIOS = (
@@ -62,6 +64,7 @@ SCENARIOS = (
     "tokenize_batch",
     "detokenize_batch",
     "mixed",
+    "tokenize_stream",
     "echo_unary",
     "echo_batch",
 )
@@ -69,6 +72,9 @@ DETOKENIZING = {"detokenize_unary", "detokenize_batch", "mixed"}
 MIXED_TOKENIZE_SHARE = 0.8
 
 Call = Callable[..., Awaitable[bytes]]
+# A TokenizeStreamResponse whose first field is 2 (`error`, length-delimited) is a
+# per-item error; 1 (`response`) is a token. Read from the first byte, nothing parsed.
+STREAM_ERROR_TAG = 0x12
 
 
 @dataclass
@@ -198,9 +204,84 @@ async def _worker(
             by_method[name] = by_method.get(name, 0) + 1
 
 
+async def _stream_worker(
+    state: State,
+    open_stream: Callable[..., Any],
+    pool: list[bytes],
+    md: tuple[tuple[str, str], ...],
+    window: int,
+    start: int,
+    step: int,
+) -> None:
+    """One TokenizeStream with ``window`` items in flight: a writer sends while the
+    window has room, this coroutine reads the answers (in order) and times each item
+    from its send."""
+    call = open_stream(metadata=md)
+    sent: collections.deque[float] = collections.deque()
+    room = asyncio.Semaphore(window)
+    perf = time.perf_counter
+
+    async def write() -> None:
+        i = start
+        while not state.stop:
+            await room.acquire()
+            if state.stop:
+                break
+            if i >= len(pool):
+                state.wrapped = True
+            sent.append(perf())
+            await call.write(pool[i % len(pool)])
+            i += step
+        await call.done_writing()
+
+    writer = asyncio.ensure_future(write())
+    try:
+        async for raw in call:
+            t0 = sent.popleft()
+            room.release()
+            if raw[0] == STREAM_ERROR_TAG:
+                state.errors += 1
+                if state.first_error is None:
+                    status = pb.TokenizeStreamResponse.FromString(raw).error
+                    state.first_error = f"TokenizeStream item: {status.code}: {status.message}"
+                if state.errors >= MAX_ERRORS:
+                    state.stop = True
+                continue
+            if state.measuring:
+                state.latencies.append(perf() - t0)
+                state.ops += 1
+    except grpc.aio.AioRpcError as exc:
+        state.errors += 1
+        state.first_error = state.first_error or f"TokenizeStream: {exc.code().name}"
+    finally:
+        room.release()  # a writer waiting for room sees the stop
+        await writer
+
+
 def _client_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _stream_tasks(
+    state: State,
+    args: argparse.Namespace,
+    channels: list[grpc.aio.Channel],
+    md: tuple[tuple[str, str], ...],
+    rng: random.Random,
+) -> list[asyncio.Task[None]]:
+    """tokenize_stream: one stream per channel, ``concurrency`` items in flight in all."""
+    pool_size = _pool_size(STREAM_POOL_RATE, args.warmup + args.duration, 1000)
+    pool = [_tokenize_req(p) for p in random_pans(pool_size, rng)]
+    n = len(channels)
+    windows = [args.concurrency // n + (1 if i < args.concurrency % n else 0) for i in range(n)]
+    return [
+        asyncio.create_task(
+            _stream_worker(state, ch.stream_stream(VAULT + "TokenizeStream"), pool, md, w, i, n)
+        )
+        for i, (ch, w) in enumerate(zip(channels, windows, strict=True))
+        if w
+    ]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,20 +354,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         weights = [MIXED_TOKENIZE_SHARE, 1 - MIXED_TOKENIZE_SHARE] if len(plan) > 1 else None
         state = State(echo=scenario.startswith("echo_"))
         server_pids = tree_pids(args.server_pid) if args.server_pid else []
-        tasks = [
-            asyncio.create_task(
-                _worker(
-                    state,
-                    [(m, cs[w % n_channels], pool) for m, cs, pool in plan],
-                    weights,
-                    md,
-                    w,
-                    args.concurrency,
-                    random.Random(rng.random()),
+        tasks = (
+            _stream_tasks(state, args, channels, md, rng)
+            if not plan
+            else [
+                asyncio.create_task(
+                    _worker(
+                        state,
+                        [(m, cs[w % n_channels], pool) for m, cs, pool in plan],
+                        weights,
+                        md,
+                        w,
+                        args.concurrency,
+                        random.Random(rng.random()),
+                    )
                 )
-            )
-            for w in range(args.concurrency)
-        ]
+                for w in range(args.concurrency)
+            ]
+        )
         await asyncio.sleep(args.warmup)
         state.measuring = True
         t_start = time.perf_counter()

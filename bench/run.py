@@ -56,6 +56,7 @@ MAIN_SCENARIOS = (
     "tokenize_batch",
     "detokenize_batch",
     "mixed",
+    "tokenize_stream",
 )
 ECHO_SCENARIOS = ("echo_unary", "echo_batch")
 INPROC_SCENARIOS = ("inproc_tokenize", "inproc_detokenize")
@@ -66,8 +67,19 @@ ALL_SCENARIOS = (
     "growth",
     "workers",
     "postgres",
+    "forward",
 )
-BATCH_SCENARIOS = {"tokenize_batch", "detokenize_batch", "echo_batch", *INPROC_SCENARIOS}
+# Reported in items/s (a stream's items are its unit too).
+BATCH_SCENARIOS = {
+    "tokenize_batch",
+    "detokenize_batch",
+    "echo_batch",
+    "tokenize_stream",
+    *INPROC_SCENARIOS,
+}
+P99_CONCURRENCY = 16  # the tokenize p99 target's level (issue 14)
+# Scenarios run at the top concurrency level only (an empty tuple stands for it).
+TOP_ONLY: dict[str, tuple[int, ...]] = {"tokenize_stream": ()}
 WORKERS_CHANNELS = 16  # client connections for the workers points
 WORKERS_SKIPPED = "vaultctl serve has no --workers yet"
 
@@ -566,6 +578,33 @@ def run_inproc_point(ctx: Context, scenario: str, concurrency: int) -> dict[str,
     return summarize(raw)
 
 
+def run_forward(ctx: Context, points: list[dict[str, Any]]) -> None:
+    """Forward against a local processor that answers at once, and Detokenize unary, in
+    one run of one in-process vault (bench/forward_bench.py): forwards/s next to reveals/s."""
+    m = ctx.mode
+    c = max(m.concurrency)
+    raw = run_json(
+        [
+            PYTHON,
+            str(BENCH / "forward_bench.py"),
+            "--duration",
+            str(m.duration),
+            "--warmup",
+            str(m.warmup),
+            "--concurrency",
+            str(c),
+        ],
+        2 * (m.warmup + m.duration) + CLIENT_SETUP_BUDGET,
+        ctx.tmp / "forward.log",
+    )
+    rows = {r["scenario"]: summarize(r) for r in raw["rows"]}
+    detok, fwd = rows["detokenize_unary"], rows["forward_unary"]
+    fwd["vs_detokenize"] = _ratio(fwd["throughput"], detok["throughput"])
+    for name, row in rows.items():
+        points.append({"label": f"{name} c={c}", **row})
+        print(_describe(name, row))
+
+
 def has_workers_flag() -> bool:
     try:
         out = subprocess.run(
@@ -663,9 +702,18 @@ def compute_ratios(
             else None
         ),
         "workers2_vs_workers1": _ratio(_get(w2, "throughput"), _get(w1, "throughput")),
+        # Scale-out efficiency (issue 14): server CPU per call with 2 processes / with 1;
+        # 1.0 means a second process costs nothing extra per call.
+        "workers2_cpu_per_call_vs_workers1": _ratio(
+            _get(w2, "server_cpu_s_per_1k"), _get(w1, "server_cpu_s_per_1k")
+        ),
         "tokenize_p99_c1_vs_echo": _ratio(
             _get(_find(scenarios, "tokenize_unary", concurrency=low), "p99_ms"),
             _get(_find(scenarios, "echo_unary", concurrency=low), "p99_ms"),
+        ),
+        "stream_tokenize_vs_unary": _ratio(
+            _get(_find(scenarios, "tokenize_stream", concurrency=top), "throughput"),
+            _get(tu, "throughput"),
         ),
     }
     basis = {
@@ -675,7 +723,14 @@ def compute_ratios(
         "detokenize_batch_vs_inproc": "best items/s over concurrency levels / inproc items/s",
         "tokenize_1m_vs_10k": f"growth tokenize ops/s at concurrency {GROWTH_CONCURRENCY}",
         "workers2_vs_workers1": f"tokenize_unary ops/s at concurrency {top}",
+        "workers2_cpu_per_call_vs_workers1": (
+            f"tokenize_unary server CPU per call at concurrency {top}, 2 processes / 1"
+        ),
         "tokenize_p99_c1_vs_echo": f"p99 at concurrency {low}",
+        "stream_tokenize_vs_unary": (
+            f"tokenize_stream items/s / tokenize_unary ops/s, both at concurrency {top}"
+        ),
+        "tokenize_p99_c16_ms": f"tokenize_unary p99 at concurrency {P99_CONCURRENCY}",
         "tokenize_batch_items_per_s": "best over concurrency levels",
         "detokenize_batch_items_per_s": "best over concurrency levels",
     }
@@ -683,6 +738,9 @@ def compute_ratios(
         **ratios,
         "tokenize_batch_items_per_s": _get(tb, "throughput"),
         "detokenize_batch_items_per_s": _get(db, "throughput"),
+        "tokenize_p99_c16_ms": _get(
+            _find(scenarios, "tokenize_unary", concurrency=P99_CONCURRENCY), "p99_ms"
+        ),
     }
     return ratios, {"values": values, "basis": basis}
 
@@ -694,8 +752,12 @@ TARGETS: list[tuple[str, str, float]] = [
     ("detokenize_batch_items_per_s", ">=", 60_000),
     ("tokenize_batch_vs_inproc", ">=", 0.6),
     ("tokenize_1m_vs_10k", ">=", 0.7),
-    ("workers2_vs_workers1", ">=", 1.3),
+    # Issue 14 replaced `workers2_vs_workers1 >= 1.3` (not showable on 2 shared cores)
+    # with scale-out efficiency; the throughput ratio is still reported in `ratios`.
+    ("workers2_cpu_per_call_vs_workers1", "<=", 1.1),
     ("tokenize_p99_c1_vs_echo", "<=", 2.0),
+    ("stream_tokenize_vs_unary", ">=", 2.0),
+    ("tokenize_p99_c16_ms", "<=", 8.0),
 ]
 
 
@@ -1039,7 +1101,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
             if name in selected:
                 pts = []
                 scenarios[name] = {"points": pts}
-                for c in mode.concurrency:
+                # The stream is compared at the top level only (its ratio's basis).
+                levels = TOP_ONLY.get(name, mode.concurrency) or (max(mode.concurrency),)
+                for c in levels:
                     point(ctx, pts, name, f"c={c}", lambda n=name, c=c: run_vault_point(ctx, n, c))
         if "growth" in selected:
             pts = []
@@ -1074,6 +1138,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 
             else:
                 scenarios["workers"] = {"skipped": WORKERS_SKIPPED}
                 print(f"  workers: skipped ({WORKERS_SKIPPED})")
+        if "forward" in selected:
+            pts = []
+            scenarios["forward"] = {"points": pts}
+            try:
+                run_forward(ctx, pts)
+            except BenchError as exc:
+                ctx.failures.append(f"forward: {exc}")
+                pts.append({"label": "forward", "error": str(exc)})
+                print(f"  forward: FAILED: {exc}")
         if "postgres" in selected:
             import pg_scenario  # noqa: PLC0415 - only this scenario needs the test cluster
 

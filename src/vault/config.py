@@ -28,12 +28,16 @@ class Config:
     data_dir: Path = Path("var")
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"  # empty string turns the metrics port off
+    # HOST:PORT serving the unary methods as HTTP/JSON too ("" = off, the default); TLS
+    # (and mTLS) as the gRPC port has it.
+    http_listen: str = ""
     dev: bool = False
     log_format: str = "plain"  # plain | json
     log_level: str = "INFO"
     purge_interval: float = 30.0  # seconds between expired-token purges
     retention_interval: float = 300.0  # seconds between retention purges (policies per tenant/kind)
     key_refresh_interval: float = 5.0  # seconds between keyring reloads from the store
+    route_refresh_interval: float = 2.0  # seconds between reloads of Forward routes
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight calls
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000
@@ -64,6 +68,16 @@ class Config:
     refusal_rate: float = 10.0
     refusal_burst: int = 100
     refusal_audit_window: float = 60.0
+    # Tokenize (issue 13): each caller may tokenize tokenize_burst items at once and
+    # tokenize_rate items a second after that (a batch of 100 spends 100; a caller's own
+    # --tokenize-rate/--tokenize-burst override these; rate 0 = no budget); past it the
+    # call is RESOURCE_EXHAUSTED (TOKENIZE_RATE_EXCEEDED) with RetryInfo. Each caller's
+    # volume is one audit record per tokenize_audit_window seconds. A stored token's ttl
+    # is at least min_ttl seconds (0 = no minimum; CVCs are exempt).
+    tokenize_rate: float = 100.0
+    tokenize_burst: int = 1000
+    tokenize_audit_window: float = 60.0
+    min_ttl: float = 60.0
     # A copy of every committed audit record as one JSON line: "" = off, "stdout", or a
     # file path (created 0600, appended to; one write per commit, so workers can share it).
     audit_sink: str = ""
@@ -147,6 +161,9 @@ _NON_NEGATIVE = (
     "max_connection_age",
     "max_connection_age_grace",
     "refusal_rate",
+    "route_refresh_interval",  # 0: Forward re-reads the routes on every call
+    "tokenize_rate",
+    "min_ttl",
 )
 
 
@@ -156,10 +173,13 @@ def _check_limits(cfg: Config) -> None:
             raise FailedPreconditionError(f"{name} must be 0 or more", reason="BAD_CONFIG")
     if cfg.refusal_burst < 1:
         raise FailedPreconditionError("refusal_burst must be 1 or more", reason="BAD_CONFIG")
-    if cfg.refusal_audit_window <= 0:
-        raise FailedPreconditionError(
-            "refusal_audit_window must be more than 0 seconds", reason="BAD_CONFIG"
-        )
+    if cfg.tokenize_burst < 1:
+        raise FailedPreconditionError("tokenize_burst must be 1 or more", reason="BAD_CONFIG")
+    for name in ("refusal_audit_window", "tokenize_audit_window"):
+        if getattr(cfg, name) <= 0:
+            raise FailedPreconditionError(
+                f"{name} must be more than 0 seconds", reason="BAD_CONFIG"
+            )
 
 
 def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "DecryptionError",
     "FailedPreconditionError",
     "FieldViolation",
@@ -117,6 +118,12 @@ class UnavailableError(VaultError):
 
 class StoreUnavailableError(UnavailableError):
     reason = "STORE_UNAVAILABLE"
+
+
+class DeadlineExceededError(VaultError):
+    """An outbound call (Forward to a processor) did not finish within its time limit."""
+
+    reason = "DEADLINE_EXCEEDED"
 
 
 class InternalError(VaultError):

@@ -26,6 +26,7 @@ from vault.crypto.pkcs11 import Pkcs11Kek, Pkcs11Settings
 from vault.errors import FailedPreconditionError
 from vault.secrets import SecretBytes
 from vault.storage.base import Store
+from vault.tracing import traced_kek
 
 __all__ = [
     "PIN_ENV",
@@ -127,4 +128,5 @@ async def open_kek(cfg: Config, store: Store, shares_kek: KekProvider | None = N
             "configured here",
             reason="MASTER_KEY_NOT_CONFIGURED",
         )
-    return KekRing(primary, others)
+    # Each master key's calls get a span when tracing is on (an HSM round trip with pkcs11).
+    return KekRing(traced_kek(primary), [traced_kek(k) for k in others])

@@ -19,6 +19,8 @@ __all__ = [
     "RPC_CALLS",
     "RPC_LATENCY",
     "SEALED",
+    "TOKENIZE_ITEMS",
+    "TOKENIZE_REFUSED",
     "TOKENS_CREATED",
     "TOKENS_PURGED",
     "TOKENS_RETENTION_PURGED",
@@ -83,4 +85,15 @@ TOKENS_RETENTION_PURGED = Counter(
     "vault_tokens_retention_purged",
     "Values purged by the retention job (past their tenant's maximum age), by data kind",
     ["kind"],
+)
+# Tokenize volume per caller (names are chosen by ops with `vaultctl callers add`, so the
+# label is bounded; never tenant data): harvesting shows as a caller's rate jumping, and
+# its budget refusals (TOKENIZE_RATE_EXCEEDED, counted in items) page.
+TOKENIZE_ITEMS = Counter(
+    "vault_tokenize_items", "Values tokenized (items of calls that passed), by caller", ["caller"]
+)
+TOKENIZE_REFUSED = Counter(
+    "vault_tokenize_budget_refused_items",
+    "Items refused because the caller's tokenize budget was spent, by caller",
+    ["caller"],
 )

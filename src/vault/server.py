@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import start_http_server
 
+from vault import tracing
+from vault.api.forward_service import FORWARD_SERVICE as FORWARD_SERVICE_DESCRIPTOR
+from vault.api.forward_service import ForwardServicer
+from vault.api.http import HttpGateway, HttpServer, HttpTls
 from vault.api.key_service import KEY_SERVICE as KEY_SERVICE_DESCRIPTOR
 from vault.api.key_service import KeyServicer
 from vault.api.rpc import add_service, connection_options
@@ -47,10 +52,12 @@ from vault.domain.retention import purge_retained
 from vault.domain.unseal import Unsealer
 from vault.domain.usecases import UseCases
 from vault.errors import FailedPreconditionError
+from vault.forward.usecase import Forward
 from vault.jobs import LeasedJob
 from vault.master_key import open_kek
 from vault.storage.base import KeyVersionRow, Store, SubjectKeyStore
 from vault.wiring import (
+    build_forward,
     check_data_dir,
     check_dev_store,
     check_listen,
@@ -68,8 +75,9 @@ log = logging.getLogger(__name__)
 TOKEN_SERVICE = TOKEN_SERVICE_DESCRIPTOR.full_name
 KEY_SERVICE = KEY_SERVICE_DESCRIPTOR.full_name
 SEAL_SERVICE = SEAL_SERVICE_DESCRIPTOR.full_name
+FORWARD_SERVICE = FORWARD_SERVICE_DESCRIPTOR.full_name
 # What health reports NOT_SERVING while sealed (readiness); "" is SERVING (liveness).
-KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE, SUBJECT_SERVICE.full_name)
+KEYED_SERVICES = (TOKEN_SERVICE, KEY_SERVICE, SUBJECT_SERVICE.full_name, FORWARD_SERVICE)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
@@ -106,6 +114,7 @@ class _Running:
     metrics_server: Any
     gates: dict[str, SealedGate]  # the key-holding services while sealed, by name
     authenticator: Authenticator
+    http: HttpServer | None = None
 
 
 class VaultServer:
@@ -114,16 +123,19 @@ class VaultServer:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.store: Store = open_store(config)
+        tracing.configure()  # OTEL_* (off by default): before anything it wraps
+        self.store: Store = tracing.traced_store(open_store(config))
         self.subject_key_store: SubjectKeyStore = open_subject_key_store(config)
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
         self.dev_key: str | None = None
         self._running: _Running | None = None
         self._stopped = asyncio.Event()
         self.keys: KeyMaterial | None = None
         self.vault: UseCases | None = None
         self.audit: AuditTrail | None = None
+        self.forward: Forward | None = None
         self.key_ops: KeyOperations | None = None
         self.rotation_limits = RotationLimits(config.key_max_age, config.key_max_encryptions)
         self.usage = UsageWatch(config.key_max_encryptions)
@@ -218,6 +230,9 @@ class VaultServer:
             on_encrypt=self.usage.encrypted,
         )
         self.keys, self.audit, self.vault = keyed.keys, keyed.audit, keyed.services
+        self.forward = build_forward(
+            cfg, self.store, keyed.keys, keyed.services, self.clock, audit=keyed.audit
+        )
         self.key_ops = KeyOperations(
             self.store,
             kek,
@@ -264,6 +279,7 @@ class VaultServer:
         assert self.vault is not None  # noqa: S101 - keys loaded
         assert self.key_ops is not None  # noqa: S101
         assert self.keys is not None  # noqa: S101
+        assert self.forward is not None  # noqa: S101
         return {
             TOKEN_SERVICE: TokenServicer(self.vault, authenticator, self.audit, self.clock),
             KEY_SERVICE: KeyServicer(
@@ -280,11 +296,13 @@ class VaultServer:
                 self.audit,
                 self.clock,
             ),
+            FORWARD_SERVICE: ForwardServicer(self.forward, authenticator, self.audit, self.clock),
         }
 
     async def _start_grpc(self, authenticator: Authenticator, tls: TlsMaterial | None) -> None:
         cfg = self.config
         server = grpc.aio.server(
+            interceptors=tracing.server_interceptors(),
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs or None,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -302,16 +320,26 @@ class VaultServer:
         # through their gates until the last share; otherwise they serve directly.
         gates: dict[str, SealedGate] = {}
         servicers = self._servicers(authenticator) if self.vault is not None else None
-        for descriptor in (TOKEN_SERVICE_DESCRIPTOR, KEY_SERVICE_DESCRIPTOR, SUBJECT_SERVICE):
+        # The HTTP/JSON port (--http-listen) serves the very servicers (or gates) grpc does.
+        gateway = HttpGateway(cfg.max_message_bytes)
+        for descriptor in (
+            TOKEN_SERVICE_DESCRIPTOR,
+            KEY_SERVICE_DESCRIPTOR,
+            SUBJECT_SERVICE,
+            FORWARD_SERVICE_DESCRIPTOR,
+        ):
             if servicers is None:
                 gates[descriptor.full_name] = gate = SealedGate()
                 add_service(server, descriptor, gate)
+                gateway.add_service(descriptor, gate)
             else:
                 add_service(server, descriptor, servicers[descriptor.full_name])
+                gateway.add_service(descriptor, servicers[descriptor.full_name])
         self.seal_servicer = SealServicer(
             authenticator, self.clock, self.unsealer, self._unseal, self.audit
         )
         add_service(server, SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
+        gateway.add_service(SEAL_SERVICE_DESCRIPTOR, self.seal_servicer)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         # REFLECTION_V1 is served (below) but not listed: the v1alpha descriptors are the
@@ -321,6 +349,7 @@ class VaultServer:
             KEY_SERVICE,
             SUBJECT_SERVICE.full_name,
             SEAL_SERVICE,
+            FORWARD_SERVICE,
             HEALTH_SERVICE,
             reflection.SERVICE_NAME,
         ]
@@ -350,6 +379,7 @@ class VaultServer:
                 "cannot listen on the configured address", reason="LISTEN_FAILED"
             ) from None
         await server.start()
+        http = await self._start_http(gateway, server, tls is not None)
         metrics_server = None
         if cfg.metrics_listen:
             host, _, port = cfg.metrics_listen.rpartition(":")
@@ -357,13 +387,19 @@ class VaultServer:
                 metrics_server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
             except (OSError, ValueError):
                 await server.stop(None)
+                if http is not None:
+                    await http.stop()
                 raise FailedPreconditionError(
                     "cannot listen on the metrics address", reason="LISTEN_FAILED"
                 ) from None
             self.metrics_port = metrics_server.server_port
         sealed = self.vault is None
         tasks = [] if sealed else self._background_tasks()
-        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator)
+        self._running = _Running(server, health, tasks, metrics_server, gates, authenticator, http)
+        # What start-up built lives as long as the process (modules, keys, the grpc
+        # server): frozen out of the collector's sight, a full collection under load scans
+        # only what calls made (before: a ~35 ms pause every few thousand calls, a p99 spike).
+        gc.freeze()
         # "" is liveness; the key-holding services are SERVING only now that migrations
         # ran and the keys are loaded, or once the last custodian share is in (sealed).
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -380,6 +416,27 @@ class VaultServer:
             self.port,
             "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
         )
+
+    async def _start_http(
+        self, gateway: HttpGateway, server: grpc.aio.Server, tls: bool
+    ) -> HttpServer | None:
+        cfg = self.config
+        if not cfg.http_listen:
+            return None
+        http = HttpServer(
+            gateway,
+            cfg.http_listen,
+            tls=HttpTls(cfg.tls_cert, cfg.tls_key, cfg.client_ca) if tls else None,
+            max_concurrency=cfg.max_concurrent_rpcs,
+            reuse_port=cfg.workers > 1,
+        )
+        try:
+            await http.start()
+        except BaseException:
+            await server.stop(None)
+            raise
+        self.http_port = http.port
+        return http
 
     async def _every(self, seconds: float, job: Any) -> None:
         while True:
@@ -471,8 +528,12 @@ class VaultServer:
         running, self._running = self._running, None
         if running is not None:
             await running.health.enter_graceful_shutdown()
+            if running.http is not None:
+                await running.http.stop()
             await running.server.stop(self.config.shutdown_grace if grace is None else grace)
             await running.authenticator.refusals.close()  # counted refusals into the trail
+            if self.vault is not None:
+                await self.vault.close()  # counted tokenize volume into the trail
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)
@@ -486,6 +547,8 @@ class VaultServer:
                 running.metrics_server.server_close()
         if self.key_ops is not None:
             await self.key_ops.close()  # a background rewrap stops, its lease released
+        if self.forward is not None:
+            await self.forward.close()  # the processor connections
         await self.store.close()
         await self.subject_key_store.close()
         if self.audit is not None:

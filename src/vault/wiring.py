@@ -31,13 +31,20 @@ from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
+from vault.domain.auditing import UseCaseAudit
 from vault.domain.callers import EventRecorder
 from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
+from vault.domain.tokenize import TokenizeRules
 from vault.domain.usecases import UseCases, build_use_cases
-from vault.domain.validation import Limits
+from vault.domain.validation import Limits, Validator
 from vault.errors import AlreadyExistsError, FailedPreconditionError
+from vault.forward.base import ProcessorClient
+from vault.forward.filtering import AnswerFilter
+from vault.forward.routes import RouteSecrets
+from vault.forward.table import RouteTable
+from vault.forward.usecase import Forward
 from vault.master_key import open_kek, open_pkcs11
 from vault.storage.base import CallerRow, Store, SubjectKeyStore
 from vault.storage.postgres import PostgresStore, is_postgres_url, same_database
@@ -51,6 +58,7 @@ __all__ = [
     "KeyedVault",
     "OpenedVault",
     "ShareReader",
+    "build_forward",
     "build_services",
     "check_data_dir",
     "check_dev_store",
@@ -106,8 +114,11 @@ def check_data_dir(config: Config) -> None:
 
 def check_listen(config: Config, *, tls: bool) -> None:
     """Plaintext only on loopback (or with insecure_plaintext, warned about); --dev only
-    on loopback, TLS or not."""
-    if is_local_address(config.listen):
+    on loopback, TLS or not. The HTTP/JSON port (http_listen) follows the same rule: it
+    speaks TLS exactly when the gRPC port does."""
+    addresses = [a for a in (config.listen, config.http_listen) if a]
+    remote = [a for a in addresses if not is_local_address(a)]
+    if not remote:
         return
     if config.dev:
         raise FailedPreconditionError(
@@ -242,6 +253,9 @@ async def create_dev_caller(
                 created_at=clock.now(),
                 expires_at=None,
                 revoked_at=None,
+                # The dev key has every scope (a reveal of anything already); a budget
+                # would only slow local benchmarks down.
+                tokenize_rate=0.0,
             )
         )
     except AlreadyExistsError:
@@ -289,6 +303,42 @@ def build_services(
         cvc_memory=EphemeralStore(
             clock, budget_bytes=config.cvc_memory_bytes, tenant_share=config.cvc_tenant_share
         ),
+        tokenize_rules=TokenizeRules(config.min_ttl, config.tokenize_rate, config.tokenize_burst),
+        volume_window=config.tokenize_audit_window,
+    )
+
+
+def build_forward(
+    config: Config,
+    store: Store,
+    keys: KeyMaterial,
+    services: UseCases,
+    clock: Clock,
+    *,
+    audit: AuditTrail,
+    client: ProcessorClient | None = None,
+) -> Forward:
+    """The Forward use case over the store's routes, with the httpx client unless one is
+    given; the client is the caller's to close (Forward.close)."""
+    if client is None:
+        # Only a serving process needs the HTTP client: commands do not import it.
+        from vault.forward.http import HttpxProcessorClient  # noqa: PLC0415
+
+        client = HttpxProcessorClient()
+    table = RouteTable(
+        store,
+        lambda: RouteSecrets.open(store, keys.kek, clock, create=False),
+        refresh_seconds=config.route_refresh_interval,
+        on_reload=client.retain,  # a removed route's connections are closed
+    )
+    return Forward(
+        table,
+        client,
+        services.reveal,
+        AnswerFilter(services.tokenize),
+        Validator(services.limits),
+        UseCaseAudit(audit, clock, services.limits),
+        clock,
     )
 
 

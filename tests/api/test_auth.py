@@ -34,7 +34,12 @@ METHODS = [
     "GetToken",
     "DeleteToken",
     "UpdateToken",
+    "TokenizeStream",
+    "DetokenizeStream",
 ]
+# Streams are called with one request and answer with the first item (a refused stream
+# fails as a whole, with the unary call's status).
+STREAMS = {"TokenizeStream", "DetokenizeStream"}
 MISSING_RANDOM = "tok_" + "b" * 32
 MISSING_PAN = "4242000000004240"
 
@@ -51,11 +56,20 @@ def request_for(method: str, token: str) -> Any:
         "GetToken": lambda: pb.GetTokenRequest(token=token),
         "DeleteToken": lambda: pb.DeleteTokenRequest(token=token),
         "UpdateToken": lambda: pb.UpdateTokenRequest(token=token, text="the corrected note"),
+        "TokenizeStream": lambda: tokenize_request("PAN", "4242424242424242"),
+        "DetokenizeStream": lambda: pb.DetokenizeStreamRequest(token=token, purpose=PURPOSE),
     }[method]()
 
 
 def call(vault, method: str, request: Any, md: Any):
+    if method in STREAMS:
+        return _first_answer(getattr(vault.stub, method)(iter([request]), metadata=md))
     return getattr(vault.stub, method)(request, metadata=md)
+
+
+async def _first_answer(stream: Any) -> Any:
+    answers = [answer async for answer in stream]
+    return answers[0]
 
 
 async def _existing_token(vault) -> str:
@@ -171,8 +185,14 @@ async def test_caller_expires_as_the_clock_moves(vault):
 # -- scopes -----------------------------------------------------------------------------
 
 ROLES: dict[str, tuple[tuple[str, ...], set[str]]] = {
-    "tokenize-only": (("tokenize",), {"Tokenize", "BatchTokenize", "DeleteToken", "UpdateToken"}),
-    "detokenize-only": (("detokenize",), {"Detokenize", "BatchDetokenize", "GetToken"}),
+    "tokenize-only": (
+        ("tokenize",),
+        {"Tokenize", "BatchTokenize", "DeleteToken", "UpdateToken", "TokenizeStream"},
+    ),
+    "detokenize-only": (
+        ("detokenize",),
+        {"Detokenize", "BatchDetokenize", "GetToken", "DetokenizeStream"},
+    ),
     "reveal-masked-only": (("reveal-masked",), {"GetToken"}),
     "admin-only": (("subjects", "keys", "audit"), set()),
 }
@@ -221,9 +241,13 @@ async def test_scope_is_checked_before_existence(vault, role):
             assert resp.text == "the stored note"
         if method == "BatchDetokenize":
             assert [r.text for r in resp.responses] == ["the stored note"]
+        if method == "DetokenizeStream":
+            assert resp.response.text == "the stored note"
+        if method == "TokenizeStream":
+            assert resp.response.created
     stored = {t for (t,) in vault.sql("SELECT token FROM tokens")}
     assert (existing in stored) == ("DeleteToken" not in allowed)
-    assert len(stored) == 1 + len({"Tokenize", "BatchTokenize"} & allowed) - (
+    assert len(stored) == 1 + len({"Tokenize", "BatchTokenize", "TokenizeStream"} & allowed) - (
         "DeleteToken" in allowed
     )
 

@@ -98,7 +98,7 @@ async def test_export_returns_exactly_the_subjects_values_and_reveals(vault, peo
     await _reveal(vault, a_token)
     await _reveal(vault, next(iter(bob)))  # Bob's reveal is not Alice's history
     resp = await subject_stub(vault).ExportSubject(
-        spb.ExportSubjectRequest(subject=ALICE), metadata=vault.md
+        spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=vault.md
     )
     got = {r.token: r for r in resp.records}
     assert set(got) == set(alice)
@@ -114,7 +114,7 @@ async def test_export_returns_exactly_the_subjects_values_and_reveals(vault, peo
 
 async def test_export_of_the_other_tenant_is_its_own(vault, people):
     resp = await subject_stub(vault).ExportSubject(
-        spb.ExportSubjectRequest(subject=ALICE), metadata=people["other_md"]
+        spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=people["other_md"]
     )
     assert {r.token for r in resp.records} == set(people["other"])
 
@@ -123,7 +123,7 @@ async def test_export_of_the_other_tenant_is_its_own(vault, people):
 async def test_export_of_an_unknown_subject_is_not_found(vault, people, subject):
     exc = await expect_code(
         subject_stub(vault).ExportSubject(
-            spb.ExportSubjectRequest(subject=subject), metadata=vault.md
+            spb.ExportSubjectRequest(subject=subject, purpose=PURPOSE), metadata=vault.md
         ),
         grpc.StatusCode.NOT_FOUND,
     )
@@ -134,7 +134,7 @@ async def test_subject_requests_need_the_subjects_scope(vault, people):
     md = await vault.add_caller("app", ("tokenize", "detokenize"))
     stub = subject_stub(vault)
     for call in (
-        stub.ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=md),
+        stub.ExportSubject(spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=md),
         stub.EraseSubject(erase_request(ALICE), metadata=md),
         stub.SetLegalHold(hold_request(ALICE), metadata=md),
     ):
@@ -277,7 +277,9 @@ async def test_erasing_twice_is_not_found(vault, people):
     )
     assert_reason(exc, "SUBJECT_NOT_FOUND")
     await expect_code(
-        stub.ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=vault.md),
+        stub.ExportSubject(
+            spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=vault.md
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
 
@@ -305,7 +307,9 @@ async def test_hold_blocks_erase_until_released(vault, people):
     assert_reason(exc, "LEGAL_HOLD")
     for token in people["alice"]:
         await _reveal(vault, token)  # nothing erased
-    export = await stub.ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=vault.md)
+    export = await stub.ExportSubject(
+        spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=vault.md
+    )
     assert export.held
     await stub.SetLegalHold(hold_request(ALICE, hold=False), metadata=vault.md)
     resp = await stub.EraseSubject(erase_request(ALICE), metadata=vault.md)
@@ -425,14 +429,16 @@ async def test_export_obeys_the_callers_reveal_kinds(vault, people):
     a subject who also has a card or an address on file."""
     md = await vault.add_caller("dpo-email-only", ("subjects",), reveal_kinds=("EMAIL",))
     exc = await expect_code(
-        subject_stub(vault).ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=md),
+        subject_stub(vault).ExportSubject(
+            spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=md
+        ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
     assert_reason(exc, "KIND_NOT_ALLOWED")
     assert "@" not in (exc.details() or "")
     every_kind = await vault.add_caller("dpo", ("subjects",))
     resp = await subject_stub(vault).ExportSubject(
-        spb.ExportSubjectRequest(subject=ALICE), metadata=every_kind
+        spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=every_kind
     )
     assert {r.token for r in resp.records} == set(people["alice"])
 
@@ -443,11 +449,13 @@ async def test_export_spends_the_callers_reveal_rate(vault, people):
         "dpo-limited", ("subjects",), reveal_rate=0.001, reveal_burst=len(alice)
     )
     first = await subject_stub(vault).ExportSubject(
-        spb.ExportSubjectRequest(subject=ALICE), metadata=md
+        spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=md
     )
     assert len(first.records) == len(alice)
     exc = await expect_code(
-        subject_stub(vault).ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=md),
+        subject_stub(vault).ExportSubject(
+            spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=md
+        ),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
     assert_reason(exc, "REVEAL_RATE_EXCEEDED")

@@ -89,7 +89,9 @@ async def test_subject_requests_and_crypto_shredding_on_postgres(
     stub = subject_stub(vault)
 
     # Export: exactly Alice's values.
-    exported = await stub.ExportSubject(spb.ExportSubjectRequest(subject=ALICE), metadata=vault.md)
+    exported = await stub.ExportSubject(
+        spb.ExportSubjectRequest(subject=ALICE, purpose=PURPOSE), metadata=vault.md
+    )
     assert {r.token for r in exported.records} == set(alice)
     assert not exported.held
 

@@ -98,7 +98,8 @@ async def test_expired_token_cannot_be_deleted_either(vault):
     assert_reason(exc, "TOKEN_NOT_FOUND")
 
 
-async def test_fractional_ttl(vault):
+async def test_fractional_ttl(vault_factory):
+    vault = await vault_factory(min_ttl=1)  # below the default minimum of 60 s
     start = vault.clock.now()
     resp = await vault.stub.Tokenize(
         tokenize_request("TEXT", "short note", ttl=_ttl(1, 500_000_000)), metadata=vault.md
@@ -111,7 +112,8 @@ async def test_fractional_ttl(vault):
     await _not_found_everywhere(vault, resp.token)
 
 
-async def test_batch_ttl_per_item(vault):
+async def test_batch_ttl_per_item(vault_factory):
+    vault = await vault_factory(min_ttl=1)  # below the default minimum of 60 s
     start = int(vault.clock.now())
     resp = await vault.stub.BatchTokenize(
         pb.BatchTokenizeRequest(

@@ -33,6 +33,9 @@ REQUIRED = {
     "VaultAuthFailures": "vault_auth_failures_total",
     "VaultKeyNearUsageLimit": "vault_key_usage_ratio",
     "VaultRewrapStalled": "vault_rewrap_last_progress_timestamp_seconds",
+    # Issue 13: tokenize harvesting.
+    "VaultTokenizeBudgetExhausted": "vault_tokenize_budget_refused_items_total",
+    "VaultTokenizeSpike": "vault_tokenize_items_total",
 }
 _METRIC = re.compile(r"\bvault_[a-z0-9_]+\b")
 # `sum by (kind) (rate(vault_tokens_revealed_total[5m]))`: the grouping labels and the

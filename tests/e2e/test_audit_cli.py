@@ -86,7 +86,9 @@ def test_the_triggers_refuse_edits(trail_dir):
             conn.execute("DELETE FROM audit_log WHERE seq = 1")
 
 
-LAST = REVEALS + 2
+# The reveals, the tokenize volume of the window (one aggregated record, written when the
+# server stops), the caller added and revoked.
+LAST = REVEALS + 3
 TAMPERING = {
     "edited": (["UPDATE audit_log SET purpose = 'nothing to see' WHERE seq = 3"], 3, "edited"),
     "edited-tokens": (["UPDATE audit_log SET tokens = '[]' WHERE seq = 5"], 5, "edited"),
@@ -130,11 +132,16 @@ def test_verify_names_the_first_bad_record(trail_dir, tmp_path, case):
 
 
 def test_tail_json_prints_valid_json_lines(trail_dir):
-    result = run_vaultctl("audit", "tail", "--json", "-n", "3", "--data-dir", trail_dir)
+    result = run_vaultctl("audit", "tail", "--json", "-n", "4", "--data-dir", trail_dir)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["seq"] for r in records] == [LAST - 2, LAST - 1, LAST]
-    reveal, added, revoked = records
+    assert [r["seq"] for r in records] == [LAST - 3, LAST - 2, LAST - 1, LAST]
+    reveal, volume, added, revoked = records
+    assert (volume["action"], volume["caller"], volume["outcome"]) == (
+        "token.tokenize",
+        "dev",
+        "ok",
+    )
     assert (added["action"], added["tenant"], added["outcome"]) == ("caller.add", "t1", "ok")
     assert added["caller"].startswith("vaultctl")
     assert added["detail"] == {
@@ -144,6 +151,8 @@ def test_tail_json_prints_valid_json_lines(trail_dir):
         "cert_identity": "",
         "reveal_kinds": "",
         "reveal_rate": "0.0",
+        "tokenize_rate": "",
+        "tokenize_burst": "",
     }
     assert "vk_" not in result.stdout
     assert (revoked["action"], revoked["tenant"], revoked["outcome"]) == (

@@ -1,4 +1,4 @@
-"""`vaultctl callers add` reveal-policy options, as a process."""
+"""`vaultctl callers add` reveal-policy and tokenize-budget options, as a process."""
 
 from __future__ import annotations
 
@@ -32,12 +32,36 @@ def test_reveal_policy_is_stored_and_listed(data_dir):
     assert caller["reveal_burst"] == 5
 
 
+def test_tokenize_budget_is_stored_and_listed(data_dir):
+    for name, flags in (
+        ("checkout", []),
+        ("import", ["--tokenize-rate", "2000", "--tokenize-burst", "5000"]),
+    ):
+        added = run_vaultctl(
+            "callers", "add", name, "--tenant", "shop1",
+            "--scopes", "tokenize,fingerprint,tokenize-deterministic", *flags,
+            "--data-dir", data_dir, "--json",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+    listed = run_vaultctl("callers", "list", "--json", "--data-dir", data_dir)
+    found = {c["name"]: c for c in json.loads(listed.stdout)["callers"]}
+    # No flag: the server's configured default (None); a flag: the caller's own.
+    assert (found["checkout"]["tokenize_rate"], found["checkout"]["tokenize_burst"]) == (
+        None,
+        None,
+    )
+    assert (found["import"]["tokenize_rate"], found["import"]["tokenize_burst"]) == (2000, 5000)
+    assert found["import"]["scopes"] == ["tokenize", "fingerprint", "tokenize-deterministic"]
+
+
 @pytest.mark.parametrize(
     "flags",
     [
         ["--reveal-kinds", "PAN,CARD_NUMBER"],
         ["--reveal-rate", "-1"],
         ["--reveal-burst", "-3"],
+        ["--tokenize-rate", "-1"],
+        ["--tokenize-burst", "0"],
     ],
 )
 def test_bad_reveal_policy_is_one_line_and_adds_nothing(data_dir, flags):

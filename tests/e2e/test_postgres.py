@@ -128,7 +128,10 @@ def test_a_postgres_vault_without_its_own_subject_key_database_is_refused(
     if keys_url == "main":
         extra = ["--subject-key-database-url", pg_database]
     store = ["--data-dir", tmp_path / "data", "--database-url", pg_database, *extra]
-    for command in (["serve"], ["subjects", "export", "cust-1", "--tenant", "default"]):
+    for command in (
+        ["serve"],
+        ["subjects", "export", "cust-1", "--tenant", "default", "--purpose", "art. 15"],
+    ):
         result = run_vaultctl(*command, *store, timeout=60)
         line = assert_one_line_failure(result)
         assert says in line

@@ -71,7 +71,9 @@ def test_export_hold_erase_from_the_cli(served):
         pb.DetokenizeRequest(token=next(iter(tokens)), purpose=PURPOSE), metadata=vault.metadata()
     )
 
-    exported = _ctl(vault, "subjects", "export", ALICE, "--tenant", "default", "--json")
+    exported = _ctl(
+        vault, "subjects", "export", ALICE, "--tenant", "default", "--purpose", "art. 15", "--json"
+    )
     assert exported.returncode == 0, exported.stderr
     doc = json.loads(exported.stdout)
     assert {r["token"]: r["text"] for r in doc["records"]} == tokens
@@ -96,7 +98,9 @@ def test_export_hold_erase_from_the_cli(served):
 
     again = _ctl(vault, "subjects", "erase", ALICE, "--tenant", "default", "--reason", "art. 17")
     assert_one_line_failure(again)
-    assert_one_line_failure(_ctl(vault, "subjects", "export", ALICE, "--tenant", "default"))
+    assert_one_line_failure(
+        _ctl(vault, "subjects", "export", ALICE, "--tenant", "default", "--purpose", "art. 15")
+    )
     assert_one_line_failure(
         _ctl(vault, "subjects", "hold", "cust-nobody", "--tenant", "default", "--reason", "x")
     )
@@ -186,3 +190,28 @@ def test_bad_cli_input_is_one_line(tmp_path, args):
     init = run_vaultctl("keys", "init", "--data-dir", tmp_path / "data")
     assert init.returncode == 0, init.stderr
     assert_one_line_failure(run_vaultctl(*args, "--data-dir", tmp_path / "data"))
+
+
+def test_cli_export_needs_a_purpose_and_takes_any_variant_of_the_id(served):
+    """`subjects export` needs --purpose; its export is audited as a reveal of every
+    value (the next export lists them); a subject id typed with other spaces or in
+    another Unicode form (NFD here) is the same subject."""
+    vault, stub = served
+    subject = "cust-nu\u00f1ez-e2e"
+    token = _tokenize(stub, vault, "EMAIL", "ana.e2e@example.com", f" {subject} ")
+    missing = _ctl(vault, "subjects", "export", subject, "--tenant", "default")
+    assert missing.returncode != 0
+    assert "--purpose" in missing.stderr
+    variant = "\u3000cust-nun\u0303ez-e2e"
+    export = ["subjects", "export", variant, "--tenant", "default", "--json"]
+    first = _ctl(vault, *export, "--purpose", "art. 15 request #3")
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["subject"] == subject
+    assert [r["token"] for r in doc["records"]] == [token]
+    assert doc["reveals"] == []
+    second = json.loads(_ctl(vault, *export, "--purpose", "art. 15 follow-up").stdout)
+    assert [(r["token"], r["purpose"]) for r in second["reveals"]] == [
+        (token, "art. 15 request #3")
+    ]
+    assert second["reveals"][0]["caller"].startswith("vaultctl")

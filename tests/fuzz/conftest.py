@@ -63,8 +63,9 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     served = Served(
         server, clock, channel, server.dev_key, config.database_path, asyncio.get_running_loop()
     )
-    # The tenant's fingerprint key is made on first use, by any call, even one then
-    # refused (a defect kept in test_regressions.py): made here, before the campaign.
+    # The tenant's fingerprint key is made on its first write: made here, before the
+    # campaign, so "the store is unchanged by a refused call" compares like with like
+    # (subject requests once made it on a read too: see test_regressions.py).
     await asyncio.to_thread(
         served.tokenize,
         token_service_pb2.TokenizeRequest(kind=types_pb2.DATA_KIND_TEXT, text="first use"),

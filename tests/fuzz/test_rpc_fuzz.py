@@ -46,7 +46,7 @@ def _seeds(served: Served) -> dict[str, bytes]:
         token_service_pb2.DeleteTokenRequest(token="tok_" + "a" * 32),
         key_service_pb2.GetKeyStatusRequest(),
         key_service_pb2.RetireKeyVersionRequest(version=1),
-        subject_service_pb2.ExportSubjectRequest(subject="cust-1"),
+        subject_service_pb2.ExportSubjectRequest(subject="cust-1", purpose=purpose),
         subject_service_pb2.SetLegalHoldRequest(subject="cust-2", hold=True, reason="r"),
     ]
     by_type = {m.DESCRIPTOR.full_name: m.SerializeToString() for m in valid}

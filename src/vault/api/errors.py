@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from vault import errors
 
-__all__ = ["DOMAIN", "grpc_code", "to_grpc_status"]
+__all__ = ["DOMAIN", "grpc_code", "to_grpc_status", "to_status_message"]
 
 DOMAIN = "vault"
 
@@ -26,6 +26,7 @@ _CODES: tuple[tuple[type[errors.VaultError], grpc.StatusCode], ...] = (
     (errors.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.InternalError, grpc.StatusCode.INTERNAL),
 )
 
@@ -43,7 +44,8 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_grpc_status(exc: errors.VaultError) -> grpc.Status:
+def to_status_message(exc: errors.VaultError) -> status_pb2.Status:
+    """The error as a google.rpc.Status message (a stream item's own error)."""
     code = grpc_code(exc)
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN))]
     if isinstance(exc, errors.InvalidArgumentError):
@@ -63,5 +65,8 @@ def to_grpc_status(exc: errors.VaultError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(max(exc.retry_after, 0.001) * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=code.value[0], message=exc.message, details=details)
+
+
+def to_grpc_status(exc: errors.VaultError) -> grpc.Status:
+    return rpc_status.to_status(to_status_message(exc))

@@ -22,7 +22,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from vault import metrics
+from vault import metrics, tracing
 from vault.api.errors import grpc_code, to_grpc_status
 from vault.audit.base import ACTION_AUTHENTICATE, ACTION_AUTHORIZE, AuditSink
 from vault.audit.refusals import RefusalKey
@@ -34,6 +34,7 @@ from vault.auth.transport import TLS_REQUIRED, is_local_peer
 from vault.clock import Clock
 from vault.config import Config
 from vault.domain.model import RequestContext
+from vault.domain.validation import check_free_text, free_text_violation
 from vault.errors import (
     FailedPreconditionError,
     FieldViolation,
@@ -45,12 +46,19 @@ from vault.errors import (
 
 __all__ = [
     "MALFORMED",
+    "REFUSALS",
     "Authenticated",
+    "Context",
     "Decoder",
     "add_service",
+    "authorization_of",
     "cert_identity",
+    "check_throttle",
+    "check_transport",
     "connection_options",
+    "decode_request",
     "peer_host",
+    "refused",
     "request_context",
     "rpc",
 ]
@@ -117,13 +125,19 @@ def cert_identity(context: Context) -> str | None:
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-def request_context(context: Context) -> RequestContext:
-    """The call's request id and peer, for the audit trail."""
+def request_context(context: Context, *, strict: bool = True) -> RequestContext:
+    """The call's request id and peer, for the audit trail. The id is audited in clear:
+    one holding a card number is refused (INVALID_ARGUMENT naming ``x-request-id``), or,
+    not ``strict`` (recording a call refused anyway), replaced by a made-up one."""
     request_id = ""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             request_id = value
             break
+    if request_id and free_text_violation("x-request-id", request_id) is not None:
+        if strict:
+            check_free_text("x-request-id", request_id)
+        request_id = ""
     try:
         peer = context.peer() or ""
     except Exception:  # noqa: BLE001 - a peer the transport cannot name is not fatal
@@ -218,7 +232,7 @@ async def _refused(
         untyped(identity)[:256] if identity and caller is None else "",
     )
     try:
-        await door.refusals.refused(audit, key, request_context(context).request_id)
+        await door.refusals.refused(audit, key, request_context(context, strict=False).request_id)
     except Exception as audit_exc:  # noqa: BLE001 - the call is refused either way
         log.error("audit of a refused call failed: %s", type(audit_exc).__name__)
     else:
@@ -238,6 +252,16 @@ def _decode(decode: Decoder | None, request: Any) -> Any:
             reason="MALFORMED_REQUEST",
         )
     return request
+
+
+# The steps the stream handlers (api/streams.py) share with ``rpc``, under public names
+# (aliases rather than renames, so the unary wrapper's body stays as it is).
+authorization_of = _authorization
+check_throttle = _check_throttle
+check_transport = _check_transport
+refused = _refused
+decode_request = _decode
+REFUSALS = _REFUSALS
 
 
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[Resp]]]:
@@ -262,9 +286,13 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
                 if door.limiter.throttling:
                     _check_throttle(door, context, authorization, identity)
                 caller = await door.authenticate(authorization, identity)
+                if tracing.enabled():
+                    tracing.annotate_call(caller)
                 response = await fn(self, caller, _decode(decode, request), context)
             except VaultError as exc:
                 code = grpc_code(exc)
+                if tracing.enabled():
+                    tracing.annotate_code(code.value[0])
                 metrics.RPC_CALLS.labels(method, code.name).inc()
                 latency.observe(time.perf_counter() - start)
                 if isinstance(exc, _REFUSALS):
@@ -276,6 +304,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             except Exception as exc:
                 # Only the type is logged: an exception string may carry input.
                 log.error("internal error in %s: %s", method, type(exc).__name__)
+                if tracing.enabled():
+                    tracing.annotate_code(grpc.StatusCode.INTERNAL.value[0])
                 metrics.RPC_CALLS.labels(method, "INTERNAL").inc()
                 latency.observe(time.perf_counter() - start)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -320,15 +350,21 @@ def _decoder(cls: type[Message]) -> Decoder:
 
 
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Register the unary methods of ``service`` on ``servicer`` (the generated helper's
-    job). grpc hands each handler the raw request bytes (no request deserializer) and the
-    handler decodes them with the method's tolerant decoder only once the credential in
-    the headers is accepted: an anonymous client never gets a body parsed."""
+    """Register the methods of ``service`` on ``servicer`` (the generated helper's job;
+    the bidirectional streams too, see api/streams.py). grpc hands each handler the raw
+    request bytes (no request deserializer) and the handler decodes them with the
+    method's tolerant decoder only once the credential in the headers is accepted: an
+    anonymous client never gets a body parsed."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
             functools.partial(getattr(servicer, method.name), decode=_decoder(request_cls)),
             request_deserializer=None,
             response_serializer=response_cls.SerializeToString,

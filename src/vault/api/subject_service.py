@@ -55,7 +55,7 @@ class SubjectServicer(pb_grpc.SubjectServiceServicer):
         self, caller: Caller, request: pb.ExportSubjectRequest, context: Any
     ) -> pb.ExportSubjectResponse:
         export = await self.subjects.export(
-            caller, request.subject, request=request_context(context)
+            caller, request.subject, purpose=request.purpose, request=request_context(context)
         )
         return pb.ExportSubjectResponse(
             records=[_record(r) for r in export.records],

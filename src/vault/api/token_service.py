@@ -10,11 +10,12 @@ from typing import Any, cast
 from google.protobuf import timestamp_pb2
 
 from vault.api.rpc import request_context, rpc
+from vault.api.streams import stream
 from vault.audit.base import AuditSink
 from vault.auth.apikeys import Authenticator
-from vault.auth.policy import Caller
+from vault.auth.policy import SCOPE_DETOKENIZE, SCOPE_TOKENIZE, Caller
 from vault.clock import Clock
-from vault.domain.model import Address, DataKind, Value
+from vault.domain.model import Address, DataKind, RequestContext, Value
 from vault.domain.results import Revealed, Tokenized
 from vault.domain.usecases import UseCases
 from vault.domain.validation import TokenizeItem
@@ -206,6 +207,34 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
         return pb.UpdateTokenResponse(
             token=result.token, fingerprint=result.fingerprint, masked=result.masked
         )
+
+    # -- streams: each item is the unary call (same use case, audit, limits), see
+    # api/streams.py for the window, the order and the per-item errors.
+
+    async def _tokenize_group(
+        self, caller: Caller, requests: list[pb.TokenizeRequest], _request: RequestContext
+    ) -> list[pb.TokenizeResponse]:
+        """The stream's items that arrived together, as one batch (one commit)."""
+        results = await self.use_cases.tokenize.tokenize(
+            caller, [_item(r) for r in requests], batch=True
+        )
+        return [_tokenized(t) for t in results]
+
+    @stream("TokenizeStream", SCOPE_TOKENIZE, pb.TokenizeStreamResponse, _tokenize_group)
+    async def TokenizeStream(  # noqa: N802 - gRPC method name
+        self, caller: Caller, request: pb.TokenizeRequest, _request: RequestContext
+    ) -> pb.TokenizeResponse:
+        (result,) = await self.use_cases.tokenize.tokenize(caller, [_item(request)], batch=False)
+        return _tokenized(result)
+
+    @stream("DetokenizeStream", SCOPE_DETOKENIZE, pb.DetokenizeStreamResponse)
+    async def DetokenizeStream(  # noqa: N802 - gRPC method name
+        self, caller: Caller, request: pb.DetokenizeStreamRequest, context: RequestContext
+    ) -> pb.DetokenizeResponse:
+        (result,) = await self.use_cases.reveal.detokenize(
+            caller, [request.token], request.purpose, batch=False, request=context
+        )
+        return _revealed(result)
 
 
 # Kinds in the proto and the domain share numbers; checked once at import.

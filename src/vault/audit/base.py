@@ -17,6 +17,7 @@ __all__ = [
     "ACTION_CALLER_ADD",
     "ACTION_CALLER_REVOKE",
     "ACTION_DELETE",
+    "ACTION_FORWARD",
     "ACTION_KEY_RETIRE",
     "ACTION_KEY_REWRAP",
     "ACTION_KEY_ROTATE",
@@ -25,6 +26,9 @@ __all__ = [
     "ACTION_RETENTION_PURGE",
     "ACTION_RETENTION_SET",
     "ACTION_REVEAL",
+    "ACTION_ROUTE_ADD",
+    "ACTION_ROUTE_ALLOW",
+    "ACTION_ROUTE_REMOVE",
     "ACTION_SUBJECT_ERASE",
     "ACTION_SUBJECT_EXPORT",
     "ACTION_SUBJECT_HOLD",
@@ -57,6 +61,10 @@ ACTION_SUBJECT_RELEASE = "subject.release"  # SetLegalHold(hold=false) / subject
 ACTION_RETENTION_SET = "retention.set"  # vaultctl retention set
 ACTION_RETENTION_CLEAR = "retention.clear"  # vaultctl retention clear
 ACTION_RETENTION_PURGE = "retention.purge"  # the retention job removed values (counts)
+ACTION_FORWARD = "token.forward"  # ForwardService/Forward: one event per forward (its tokens)
+ACTION_ROUTE_ADD = "route.add"  # vaultctl routes add (or a replaced route)
+ACTION_ROUTE_REMOVE = "route.remove"  # vaultctl routes remove
+ACTION_ROUTE_ALLOW = "route.allow"  # vaultctl routes allow (callers add --routes: caller.add)
 
 OUTCOME_OK = "ok"  # done
 OUTCOME_DENIED = "denied"  # refused: credential, permission, or a token the caller cannot see

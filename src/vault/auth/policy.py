@@ -11,15 +11,19 @@ __all__ = [
     "ALL_SCOPES",
     "SCOPE_AUDIT",
     "SCOPE_DETOKENIZE",
+    "SCOPE_FINGERPRINT",
+    "SCOPE_FORWARD",
     "SCOPE_KEYS",
     "SCOPE_REVEAL_MASKED",
     "SCOPE_SUBJECTS",
     "SCOPE_TOKENIZE",
+    "SCOPE_TOKENIZE_DETERMINISTIC",
     "Caller",
     "caller_from_row",
     "parse_scopes",
     "require",
     "require_any",
+    "shown_fingerprint",
 ]
 
 SCOPE_TOKENIZE = "tokenize"  # create and delete tokens
@@ -28,6 +32,15 @@ SCOPE_REVEAL_MASKED = "reveal-masked"  # token metadata and masked value, no rev
 SCOPE_SUBJECTS = "subjects"  # data-subject requests
 SCOPE_KEYS = "keys"  # key lifecycle
 SCOPE_AUDIT = "audit"  # read the audit trail
+SCOPE_FORWARD = "forward"  # ForwardService: send revealed values to a configured route
+# See a value's tenant-wide fingerprint (Tokenize, BatchTokenize, GetToken, UpdateToken).
+# A fingerprint is an equality oracle: with a PAN token's BIN and last four, tokenizing the
+# ~10^5 Luhn-valid candidates and comparing fingerprints finds the card, so this scope is
+# close to a reveal and is never implied by tokenize or reveal-masked.
+SCOPE_FINGERPRINT = "fingerprint"
+# Ask for deterministic tokens (the same value returns the same token: the same oracle as
+# a fingerprint, answered by `created: false`).
+SCOPE_TOKENIZE_DETERMINISTIC = "tokenize-deterministic"
 
 ALL_SCOPES = (
     SCOPE_TOKENIZE,
@@ -36,6 +49,9 @@ ALL_SCOPES = (
     SCOPE_SUBJECTS,
     SCOPE_KEYS,
     SCOPE_AUDIT,
+    SCOPE_FORWARD,
+    SCOPE_FINGERPRINT,
+    SCOPE_TOKENIZE_DETERMINISTIC,
 )
 
 
@@ -50,6 +66,10 @@ class Caller:
     reveal_kinds: frozenset[str] = frozenset()
     reveal_rate: float = 0.0  # reveals per second; 0 = unlimited
     reveal_burst: int = 0  # reveals at once; 0 = max(1, rate)
+    # Tokenize budget, in items (a batch of 100 spends 100); None = the configured default
+    # (tokenize_rate, tokenize_burst), rate 0 = no budget.
+    tokenize_rate: float | None = None
+    tokenize_burst: int | None = None
 
     def may_reveal(self, kind_name: str) -> bool:
         return not self.reveal_kinds or kind_name in self.reveal_kinds
@@ -63,6 +83,8 @@ def caller_from_row(row: CallerRow) -> Caller:
         frozenset(row.reveal_kinds),
         row.reveal_rate,
         row.reveal_burst,
+        row.tokenize_rate,
+        row.tokenize_burst,
     )
 
 
@@ -85,3 +107,9 @@ def require_any(caller: Caller, *scopes: str) -> None:
         raise PermissionDeniedError(
             f"the caller lacks the {' or '.join(scopes)} scope", reason="MISSING_SCOPE"
         )
+
+
+def shown_fingerprint(caller: Caller, fingerprint: str) -> str:
+    """The fingerprint as the caller may see it: itself with the fingerprint scope, else
+    empty (the field is left unset)."""
+    return fingerprint if SCOPE_FINGERPRINT in caller.scopes else ""

@@ -1,7 +1,9 @@
 """Rate limits, token buckets in this process.
 
 Per caller, on reveals: a stolen credential can reveal at most `burst` values at once
-and `rate` per second after that. Per peer, on refusals: a client that keeps being
+and `rate` per second after that. Per caller, on tokenize: at most `burst` items at once
+and `rate` per second (a batch of 100 spends 100), so nobody can tokenize the 10^5
+candidates of a BIN+last4 PAN token quickly. Per peer, on refusals: a client that keeps being
 refused is answered RESOURCE_EXHAUSTED before its credential is looked up in the store.
 Buckets live in the process: with `--workers N` a caller or a peer gets up to N times
 the rate (each worker refills its own bucket); the README says so.
@@ -16,7 +18,19 @@ from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.errors import ResourceExhaustedError
 
-__all__ = ["PeerRefusalLimiter", "RateLimitedError", "RefusalsThrottledError", "RevealLimiter"]
+__all__ = [
+    "DEFAULT_TOKENIZE_BURST",
+    "DEFAULT_TOKENIZE_RATE",
+    "PeerRefusalLimiter",
+    "RateLimitedError",
+    "RefusalsThrottledError",
+    "RevealLimiter",
+    "TokenizeBudgetError",
+    "TokenizeLimiter",
+]
+
+DEFAULT_TOKENIZE_RATE = 100.0  # items per second a caller earns back
+DEFAULT_TOKENIZE_BURST = 1000  # items at once: one full batch (max_batch)
 
 
 class RateLimitedError(ResourceExhaustedError):
@@ -37,12 +51,39 @@ class _Bucket:
     burst: float
 
 
-class RevealLimiter:
-    """Token buckets by caller name; a caller with rate 0 is not limited."""
+class _CallerBuckets:
+    """Token buckets by caller name; rate 0 means no limit. A bucket starts full, and
+    again whenever the caller's rate or burst changes."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+
+    def spend(self, name: str, rate: float, burst: float, count: int) -> float | None:
+        """Spend ``count`` or spend nothing and return the seconds until it would pass."""
+        now = self._clock.now()
+        bucket = self._buckets.get(name)
+        if bucket is None or bucket.rate != rate or bucket.burst != burst:
+            bucket = self._buckets[name] = _Bucket(burst, now, rate, burst)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if count > burst:
+            # Never satisfiable in one call: the caller must send smaller batches.
+            return count / rate
+        if bucket.tokens < count:
+            return (count - bucket.tokens) / rate
+        bucket.tokens -= count
+        return None
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RevealLimiter:
+    """Reveal buckets by caller name; a caller with rate 0 is not limited."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._buckets = _CallerBuckets(clock)
 
     def __repr__(self) -> str:
         return f"RevealLimiter({len(self._buckets)} callers)"
@@ -53,19 +94,56 @@ class RevealLimiter:
         if rate <= 0:
             return
         burst = float(caller.reveal_burst or max(1.0, rate))
-        now = self._clock.now()
-        bucket = self._buckets.get(caller.name)
-        if bucket is None or bucket.rate != rate or bucket.burst != burst:
-            # New caller, or its policy changed: start from a full bucket.
-            bucket = self._buckets[caller.name] = _Bucket(burst, now, rate, burst)
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-        if count > burst:
-            # Never satisfiable in one call: the caller must send smaller batches.
-            raise RateLimitedError(retry_after=count / rate)
-        if bucket.tokens < count:
-            raise RateLimitedError(retry_after=(count - bucket.tokens) / rate)
-        bucket.tokens -= count
+        wait = self._buckets.spend(caller.name, rate, burst, count)
+        if wait is not None:
+            raise RateLimitedError(retry_after=wait)
+
+
+class TokenizeBudgetError(ResourceExhaustedError):
+    """Over the caller's tokenize budget; ``retry_after`` seconds until the call would pass."""
+
+    reason = "TOKENIZE_RATE_EXCEEDED"
+
+    def __init__(self, retry_after: float, *, too_large: bool) -> None:
+        super().__init__(
+            "the batch is larger than the caller's tokenize burst; send smaller batches"
+            if too_large
+            else "the caller's tokenize budget is exceeded; retry later"
+        )
+        self.retry_after = retry_after
+
+
+class TokenizeLimiter:
+    """Tokenize buckets by caller name, counted in items. A caller's own tokenize_rate /
+    tokenize_burst (set at `vaultctl callers add`) override the defaults; rate 0 = none."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        rate: float = DEFAULT_TOKENIZE_RATE,
+        burst: int = DEFAULT_TOKENIZE_BURST,
+    ) -> None:
+        self._buckets = _CallerBuckets(clock)
+        self.rate = rate
+        self.burst = burst
+
+    def __repr__(self) -> str:
+        return f"TokenizeLimiter({self.rate:g}/s, burst {self.burst}, {len(self._buckets)} callers)"
+
+    def budget(self, caller: Caller) -> tuple[float, float]:
+        """The caller's (rate, burst) in items; rate 0 = no budget."""
+        rate = self.rate if caller.tokenize_rate is None else caller.tokenize_rate
+        burst = self.burst if caller.tokenize_burst is None else caller.tokenize_burst
+        return rate, float(burst or max(1.0, rate))
+
+    def take(self, caller: Caller, count: int) -> None:
+        """Spend ``count`` items or raise TokenizeBudgetError (spending nothing)."""
+        rate, burst = self.budget(caller)
+        if rate <= 0:
+            return
+        wait = self._buckets.spend(caller.name, rate, burst, count)
+        if wait is not None:
+            raise TokenizeBudgetError(wait, too_large=count > burst)
 
 
 class RefusalsThrottledError(ResourceExhaustedError):

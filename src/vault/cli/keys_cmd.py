@@ -23,6 +23,7 @@ from vault.cli.common import (
     vault_of,
 )
 from vault.cli.kek import add_shares_arg
+from vault.cli.progress import Progress
 from vault.clock import SystemClock
 from vault.config import Config
 from vault.domain import rotation
@@ -137,17 +138,25 @@ async def _rewrap(args: argparse.Namespace) -> int:
         raise CommandError("--rate must not be negative")
     cfg = existing_vault(args)
 
-    def show(p: rotation.RewrapProgress) -> None:
-        print(
-            f"batch {p.batches}: {p.rewrapped} rewrapped to v{p.primary}, "
-            f"{p.remaining} on older versions",
-            flush=True,
-        )
-
     async with _key_operations(cfg, args) as (ops, actor):
         await _settle(cfg, ops.store)
         run = await ops.start_rewrap(actor, batch=args.batch, rate=args.rate)
-        result = await ops.finish_rewrap(actor, run, progress=show)
+        with Progress("rewrap") as bar:
+
+            def show(p: rotation.RewrapProgress) -> None:
+                done = p.rewrapped + p.skipped + p.failed
+                detail = f"{p.remaining} on older versions" + (
+                    f", {p.failed} failed" if p.failed else ""
+                )
+                bar.update(
+                    done,
+                    done + p.remaining,
+                    detail,
+                    label=f"rewrap to v{p.primary}",
+                    step=f"batch {p.batches}",
+                )
+
+            result = await ops.finish_rewrap(actor, run, progress=show)
     if result.failed:
         raise CommandError(f"{result.failed} records did not decrypt and were left as they are")
     print(

@@ -13,8 +13,15 @@ from typing import Any
 
 from vault import __version__
 from vault.auth.mtls import parse_cert_identity, untyped
-from vault.auth.policy import parse_scopes
-from vault.cli import audit_cmd, keys_cmd, retention_cmd, store_cmd, subjects_cmd
+from vault.auth.policy import SCOPE_FORWARD, parse_scopes
+from vault.cli import (
+    audit_cmd,
+    keys_cmd,
+    retention_cmd,
+    routes_cmd,
+    store_cmd,
+    subjects_cmd,
+)
 from vault.cli.common import (
     EXIT_FAILURE,
     CommandError,
@@ -58,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         args,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
+        http_listen=args.http_listen,
         dev=True if args.dev else None,
         log_format=args.log_format,
         workers=args.workers,
@@ -80,6 +88,10 @@ async def _serve_one(cfg: Config) -> int:
     server = VaultServer(cfg)
     await server.start()
     _announce(cfg, server.port, server.dev_key, [server.metrics_port])
+    if server.http_port:
+        scheme = "https" if cfg.tls_cert else "http"
+        host = cfg.http_listen.rpartition(":")[0]
+        print(f"HTTP/JSON on {scheme}://{host}:{server.http_port}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,6 +167,12 @@ async def _callers_add(args: argparse.Namespace) -> int:
     reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
     if args.reveal_rate < 0 or args.reveal_burst < 0:
         raise CommandError("--reveal-rate and --reveal-burst must not be negative")
+    routes = tuple(dict.fromkeys(r.strip() for r in (args.routes or "").split(",") if r.strip()))
+    if routes and SCOPE_FORWARD not in scopes:
+        raise CommandError("--routes needs the forward scope")
+    burst = args.tokenize_burst
+    if (args.tokenize_rate or 0) < 0 or (burst is not None and burst < 1):
+        raise CommandError("--tokenize-rate must not be negative, --tokenize-burst at least 1")
     new = NewCaller(
         name=args.name,
         tenant=args.tenant,
@@ -164,6 +182,9 @@ async def _callers_add(args: argparse.Namespace) -> int:
         reveal_kinds=reveal_kinds,
         reveal_rate=args.reveal_rate,
         reveal_burst=args.reveal_burst,
+        routes=routes,
+        tokenize_rate=args.tokenize_rate,
+        tokenize_burst=args.tokenize_burst,
     )
     async with vault_of(args) as vault:
         key = await _administration(vault).add(new)
@@ -204,6 +225,8 @@ async def _callers_list(args: argparse.Namespace) -> int:
             "reveal_kinds": list(r.reveal_kinds),
             "reveal_rate": r.reveal_rate,
             "reveal_burst": r.reveal_burst,
+            "tokenize_rate": r.tokenize_rate,
+            "tokenize_burst": r.tokenize_burst,
         }
         for r in rows
     ]
@@ -263,6 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:50051)")
     serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus metrics")
     serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT serving the unary methods as HTTP/JSON too (default off)",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         help="on an empty data dir, create a master key and a dev API key with every scope",
@@ -314,6 +341,17 @@ def _parser() -> argparse.ArgumentParser:
     c_add.add_argument(
         "--reveal-burst", type=int, default=0, help="reveals at once (default: the rate, >= 1)"
     )
+    c_add.add_argument(
+        "--tokenize-rate",
+        type=float,
+        help="values tokenized per second, batch items counted (default: the server's "
+        "tokenize_rate; 0 = no budget)",
+    )
+    c_add.add_argument(
+        "--tokenize-burst",
+        type=int,
+        help="values tokenized at once (default: the server's tokenize_burst)",
+    )
     bind = c_add.add_mutually_exclusive_group()
     bind.add_argument(
         "--cert-uri",
@@ -325,6 +363,9 @@ def _parser() -> argparse.ArgumentParser:
         help="bind the mTLS client certificates with no SAN URI and this subject CN",
     )
     bind.add_argument("--cert-identity", help="the same, typed: uri:<SAN URI> or cn:<subject CN>")
+    c_add.add_argument(
+        "--routes", help="Forward routes it may use, e.g. stripe,adyen (needs the forward scope)"
+    )
     c_add.add_argument("--json", action="store_true")
     c_add.set_defaults(handler=_callers_add)
     c_list = c_sub.add_parser("list", help="callers (no secrets)")
@@ -341,6 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     store_cmd.register(sub)
     subjects_cmd.register(sub)
     retention_cmd.register(sub)
+    routes_cmd.register(sub)
     return parser
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from vault.audit.trail import AuditTrail
 from vault.cli.common import CommandError, config_for
 from vault.cli.kek import add_shares_arg, master_key
+from vault.cli.progress import Progress
 from vault.clock import SystemClock
 from vault.crypto.base import KekProvider
 from vault.errors import FailedPreconditionError
@@ -122,7 +124,15 @@ async def _copy(args: argparse.Namespace) -> int:
     await target.open()
     await target.close()
 
-    tables = await copy_sqlite_to_postgres(source, target_url)
+    # The bar goes to stderr with --json, so stdout stays one JSON document.
+    with Progress("copy", stream=sys.stderr if args.json else sys.stdout) as bar:
+
+        def show(table: str, done: int, total: int) -> None:
+            if done == 0:
+                bar.restart(f"copy {table}")
+            bar.update(done, total)
+
+        tables = await copy_sqlite_to_postgres(source, target_url, show)
 
     target = PostgresStore(target_url)
     await target.open()

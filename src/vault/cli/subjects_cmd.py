@@ -23,6 +23,7 @@ from vault.cli.common import add_store_args, iso_time, vault_of
 from vault.cli.kek import add_shares_arg
 from vault.domain.model import Address, RequestContext, Value
 from vault.domain.subjects import SubjectExport, SubjectRequests
+from vault.domain.validation import normalize_subject
 
 __all__ = ["register"]
 
@@ -77,14 +78,15 @@ def _document(subject: str, tenant: str, export: SubjectExport) -> dict[str, Any
 
 async def _export(args: argparse.Namespace) -> int:
     async with _subjects(args) as subjects:
-        export = await subjects.export(_caller(args), args.subject, request=_context())
-    doc = _document(args.subject, args.tenant, export)
+        export = await subjects.export(
+            _caller(args), args.subject, purpose=args.purpose, request=_context()
+        )
+    doc = _document(normalize_subject(args.subject), args.tenant, export)
     if args.json:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    print(
-        f"subject {args.subject} in tenant {args.tenant}" + (" (legal hold)" if export.held else "")
-    )
+    held = " (legal hold)" if export.held else ""
+    print(f"subject {doc['subject']} in tenant {args.tenant}{held}")
     # The export is the subject's data, printed for the operator who asked for it (and
     # audited as such); it goes nowhere else, no log line included.
     for rec in doc["records"]:
@@ -132,6 +134,11 @@ def register(subparsers: Any) -> None:
         return p
 
     export = command("export", "every value held for the subject, and its reveals", reason=False)
+    export.add_argument(
+        "--purpose",
+        required=True,
+        help="why the export is needed (audited as the reveal of every exported value)",
+    )
     export.add_argument("--json", action="store_true", help="one JSON document")
     export.set_defaults(handler=_export)
     command("erase", "remove the subject's values and destroy its key", reason=True).set_defaults(

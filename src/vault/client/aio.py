@@ -4,7 +4,7 @@ in step with it) (grpc.aio): ``AsyncVault.connect(...)``, each call awaited."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -22,7 +22,7 @@ from vault.client.calls import (
     tokenize_retry,
     update_request,
 )
-from vault.client.errors import error_from_rpc
+from vault.client.errors import VaultError, error_from_rpc, error_from_status
 from vault.v1 import key_service_pb2 as keys_pb
 from vault.v1 import key_service_pb2_grpc as keys_grpc
 from vault.v1 import subject_service_pb2 as subjects_pb
@@ -137,6 +137,40 @@ class AsyncVault:
         reply = await self._call(self._tokens.BatchDetokenize, request, self._retry)
         return [r.Revealed.from_proto(item) for item in reply.responses]
 
+    async def tokenize_stream(
+        self, kind: r.DataKind, values: Iterable[str | r.Address]
+    ) -> AsyncIterator[r.Tokenized | VaultError]:
+        """TokenizeStream: one answer per value, in order; a value the vault refuses
+        yields its VaultError and the stream goes on. A refused stream (credential,
+        scope) raises. Not retried: each request carries its own request id, so run the
+        failed ones again with ``tokenize``."""
+        requests = (tokenize_request(kind, v) for v in values)
+        call = self._tokens.TokenizeStream(requests, metadata=self._metadata)
+        try:
+            async for answer in call:
+                if answer.WhichOneof("result") == "error":
+                    yield error_from_status(answer.error)
+                else:
+                    yield r.Tokenized.from_proto(answer.response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    async def detokenize_stream(
+        self, tokens: Iterable[str], *, purpose: str
+    ) -> AsyncIterator[r.Revealed | VaultError]:
+        """DetokenizeStream: one answer per token, in order (a value, or that token's
+        VaultError); a refused stream raises."""
+        requests = (tokens_pb.DetokenizeStreamRequest(token=t, purpose=purpose) for t in tokens)
+        call = self._tokens.DetokenizeStream(requests, metadata=self._metadata)
+        try:
+            async for answer in call:
+                if answer.WhichOneof("result") == "error":
+                    yield error_from_status(answer.error)
+                else:
+                    yield r.Revealed.from_proto(answer.response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
     async def get_token(self, token: str) -> r.TokenInfo:
         request = tokens_pb.GetTokenRequest(token=token)
         return r.TokenInfo.from_proto(await self._call(self._tokens.GetToken, request, self._retry))
@@ -183,8 +217,9 @@ class AsyncVault:
 
     # -- SubjectService ----------------------------------------------------------------
 
-    async def export_subject(self, subject: str) -> r.SubjectExport:
-        request = subjects_pb.ExportSubjectRequest(subject=subject)
+    async def export_subject(self, subject: str, *, purpose: str) -> r.SubjectExport:
+        """Every value held for the subject; each is audited as revealed for ``purpose``."""
+        request = subjects_pb.ExportSubjectRequest(subject=subject, purpose=purpose)
         reply = await self._call(self._subjects.ExportSubject, request, self._retry)
         return r.SubjectExport.from_proto(reply)
 

@@ -3,9 +3,9 @@ requests they send, and when a failed call may be sent again."""
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import uuid
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,11 +14,12 @@ from typing import cast
 import grpc
 from google.protobuf import duration_pb2
 
+from vault.auth.transport import is_local_address
 from vault.client.results import Address, DataKind, TokenFormat
 from vault.v1 import token_service_pb2 as tokens_pb
 from vault.v1 import types_pb2
 
-__all__ = ["RetryPolicy", "Target", "tokenize_request"]
+__all__ = ["RetryPolicy", "Target", "new_request_id", "tokenize_request"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds per attempt; a reveal waits on the audit group commit
 # Only UNAVAILABLE says the call did not happen or may be sent again (AIP-194).
@@ -43,21 +44,6 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host(address: str) -> str:
-    if address.startswith("["):
-        return address[1 : address.index("]")]
-    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where the vault is and how to reach it."""
@@ -74,8 +60,9 @@ class Target:
         tls: bool | grpc.ChannelCredentials,
         insecure: bool,
     ) -> Target:
-        if tls is False and not insecure and not _is_loopback(_host(address)):
-            # An API key and card numbers in the clear over a network: refuse.
+        if tls is False and not insecure and not is_local_address(address):
+            # An API key and card numbers in the clear over a network: refuse (the rule
+            # the server and vaultctl apply: loopback or a Unix socket only).
             raise ValueError("plaintext to a non-loopback address needs insecure=True")
         if tls is True:
             credentials: grpc.ChannelCredentials | None = grpc.ssl_channel_credentials()
@@ -95,6 +82,13 @@ def _ttl(ttl: timedelta | float | None) -> duration_pb2.Duration | None:
     return out
 
 
+def new_request_id() -> str:
+    """``py-`` and 27 random lower-case letters (126 bits). No digits: the vault refuses
+    a request id holding a Luhn-valid run of 12 to 19 digits (it could be a card number
+    in the audit trail), which about 1 random UUID in 200 does."""
+    return "py-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(27))
+
+
 def tokenize_request(
     kind: DataKind,
     value: str | Address,
@@ -109,7 +103,7 @@ def tokenize_request(
     """A TokenizeRequest. Without a request id the client makes one (so a retry returns
     the first attempt's token), except for CVCs, which the vault keeps without one."""
     if request_id is None:
-        request_id = "" if kind == DataKind.CVC else f"py-{uuid.uuid4()}"
+        request_id = "" if kind == DataKind.CVC else new_request_id()
     request = tokens_pb.TokenizeRequest(
         kind=cast("types_pb2.DataKind", int(kind)),
         format=cast("types_pb2.TokenFormat", int(format)),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "VaultDeadlineError",
     "VaultError",
     "error_from_rpc",
+    "error_from_status",
 ]
 
 
@@ -117,6 +118,10 @@ def _details(call: Any) -> tuple[str, tuple[FieldViolation, ...]]:
         status = rpc_status.from_call(call)
     except ValueError:  # the details disagree with the call's code or message
         return "", ()
+    return _status_details(status)
+
+
+def _status_details(status: Any) -> tuple[str, tuple[FieldViolation, ...]]:
     reason = ""
     violations: list[FieldViolation] = []
     for detail in () if status is None else status.details:
@@ -129,6 +134,16 @@ def _details(call: Any) -> tuple[str, tuple[FieldViolation, ...]]:
             detail.Unpack(bad)
             violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
     return reason, tuple(violations)
+
+
+def error_from_status(status: status_pb2.Status) -> VaultError:
+    """The VaultError of one stream item's ``error`` (a google.rpc.Status)."""
+    code = _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason, violations = _status_details(status)
+    return _BY_CODE.get(code, VaultError)(code, status.message, reason, violations)
+
+
+_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def error_from_rpc(error: grpc.RpcError) -> VaultError:

@@ -173,8 +173,9 @@ class Vault:
 
     # -- SubjectService ----------------------------------------------------------------
 
-    def export_subject(self, subject: str) -> r.SubjectExport:
-        request = subjects_pb.ExportSubjectRequest(subject=subject)
+    def export_subject(self, subject: str, *, purpose: str) -> r.SubjectExport:
+        """Every value held for the subject; each is audited as revealed for ``purpose``."""
+        request = subjects_pb.ExportSubjectRequest(subject=subject, purpose=purpose)
         reply = self._call(self._subjects.ExportSubject, request, self._retry)
         return r.SubjectExport.from_proto(reply)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, AuditEvent, AuditSink
 from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.domain.model import RequestContext
-from vault.domain.validation import Limits
+from vault.domain.validation import Limits, recordable
 from vault.errors import (
     NotFoundError,
     PermissionDeniedError,
@@ -53,6 +53,7 @@ class UseCaseAudit:
         purpose: str,
         request: RequestContext,
         exc: VaultError,
+        detail: Mapping[str, str] | None = None,
     ) -> None:
         """One record of a refused or failed call (best effort: it already fails)."""
         if self._sink is None:
@@ -67,12 +68,13 @@ class UseCaseAudit:
             caller.tenant,
             action,
             named,
-            purpose if len(purpose) <= self._limits.max_purpose_chars else "",
+            # A refused purpose may be the very text refused (a card number).
+            recordable(purpose, self._limits.max_purpose_chars),
             OUTCOME_DENIED if isinstance(exc, _DENIED) else OUTCOME_ERROR,
             exc.reason,
             request.request_id,
             request.peer,
-            {"token_count": str(len(tokens))},
+            {"token_count": str(len(tokens)), **(detail or {})},
         )
         try:
             await self._sink.record([event])

@@ -24,8 +24,19 @@ from vault.auth.apikeys import ApiKey, hash_secret, mint_api_key
 from vault.clock import Clock
 from vault.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError, VaultError
 from vault.storage.base import CallerRow, CallerStore
+from vault.storage.route_store import RouteStore
 
-__all__ = ["CallerAdministration", "EventRecorder", "NewCaller", "check_operator_scopes"]
+__all__ = [
+    "CallerAdminStore",
+    "CallerAdministration",
+    "EventRecorder",
+    "NewCaller",
+    "check_operator_scopes",
+]
+
+
+class CallerAdminStore(CallerStore, RouteStore, Protocol):
+    """Callers, and the Forward routes a new caller may be allowed."""
 
 
 class EventRecorder(Protocol):
@@ -46,6 +57,10 @@ class NewCaller:
     reveal_kinds: tuple[str, ...] = ()  # DataKind names; () = every kind
     reveal_rate: float = 0.0  # reveals per second; 0 = no limit
     reveal_burst: int = 0  # reveals at once; 0 = the rate (at least 1)
+    routes: tuple[str, ...] = ()  # Forward routes it may use (with the forward scope)
+    # Tokenize budget in items; None = the server's tokenize_rate / tokenize_burst.
+    tokenize_rate: float | None = None
+    tokenize_burst: int | None = None
 
     def audit_detail(self) -> dict[str, str]:
         """What the trail says about the new caller: never its key."""
@@ -61,7 +76,9 @@ class NewCaller:
             "expires": expires,
             "reveal_kinds": ",".join(self.reveal_kinds),
             "reveal_rate": str(self.reveal_rate),
-        }
+            "tokenize_rate": "" if self.tokenize_rate is None else str(self.tokenize_rate),
+            "tokenize_burst": "" if self.tokenize_burst is None else str(self.tokenize_burst),
+        } | ({"routes": ",".join(self.routes)} if self.routes else {})
 
 
 # The scope that acts on the whole vault (data keys, the master key, custodian shares),
@@ -86,7 +103,7 @@ class CallerAdministration:
 
     def __init__(
         self,
-        store: CallerStore,
+        store: CallerAdminStore,
         clock: Clock,
         open_trail: Callable[[], Awaitable[EventRecorder]],
         actor: str,
@@ -108,6 +125,10 @@ class CallerAdministration:
             check_operator_scopes(new, self._operator_tenant)
         # The trail first: a vault that cannot record the change makes none.
         trail = await self._open_trail()
+        if new.routes:
+            known = {r.name for r in await self._store.routes()}
+            if not set(new.routes) <= known:
+                raise NotFoundError("no route with that name", reason="ROUTE_NOT_FOUND")
         key = None if new.cert_identity else mint_api_key()
         detail = new.audit_detail()
         try:
@@ -115,6 +136,7 @@ class CallerAdministration:
         except AlreadyExistsError as exc:
             await self._record(trail, ACTION_CALLER_ADD, new.tenant, detail, exc.reason)
             raise
+        await self._store.allow_routes(new.name, new.routes, self._clock.now())
         # Recorded before the key is returned: a change the trail lacks hands out no key.
         await self._record(trail, ACTION_CALLER_ADD, new.tenant, detail, "")
         return key
@@ -151,6 +173,8 @@ class CallerAdministration:
             reveal_kinds=new.reveal_kinds,
             reveal_rate=new.reveal_rate,
             reveal_burst=new.reveal_burst,
+            tokenize_rate=new.tokenize_rate,
+            tokenize_burst=new.tokenize_burst,
         )
 
     async def _record(

@@ -7,7 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from vault.audit.base import ACTION_UPDATE
-from vault.auth.policy import SCOPE_TOKENIZE, Caller
+from vault.auth.policy import (
+    SCOPE_TOKENIZE,
+    SCOPE_TOKENIZE_DETERMINISTIC,
+    Caller,
+    shown_fingerprint,
+)
 from vault.auth.policy import require as require_scope
 from vault.clock import Clock
 from vault.crypto.keyring import Fingerprinter
@@ -21,7 +26,12 @@ from vault.domain.reading import TokenReader
 from vault.domain.results import Tokenized
 from vault.domain.tokenize import KIND_DOMAINS
 from vault.domain.validation import Validator
-from vault.errors import AlreadyExistsError, UnavailableError, VaultError
+from vault.errors import (
+    AlreadyExistsError,
+    PermissionDeniedError,
+    UnavailableError,
+    VaultError,
+)
 from vault.storage.base import TokenStore, TokenUpdate, UpdateStatus
 
 __all__ = ["Corrections"]
@@ -103,6 +113,13 @@ class Corrections:
     ) -> tuple[Tokenized, DataKind] | None:
         """One compare-and-set attempt; None when the row changed meanwhile."""
         (row,) = await self._reader.load(caller, [token], "token")
+        if row.deterministic and SCOPE_TOKENIZE_DETERMINISTIC not in caller.scopes:
+            # DETERMINISTIC_COLLISION would answer "another token holds this value".
+            raise PermissionDeniedError(
+                "a deterministic token is corrected only with the "
+                f"{SCOPE_TOKENIZE_DETERMINISTIC} scope",
+                reason="DETERMINISTIC_NOT_ALLOWED",
+            )
         kind, fmt = KINDS[row.kind], TokenFormat(row.token_format)
         normal = self._validator.check_correction(kind, fmt, token, value, metadata)
         skeys = await self._codec.subject_keys_for([row])
@@ -140,7 +157,7 @@ class Corrections:
             )
         tokenized = Tokenized(
             token=token,
-            fingerprint=Fingerprinter.encode(fingerprint),
+            fingerprint=shown_fingerprint(caller, Fingerprinter.encode(fingerprint)),
             masked=kinds.mask(kind, normal),
             created=False,
             expires_at=row.expires_at,

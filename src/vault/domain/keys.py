@@ -76,7 +76,18 @@ class KeyMaterial:
     def cached_fingerprinter(self, tenant: str) -> Fingerprinter | None:
         return self._fingerprinters.get(tenant)
 
+    async def existing_fingerprinter(self, tenant: str) -> Fingerprinter | None:
+        """The tenant's fingerprint key, or None when it has none (it never stored a
+        value): what a read path asks, as it must not write a key to answer NOT_FOUND."""
+        found = self._fingerprinters.get(tenant)
+        if found is not None:
+            return found
+        if await self._store.fingerprint_key(tenant) is None:
+            return None
+        return await self.fingerprinter(tenant)
+
     async def fingerprinter(self, tenant: str) -> Fingerprinter:
+        """The tenant's fingerprint key, created on its first use."""
         found = self._fingerprinters.get(tenant)
         if found is not None:
             return found

@@ -291,6 +291,10 @@ def _email(text: str, field: str) -> str:
     if text.count("@") != 1:
         raise _invalid(field, "must contain exactly one at sign")
     local, _, domain = text.partition("@")
+    if not domain.isascii():
+        # Compatibility forms fold as IDNA (UTS #46) maps them: a fullwidth "example.com"
+        # is "example.com", one fingerprint, not a second value of the same address.
+        domain = unicodedata.normalize("NFKC", domain)
     domain = domain.lower()
     violations = [
         FieldViolation(field, description)

@@ -88,6 +88,21 @@ class Reveal:
             metrics.TOKENS_REVEALED.labels(kind.name).inc(n)
         return out
 
+    async def open_for_use(
+        self, caller: Caller, tokens: Sequence[str]
+    ) -> tuple[list[Revealed], HeldCvcs]:
+        """Values used inside the process and never shown (Forward): the reveal rate,
+        the caller's kinds and tenant apply as for Detokenize; CVCs are spent. The caller
+        checks its own scope and purpose, audits, and gives the CVCs back
+        (HeldCvcs.give_back) if no value left the process after all."""
+        self._policy.take(caller, len(tokens))
+        held = self._cvc.take(caller, tokens, self._policy)
+        try:
+            return await self._reveal(caller, tokens, held, batch=True), held
+        except BaseException:
+            held.give_back()
+            raise
+
     async def _reveal(
         self, caller: Caller, tokens: Sequence[str], held: HeldCvcs, *, batch: bool
     ) -> list[Revealed]:

@@ -13,9 +13,12 @@ its CVCs held in this process's memory (other processes' CVCs expire within cvc_
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from vault import metrics
 from vault.audit.base import (
     ACTION_REVEAL,
     ACTION_SUBJECT_ERASE,
@@ -36,11 +39,9 @@ from vault.domain.cvc import CvcHandling
 from vault.domain.keys import KeyMaterial
 from vault.domain.model import DataKind, RequestContext, Value
 from vault.domain.reveal_policy import RevealPolicy
-from vault.domain.validation import Validator, has_control
+from vault.domain.validation import Validator, recordable
 from vault.errors import (
     FailedPreconditionError,
-    FieldViolation,
-    InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     UnauthenticatedError,
@@ -51,9 +52,12 @@ from vault.storage.base import AuditStore, SubjectStore
 
 __all__ = ["ExportedRecord", "ExportedReveal", "SubjectExport", "SubjectRequests"]
 
-_MAX_REASON_CHARS = 256
 _NO_CONTEXT = RequestContext()
 _DENIED = (PermissionDeniedError, UnauthenticatedError, NotFoundError, FailedPreconditionError)
+
+
+def _nothing_held() -> NotFoundError:
+    return NotFoundError("the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,36 +124,53 @@ class SubjectRequests:
 
     # -- checks ------------------------------------------------------------------
 
-    @staticmethod
-    def _check_reason(reason: str) -> None:
-        if not reason.strip():
-            raise InvalidArgumentError(
-                FieldViolation("reason", "is required: say why"), reason="REASON_REQUIRED"
-            )
-        if len(reason) > _MAX_REASON_CHARS or has_control(reason):
-            raise InvalidArgumentError(
-                FieldViolation(
-                    "reason", f"must be at most {_MAX_REASON_CHARS} printable characters"
-                )
-            )
-
     async def _changing_request(
         self, caller: Caller, subject: str, reason: str, detail: dict[str, str]
-    ) -> bytes:
+    ) -> tuple[str, bytes | None]:
         """The checks an erase or a hold starts with (scope, subject, reason); the
-        subject's ref, also put in the audit detail."""
+        subject's normal form and ref (the ref also put in the audit detail)."""
         require_scope(caller, SCOPE_SUBJECTS)
-        self._validator.check_subject(subject)
-        self._check_reason(reason)
-        ref = await self._ref(caller.tenant, subject)
+        subject = self._validator.check_subject(subject)
+        self._validator.check_reason(reason)
+        ref = await self._ref(caller.tenant, subject, detail)
+        return subject, ref
+
+    async def _ref(self, tenant: str, subject: str, detail: dict[str, str]) -> bytes | None:
+        """The subject_ref of a subject id in its normal form (as tokenize computes it),
+        also put in the audit detail. None when the tenant has no fingerprint key: it
+        never stored a value, so no subject has one (and a request that finds nothing
+        must not write a key)."""
+        fp = await self._keys.existing_fingerprinter(tenant)
+        if fp is None:
+            return None
+        ref = fp.digest(b"subject", subject.encode())
         detail["subject_ref"] = ref.hex()
         return ref
 
-    async def _ref(self, tenant: str, subject: str) -> bytes:
-        fp = await self._keys.fingerprinter(tenant)
-        return fp.digest(b"subject", subject.encode())
-
     # -- audit -------------------------------------------------------------------
+
+    def _reveal_events(
+        self, caller: Caller, ctx: RequestContext, purpose: str, records: Sequence[ExportedRecord]
+    ) -> list[AuditEvent]:
+        """An export reveals every value it returns: one reveal record per token, as a
+        Detokenize writes, so each shows in that token's reveal history."""
+        now = self._clock.now()
+        return [
+            AuditEvent(
+                now,
+                caller.name,
+                caller.tenant,
+                ACTION_REVEAL,
+                (r.token,),
+                purpose,
+                OUTCOME_OK,
+                "",
+                ctx.request_id,
+                ctx.peer,
+                {"kind": r.kind.name, "method": "ExportSubject"},
+            )
+            for r in records
+        ]
 
     async def _record(
         self,
@@ -160,9 +181,11 @@ class SubjectRequests:
         *,
         reason_text: str = "",
         error: VaultError | None = None,
+        reveals: Sequence[AuditEvent] = (),
     ) -> None:
-        """One record of the request; a refusal's is best effort (it fails anyway), a
-        completed request's must be durable before the answer leaves (fail closed)."""
+        """One record of the request (after ``reveals``, written with it in one append); a
+        refusal's is best effort (it fails anyway), a completed request's must be durable
+        before the answer leaves (fail closed)."""
         if self._audit is None:
             return
         outcome = OUTCOME_OK
@@ -173,7 +196,8 @@ class SubjectRequests:
             caller.name,
             caller.tenant,
             action,
-            purpose=reason_text if len(reason_text) <= _MAX_REASON_CHARS else "",
+            # A refused reason or purpose may be the very text refused (a card number).
+            purpose=recordable(reason_text, self._validator.limits.max_reason_chars),
             outcome=outcome,
             reason=error.reason if error is not None else "",
             request_id=ctx.request_id,
@@ -181,7 +205,7 @@ class SubjectRequests:
             detail=detail,
         )
         try:
-            await self._audit.record([event])
+            await self._audit.record([*reveals, event])
         except Exception:  # noqa: BLE001 - mapped below, whatever failed
             if error is None:
                 raise UnavailableError(
@@ -194,50 +218,35 @@ class SubjectRequests:
     # -- export ------------------------------------------------------------------
 
     async def export(
-        self, caller: Caller, subject: str, *, request: RequestContext | None = None
+        self,
+        caller: Caller,
+        subject: str,
+        *,
+        purpose: str,
+        request: RequestContext | None = None,
     ) -> SubjectExport:
         """Every value the vault holds for the subject in the caller's tenant, and the
-        reveals of them the audit trail records. NOT_FOUND if it holds none."""
+        reveals of them the audit trail records. NOT_FOUND if it holds none. An export
+        is a reveal of every value in it: it needs a purpose, and each value is audited
+        as a reveal of its token (the next export lists them)."""
         ctx = request or _NO_CONTEXT
         detail: dict[str, str] = {}
         try:
             require_scope(caller, SCOPE_SUBJECTS)
-            self._validator.check_subject(subject)
-            ref = await self._ref(caller.tenant, subject)
-            detail["subject_ref"] = ref.hex()
-            rows = await self._store.subject_tokens(caller.tenant, ref)
-            # An export reveals values: the caller's reveal kinds and rate apply as to
-            # Detokenize (a kind it may not reveal refuses the whole export).
-            self._policy.check_rows(caller, rows)
-            skeys = await self._codec.subject_keys_for(rows)
-            records = []
-            for row in rows:
-                try:
-                    opened = self._codec.open(row, skeys)
-                except NotFoundError:
-                    continue  # its key is destroyed: erased, unreadable by anyone
-                if opened.subject != subject:
-                    continue  # another id with the same HMAC: not this subject's
-                records.append(
-                    ExportedRecord(
-                        row.token,
-                        opened.kind,
-                        opened.value,
-                        opened.metadata,
-                        row.created_at,
-                        row.expires_at,
-                    )
-                )
-            if not records:
-                raise NotFoundError(
-                    "the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND"
-                )
+            subject = self._validator.check_subject(subject)
+            self._validator.check_purpose(purpose)
+            ref = await self._ref(caller.tenant, subject, detail)
+            if ref is None:
+                raise _nothing_held()
+            records = await self._open_subject(caller, subject, ref)
             audit_rows = await self._store.audit_records_for_tokens(
                 caller.tenant, ACTION_REVEAL, [r.token for r in records]
             )
             held = await self._store.subject_held(caller.tenant, ref)
         except VaultError as exc:
-            await self._record(caller, ACTION_SUBJECT_EXPORT, ctx, detail, error=exc)
+            await self._record(
+                caller, ACTION_SUBJECT_EXPORT, ctx, detail, reason_text=purpose, error=exc
+            )
             raise
         reveals = [
             ExportedReveal(a.time, a.caller, a.purpose, a.tokens[0], a.request_id)
@@ -245,8 +254,46 @@ class SubjectRequests:
             if a.outcome == OUTCOME_OK and len(a.tokens) == 1
         ]
         detail |= {"records": str(len(records)), "reveals": str(len(reveals))}
-        await self._record(caller, ACTION_SUBJECT_EXPORT, ctx, detail)
+        await self._record(
+            caller,
+            ACTION_SUBJECT_EXPORT,
+            ctx,
+            detail,
+            reason_text=purpose,
+            reveals=self._reveal_events(caller, ctx, purpose, records),
+        )
+        for kind, n in Counter(r.kind for r in records).items():
+            metrics.TOKENS_REVEALED.labels(kind.name).inc(n)
         return SubjectExport(records, reveals, held)
+
+    async def _open_subject(self, caller: Caller, subject: str, ref: bytes) -> list[ExportedRecord]:
+        """The subject's values, decrypted; NOT_FOUND when there are none."""
+        rows = await self._store.subject_tokens(caller.tenant, ref)
+        # An export reveals values: the caller's reveal kinds and rate apply as to
+        # Detokenize (a kind it may not reveal refuses the whole export).
+        self._policy.check_rows(caller, rows)
+        skeys = await self._codec.subject_keys_for(rows)
+        records = []
+        for row in rows:
+            try:
+                opened = self._codec.open(row, skeys)
+            except NotFoundError:
+                continue  # its key is destroyed: erased, unreadable by anyone
+            if opened.subject != subject:
+                continue  # another id with the same HMAC: not this subject's
+            records.append(
+                ExportedRecord(
+                    row.token,
+                    opened.kind,
+                    opened.value,
+                    opened.metadata,
+                    row.created_at,
+                    row.expires_at,
+                )
+            )
+        if not records:
+            raise _nothing_held()
+        return records
 
     # -- erasure -----------------------------------------------------------------
 
@@ -263,26 +310,12 @@ class SubjectRequests:
         ctx = request or _NO_CONTEXT
         detail: dict[str, str] = {}
         try:
-            ref = await self._changing_request(caller, subject, reason, detail)
-            # Rows first, in one transaction with the hold check; then the key (a failure
-            # in between leaves a key and no rows: erasing again destroys it).
-            outcome = await self._store.erase_subject(caller.tenant, ref)
-            if outcome.held:
-                raise FailedPreconditionError(
-                    "the subject is under legal hold", reason="LEGAL_HOLD"
-                )
+            subject, ref = await self._changing_request(caller, subject, reason, detail)
+            stored, destroyed = await self._erase_stored(caller.tenant, ref)
             cvcs = self._cvc.erase_subject(caller.tenant, subject)
-            subject_keys = self._codec.subject_keys
-            destroyed = (
-                await subject_keys.destroy(caller.tenant, ref)
-                if subject_keys is not None
-                else False
-            )
-            erased = outcome.erased + cvcs
+            erased = stored + cvcs
             if not erased and not destroyed:
-                raise NotFoundError(
-                    "the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND"
-                )
+                raise _nothing_held()
         except VaultError as exc:
             await self._record(
                 caller, ACTION_SUBJECT_ERASE, ctx, detail, reason_text=reason, error=exc
@@ -295,6 +328,19 @@ class SubjectRequests:
         }
         await self._record(caller, ACTION_SUBJECT_ERASE, ctx, detail, reason_text=reason)
         return erased
+
+    async def _erase_stored(self, tenant: str, ref: bytes | None) -> tuple[int, bool]:
+        """Erase the subject's rows, then its key: (rows erased, key destroyed). Rows
+        first, in one transaction with the hold check; then the key (a failure in
+        between leaves a key and no rows: erasing again destroys it)."""
+        if ref is None:
+            return 0, False
+        outcome = await self._store.erase_subject(tenant, ref)
+        if outcome.held:
+            raise FailedPreconditionError("the subject is under legal hold", reason="LEGAL_HOLD")
+        subject_keys = self._codec.subject_keys
+        destroyed = await subject_keys.destroy(tenant, ref) if subject_keys is not None else False
+        return outcome.erased, destroyed
 
     # -- legal hold --------------------------------------------------------------
 
@@ -314,17 +360,17 @@ class SubjectRequests:
         action = ACTION_SUBJECT_HOLD if hold else ACTION_SUBJECT_RELEASE
         detail: dict[str, str] = {}
         try:
-            ref = await self._changing_request(caller, subject, reason, detail)
+            _, ref = await self._changing_request(caller, subject, reason, detail)
             if hold:
-                if not await self._store.subject_tokens(caller.tenant, ref):
-                    raise NotFoundError(
-                        "the vault holds nothing for this subject", reason="SUBJECT_NOT_FOUND"
-                    )
+                if ref is None or not await self._store.subject_tokens(caller.tenant, ref):
+                    raise _nothing_held()
                 changed = await self._store.set_subject_hold(
                     caller.tenant, ref, reason, self._clock.now()
                 )
             else:
-                changed = await self._store.release_subject_hold(caller.tenant, ref)
+                changed = ref is not None and await self._store.release_subject_hold(
+                    caller.tenant, ref
+                )
                 if not changed:
                     raise NotFoundError(
                         "the subject is not under legal hold", reason="HOLD_NOT_FOUND"

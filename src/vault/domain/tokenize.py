@@ -1,6 +1,11 @@
 """Tokenize: validated values sealed and stored (or, for a CVC, held in memory), in
 order, all or nothing. PAN-shaped tokens come from an injected generator (the CSPRNG by
-default) and are redrawn while the store says they are taken."""
+default) and are redrawn while the store says they are taken.
+
+Tokenize must not be an oracle over stored values (issue 13): the fingerprint is
+returned only with the ``fingerprint`` scope, deterministic tokens need the
+``tokenize-deterministic`` scope, each caller has a tokenize budget counted in items, its
+volume is audited per window, and a stored token lives at least ``min_ttl_seconds``."""
 
 from __future__ import annotations
 
@@ -11,8 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vault import metrics
-from vault.auth.policy import SCOPE_TOKENIZE, Caller
+from vault.audit.volume import TokenizeVolume
+from vault.auth.policy import (
+    SCOPE_TOKENIZE,
+    SCOPE_TOKENIZE_DETERMINISTIC,
+    Caller,
+    shown_fingerprint,
+)
 from vault.auth.policy import require as require_scope
+from vault.auth.ratelimit import TokenizeBudgetError, TokenizeLimiter
 from vault.clock import Clock
 from vault.crypto.keyring import Fingerprinter
 from vault.crypto.subject import SubjectKey
@@ -27,11 +39,12 @@ from vault.errors import (
     FieldViolation,
     InternalError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from vault.storage.base import InsertOutcome, InsertStatus, TokenRecord, TokenStore
 
-__all__ = ["KIND_DOMAINS", "PanTokenGenerator", "Tokenize"]
+__all__ = ["DEFAULT_MIN_TTL", "KIND_DOMAINS", "PanTokenGenerator", "Tokenize", "TokenizeRules"]
 
 # Draws a PAN-shaped token for a normalised PAN in a PAN format (kinds.new_pan_token:
 # the CSPRNG, last four (and BIN) kept, Luhn-invalid).
@@ -39,6 +52,18 @@ PanTokenGenerator = Callable[[str, TokenFormat], str]
 # HMAC domain of a value's fingerprint: the kind, so equal text of two kinds differs.
 KIND_DOMAINS = {k: b"kind:%d" % k for k in DataKind}
 _LEN = struct.Struct(">I")
+DEFAULT_MIN_TTL = 60.0  # seconds a stored (non-CVC) token lives at least (config min_ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeRules:
+    """What bounds a tokenize caller. The composition root passes the configured ones
+    (min_ttl, tokenize_rate, tokenize_burst); these defaults, no minimum TTL and no
+    budget, are for the in-process benchmark and unit tests only."""
+
+    min_ttl_seconds: float = 0.0  # a smaller ttl on a stored token is INVALID_ARGUMENT
+    rate: float = 0.0  # items per second a caller earns back (its own rate overrides)
+    burst: int = 0  # items at once (its own burst overrides); 0 = max(1, rate)
 
 
 @dataclass(slots=True)
@@ -88,6 +113,8 @@ class Tokenize:
         *,
         on_encrypt: Callable[[int, int], None] | None = None,
         new_pan_token: PanTokenGenerator = kinds.new_pan_token,
+        rules: TokenizeRules | None = None,
+        volume: TokenizeVolume | None = None,
     ) -> None:
         self._tokens = tokens
         self._keys = keys
@@ -99,6 +126,10 @@ class Tokenize:
         # auto-rotation notices the encryption limit between its checks.
         self._on_encrypt = on_encrypt
         self._new_pan_token = new_pan_token
+        self._rules = rules or TokenizeRules()
+        self.budget = TokenizeLimiter(clock, self._rules.rate, self._rules.burst)
+        # Tokenize volume per caller and window into the audit trail (None: not counted).
+        self.volume = volume or TokenizeVolume(None, clock)
 
     def __repr__(self) -> str:
         return "Tokenize()"
@@ -114,12 +145,22 @@ class Tokenize:
             self._validator.check_batch_size(len(items), "requests")
         checked: list[Checked] = []
         violations: list[FieldViolation] = []
+        min_ttl = self._rules.min_ttl_seconds
         for i, item in enumerate(items):
             try:
                 checked.append(self._validator.check_item(item))
             except InvalidArgumentError as exc:
                 violations.extend(
                     exc.prefixed(f"requests[{i}]").violations if batch else exc.violations
+                )
+            # CVCs are exempt: they live in memory for minutes by design.
+            ttl = item.ttl_seconds
+            if ttl is not None and 0 < ttl < min_ttl and item.kind != DataKind.CVC:
+                violations.append(
+                    FieldViolation(
+                        f"requests[{i}].ttl" if batch else "ttl",
+                        f"must be at least {min_ttl:g} seconds",
+                    )
                 )
         if violations:
             raise InvalidArgumentError(violations)
@@ -130,7 +171,9 @@ class Tokenize:
     ) -> list[Tokenized]:
         """Tokenize items atomically, in order; ``batch`` names fields requests[i]."""
         require_scope(caller, SCOPE_TOKENIZE)
+        _check_deterministic(caller, items, batch=batch)
         checked = self._check(items, batch=batch)
+        self._spend(caller, len(items))
         cvc = [i for i, (kind, _, _) in enumerate(checked) if kind is DataKind.CVC]
         if not cvc:
             return await self._store(caller, items, checked, batch=batch)
@@ -154,6 +197,21 @@ class Tokenize:
             results[i] = self._cvc.hold(caller, items[i], str(checked[i][2]))
         metrics.TOKENS_CREATED.labels(DataKind.CVC.name).inc(len(cvc))
         return [r for r in results if r is not None]
+
+    def _spend(self, caller: Caller, items: int) -> None:
+        """Spend ``items`` of the caller's budget (counted, metered and audited per window
+        either way) or raise TokenizeBudgetError: RESOURCE_EXHAUSTED with RetryInfo."""
+        try:
+            self.budget.take(caller, items)
+        except TokenizeBudgetError:
+            metrics.TOKENIZE_REFUSED.labels(caller.name).inc(items)
+            self.volume.refused(caller.name, caller.tenant, items)
+            raise
+        # The refusal counter is touched too, so it is exported at 0 from the first call
+        # (an alert's increase() then sees the first refusal).
+        metrics.TOKENIZE_REFUSED.labels(caller.name)
+        metrics.TOKENIZE_ITEMS.labels(caller.name).inc(items)
+        self.volume.tokenized(caller.name, caller.tenant, items)
 
     async def _prepare(
         self, tenant: str, items: Sequence[TokenizeItem], checked: Sequence[Checked]
@@ -242,8 +300,9 @@ class Tokenize:
             results.append(
                 Tokenized(
                     token=rec.token,
-                    # The tenant-wide fingerprint (the same value, hit or not).
-                    fingerprint=Fingerprinter.encode(b.fingerprints[i]),
+                    # The tenant-wide fingerprint (the same value, hit or not), to a caller
+                    # with the fingerprint scope only.
+                    fingerprint=shown_fingerprint(caller, Fingerprinter.encode(b.fingerprints[i])),
                     masked=kinds.mask(kind, value),
                     created=created,
                     expires_at=rec.expires_at,
@@ -290,3 +349,17 @@ class Tokenize:
             "no unused token could be drawn in this format; use a format with more free digits",
             reason="TOKEN_SPACE_EXHAUSTED",
         )
+
+
+def _check_deterministic(caller: Caller, items: Sequence[TokenizeItem], *, batch: bool) -> None:
+    """Deterministic tokens answer "this value is stored" (``created: false`` with the
+    known token): a caller needs the tokenize-deterministic scope to ask for one."""
+    if SCOPE_TOKENIZE_DETERMINISTIC in caller.scopes:
+        return
+    for i, item in enumerate(items):
+        if item.deterministic:
+            field = f"requests[{i}].deterministic" if batch else "deterministic"
+            raise PermissionDeniedError(
+                f"{field}: the caller lacks the {SCOPE_TOKENIZE_DETERMINISTIC} scope",
+                reason="DETERMINISTIC_NOT_ALLOWED",
+            )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vault.audit.base import AuditSink
+from vault.audit.volume import DEFAULT_WINDOW, TokenizeVolume
 from vault.clock import Clock
 from vault.domain import kinds
 from vault.domain.auditing import UseCaseAudit
@@ -22,7 +23,7 @@ from vault.domain.reveal import Reveal
 from vault.domain.reveal_policy import RevealPolicy
 from vault.domain.subject_keys import SubjectKeys
 from vault.domain.subjects import SubjectRequests
-from vault.domain.tokenize import PanTokenGenerator, Tokenize
+from vault.domain.tokenize import PanTokenGenerator, Tokenize, TokenizeRules
 from vault.domain.validation import Limits, Validator
 from vault.storage.base import AuditStore, SubjectStore, TokenStore
 
@@ -56,6 +57,10 @@ class UseCases:
         """Delete expired tokens and drop expired CVCs (see Describe.purge_expired)."""
         return await self.describe.purge_expired(limit)
 
+    async def close(self) -> None:
+        """On stop: write the tokenize volume still counted into the audit trail."""
+        await self.tokenize.volume.close()
+
 
 def build_use_cases(
     store: DomainStore,
@@ -68,11 +73,15 @@ def build_use_cases(
     subject_keys: SubjectKeys | None = None,
     new_pan_token: PanTokenGenerator = kinds.new_pan_token,
     cvc_memory: EphemeralStore | None = None,
+    tokenize_rules: TokenizeRules | None = None,
+    volume_window: float = DEFAULT_WINDOW,
 ) -> UseCases:
     """Build the use cases. ``audit`` is None only where nothing is served (the
     in-process benchmark); ``subject_keys`` None where no subject is ever given;
     ``new_pan_token`` is the CSPRNG generator except in tests; ``cvc_memory`` is the
-    CVC memory with the configured budget (an unbounded-default one if None)."""
+    CVC memory with the configured budget (an unbounded-default one if None);
+    ``tokenize_rules`` the configured minimum TTL and tokenize budget (None: neither);
+    ``volume_window`` the seconds of tokenize volume summed into one audit record."""
     limits = limits or Limits()
     validator = Validator(limits)
     codec = RecordCodec(keys, subject_keys)
@@ -91,6 +100,8 @@ def build_use_cases(
             clock,
             on_encrypt=on_encrypt,
             new_pan_token=new_pan_token,
+            rules=tokenize_rules,
+            volume=TokenizeVolume(audit, clock, volume_window),
         ),
         reveal=Reveal(reader, codec, policy, cvc, validator, writer, clock),
         describe=Describe(store, reader, codec, keys, cvc, writer, clock),

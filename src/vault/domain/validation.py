@@ -1,6 +1,8 @@
 """Request validation, in one place: tokenize items, their extras (subject, metadata,
-TTL, request id), batch sizes, purposes, corrections, and the one rule of when a value
-takes a PAN-shaped token. Every check reports all violations at once, fields named.
+TTL, request id), batch sizes, purposes, reasons, corrections, the one rule of when a
+value takes a PAN-shaped token, the one rule of what a subject id is (its normal form),
+and the one rule for free text the vault keeps in clear (no card number in it). Every
+check reports all violations at once, fields named.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ __all__ = [
     "Limits",
     "TokenizeItem",
     "Validator",
+    "check_free_text",
+    "free_text_violation",
     "has_control",
+    "normalize_subject",
+    "recordable",
     "uses_pan_token",
 ]
 
@@ -36,6 +42,7 @@ class Limits:
     max_subject_chars: int = 256
     max_request_id_chars: int = 128
     max_purpose_chars: int = 256
+    max_reason_chars: int = 256  # of an erasure or a legal hold
     max_ttl_seconds: float = 100 * 366 * 86400.0
     # Attempts at drawing an unused PAN token before giving up (the space for a short
     # PAN with BIN and last four kept can be a few dozen tokens).
@@ -77,6 +84,56 @@ def has_control(text: str) -> bool:
     return any(unicodedata.category(ch)[0] == "C" for ch in text)
 
 
+# What a refused free-text field is told: the rule, never the digits that broke it.
+_PAN_IN_TEXT = (
+    "must not contain a card number (a Luhn-valid run of 12 to 19 digits, "
+    "spaces or dashes between them)"
+)
+PAN_IN_TEXT_REASON = "CARD_NUMBER_IN_TEXT"
+
+
+def free_text_violation(field_name: str, text: str) -> FieldViolation | None:
+    """The rule for free text the vault stores or audits in clear (purposes, reasons,
+    request ids, metadata keys): no Luhn-valid run of 12 to 19 digits, so a careless
+    client cannot put a card number in the audit trail. None when the text passes."""
+    if text and kinds.contains_pan_like(text):
+        return FieldViolation(field_name, _PAN_IN_TEXT)
+    return None
+
+
+def check_free_text(field_name: str, text: str) -> None:
+    """Raise INVALID_ARGUMENT (CARD_NUMBER_IN_TEXT) naming the field when the rule fails."""
+    violation = free_text_violation(field_name, text)
+    if violation is not None:
+        raise InvalidArgumentError(violation, reason=PAN_IN_TEXT_REASON)
+
+
+def recordable(text: str, max_chars: int) -> str:
+    """``text`` when a refusal's audit record may carry it (bounded, no card number), else
+    "": a refused purpose or reason must not reach the trail through its refusal."""
+    if len(text) > max_chars or free_text_violation("", text) is not None:
+        return ""
+    return text
+
+
+# Space separators (category Zs: " ", no-break space, ideographic space, ...): what is
+# stripped around a subject id. Control characters (newlines, tabs) are not stripped but
+# refused, as everywhere else in a subject id.
+_SPACES = (
+    " \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u202f\u205f\u3000"
+)
+
+
+def normalize_subject(subject: str) -> str:
+    """A subject id's normal form, what its subject_ref is computed from: Unicode NFC and
+    no surrounding spaces, so "cust-1 " and "cust-1", or "é" typed as one code point or
+    as "e" and a combining accent, are one subject to tokenize, export and erase."""
+    if not subject.isascii():
+        subject = unicodedata.normalize("NFC", subject)
+    return subject.strip(_SPACES)
+
+
 def uses_pan_token(kind: DataKind, fmt: TokenFormat, value: Value | None) -> bool:
     """Whether the value takes a PAN-shaped token (digits, last four kept)."""
     return kind is DataKind.PAN and fmt in _PAN_FORMATS and isinstance(value, str)
@@ -106,8 +163,14 @@ class Validator:
         return "Validator()"
 
     def check_item(self, item: TokenizeItem) -> Checked:
-        """Validated kind, resolved format and normalised value; all violations at once."""
+        """Validated kind, resolved format and normalised value; all violations at once.
+        The item's subject is put in its normal form in place (what is sealed, hashed
+        into its subject_ref and compared by an export is the normal form)."""
         violations: list[FieldViolation] = []
+        if item.subject:
+            item.subject = normalize_subject(item.subject)
+            if not item.subject:
+                violations.append(FieldViolation("subject", "must not be blank"))
         fmt = TokenFormat.UNSPECIFIED
         value: Value | None = None
         kind = _KINDS.get(item.kind)
@@ -172,6 +235,8 @@ class Validator:
                     f"must be at most {lim.max_request_id_chars} printable ASCII characters",
                 )
             )
+        elif pan := free_text_violation("request_id", item.request_id):
+            out.append(pan)  # the request id is stored in clear, beside the token
         return out
 
     def _check_metadata(self, metadata: Mapping[str, str]) -> list[FieldViolation]:
@@ -188,6 +253,10 @@ class Validator:
                         "of letters, digits, '_', '.', '-'",
                     )
                 )
+                break
+            # Keys are labels, shown to callers that never see values: no card number.
+            if pan := free_text_violation("metadata", key):
+                out.append(pan)
                 break
             if len(val) > lim.max_metadata_value_chars or has_control(val):
                 out.append(
@@ -221,16 +290,34 @@ class Validator:
                     f"must be at most {self.limits.max_purpose_chars} printable characters",
                 )
             )
+        check_free_text("purpose", purpose)  # audited in clear with every reveal
 
-    def check_subject(self, subject: str) -> None:
-        """A data subject named by a subject request: required, bounded, printable."""
+    def check_reason(self, reason: str) -> None:
+        """Why a subject is erased or held: required, bounded, printable, no card number
+        (audited in clear, and a hold's reason is stored with the hold)."""
+        limit = self.limits.max_reason_chars
+        if not reason.strip():
+            raise InvalidArgumentError(
+                FieldViolation("reason", "is required: say why"), reason="REASON_REQUIRED"
+            )
+        if len(reason) > limit or has_control(reason):
+            raise InvalidArgumentError(
+                FieldViolation("reason", f"must be at most {limit} printable characters")
+            )
+        check_free_text("reason", reason)
+
+    def check_subject(self, subject: str) -> str:
+        """A data subject named by a subject request: required, bounded, printable;
+        returns its normal form (normalize_subject), what its records were written with."""
         limit = self.limits.max_subject_chars
+        subject = normalize_subject(subject)
         if not subject:
             raise InvalidArgumentError(FieldViolation("subject", "is required"))
         if len(subject) > limit or has_control(subject):
             raise InvalidArgumentError(
                 FieldViolation("subject", f"must be at most {limit} printable characters")
             )
+        return subject
 
     def check_correction(
         self,

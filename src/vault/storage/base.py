@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from vault.storage.route_store import RouteStore
+
 __all__ = [
     "AUDIT_GENESIS_MAC",
     "AuditHead",
@@ -202,6 +204,10 @@ class CallerRow:
     reveal_kinds: tuple[str, ...] = ()
     reveal_rate: float = 0.0  # reveals per second; 0 = unlimited
     reveal_burst: int = 0  # token-bucket size; 0 = max(1, rate)
+    # Tokenize budget in items per second and at once; None = the server's configured
+    # default (tokenize_rate / tokenize_burst); rate 0 = no budget.
+    tokenize_rate: float | None = None
+    tokenize_burst: int | None = None
 
     def __repr__(self) -> str:
         return f"CallerRow(name={self.name!r}, tenant={self.tenant!r})"
@@ -654,6 +660,7 @@ class Store(
     AuditStore,
     SubjectStore,
     RetentionStore,
+    RouteStore,
     Protocol,
 ):
     """Every aggregate together: for the composition root and the storage contract

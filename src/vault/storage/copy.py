@@ -27,10 +27,11 @@ import asyncpg
 
 from vault.errors import FailedPreconditionError
 from vault.storage.base import SubjectKeyStore
-from vault.storage.postgres import open_error, redact_url
+from vault.storage.postgres_open import open_error, redact_url
 
 __all__ = [
     "CopyError",
+    "CopyProgress",
     "TableCopy",
     "copy_sqlite_to_postgres",
     "copy_subject_keys",
@@ -63,6 +64,9 @@ _ORDER = (
     "retention_purges",
 )
 _BATCH = 1000
+
+# (table, rows copied so far, rows in the source table): for a progress bar.
+CopyProgress = Callable[[str, int, int], None]
 _MOD = 2**256
 
 
@@ -144,8 +148,11 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
-async def copy_sqlite_to_postgres(source: Path, target_url: str) -> list[TableCopy]:
-    """Copy every data table of the SQLite file into the (migrated) PostgreSQL database."""
+async def copy_sqlite_to_postgres(
+    source: Path, target_url: str, progress: CopyProgress | None = None
+) -> list[TableCopy]:
+    """Copy every data table of the SQLite file into the (migrated) PostgreSQL database;
+    ``progress(table, rows_copied, rows_in_table)`` is told after each batch."""
     src = _open_readonly(source)
     try:
         try:
@@ -153,7 +160,7 @@ async def copy_sqlite_to_postgres(source: Path, target_url: str) -> list[TableCo
         except Exception as exc:  # noqa: BLE001 - every cause becomes one value-free line
             raise open_error(exc, redact_url(target_url)) from None
         try:
-            return await _copy(src, conn)
+            return await _copy(src, conn, progress)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error) as exc:
             # The driver's message can quote values: only the kind of failure is told.
             msg = f"the copy failed ({type(exc).__name__}); the target is unchanged"
@@ -165,7 +172,9 @@ async def copy_sqlite_to_postgres(source: Path, target_url: str) -> list[TableCo
 
 
 async def _copy(
-    src: sqlite3.Connection, conn: asyncpg.Connection[asyncpg.Record]
+    src: sqlite3.Connection,
+    conn: asyncpg.Connection[asyncpg.Record],
+    progress: CopyProgress | None,
 ) -> list[TableCopy]:
     target = await _target_columns(conn)
     source = _source_columns(src)
@@ -181,6 +190,9 @@ async def _copy(
             before = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
             rows = 0
             digest = 0
+            total = int(src.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+            if progress is not None:
+                progress(table, 0, total)
             insert = (
                 f"INSERT INTO {table} ({column_list}) VALUES ({marks}) "  # noqa: S608 - catalog names
                 "ON CONFLICT DO NOTHING"
@@ -190,6 +202,8 @@ async def _copy(
                 await conn.executemany(insert, typed)
                 rows += len(typed)
                 digest = (digest + sum(_row_digest(r) for r in typed)) % _MOD
+                if progress is not None:
+                    progress(table, rows, total)
             after = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
             if after != rows:
                 raise CopyError(f"the target holds other data in {table}; nothing was copied")

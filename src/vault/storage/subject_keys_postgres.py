@@ -15,15 +15,19 @@ first writer of a subject's key wins (ON CONFLICT DO NOTHING), on every replica.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from vault.errors import FailedPreconditionError, StoreUnavailableError, VaultError
-from vault.storage.postgres import open_error, redact_url
+from vault.errors import FailedPreconditionError, StoreUnavailableError
+from vault.storage.postgres_open import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    open_pool,
+    redact_url,
+)
 
 __all__ = ["PostgresSubjectKeyStore"]
 
@@ -32,9 +36,8 @@ _Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asy
 log = logging.getLogger(__name__)
 
 _SCHEMA_VERSION = 1
-# Seconds to connect (and to wait for a pooled connection), and for one statement.
-_CONNECT_TIMEOUT = 5.0
-_COMMAND_TIMEOUT = 30.0
+_CONNECT_TIMEOUT = CONNECT_TIMEOUT
+_COMMAND_TIMEOUT = COMMAND_TIMEOUT
 _POOL_SIZE = 4
 # Times the schema set-up is run again after racing another replica's.
 _RETRIES = 8
@@ -72,27 +75,12 @@ class PostgresSubjectKeyStore:
         return f"PostgresSubjectKeyStore({redact_url(self._url)})"
 
     async def open(self) -> None:
-        where = redact_url(self._url)
-        try:
-            pool = await asyncpg.create_pool(
-                self._url,
-                min_size=1,
-                max_size=_POOL_SIZE,
-                timeout=_CONNECT_TIMEOUT,
-                command_timeout=_COMMAND_TIMEOUT,
-                server_settings={"application_name": "vault-subject-keys"},
-            )
-        except Exception as exc:  # noqa: BLE001 - every cause becomes one value-free line
-            raise open_error(exc, where) from None
-        try:
-            async with pool.acquire() as conn:
-                await _migrate(conn)
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), _CONNECT_TIMEOUT)
-            if isinstance(exc, Exception) and not isinstance(exc, VaultError):
-                raise open_error(exc, where) from None
-            raise
+        pool = await open_pool(
+            self._url,
+            max_size=_POOL_SIZE,
+            application_name="vault-subject-keys",
+            migrate=_migrate,
+        )
         self._pool = pool
 
     async def close(self) -> None:

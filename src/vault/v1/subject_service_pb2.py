@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vault.v1 import types_pb2 as vault_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evault/v1/subject_service.proto\x12\x08vault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vault/v1/types.proto\"\'\n\x14\x45xportSubjectRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"\xcb\x02\n\rSubjectRecord\x12\r\n\x05token\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.vault.v1.DataKind\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x04 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12\x37\n\x08metadata\x18\x05 \x03(\x0b\x32%.vault.v1.SubjectRecord.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"}\n\rSubjectReveal\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"y\n\x15\x45xportSubjectResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.vault.v1.SubjectRecord\x12(\n\x07reveals\x18\x02 \x03(\x0b\x32\x17.vault.v1.SubjectReveal\x12\x0c\n\x04held\x18\x03 \x01(\x08\"6\n\x13\x45raseSubjectRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x14\x45raseSubjectResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x05\"D\n\x13SetLegalHoldRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04hold\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"5\n\x14SetLegalHoldResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x32\x80\x02\n\x0eSubjectService\x12P\n\rExportSubject\x12\x1e.vault.v1.ExportSubjectRequest\x1a\x1f.vault.v1.ExportSubjectResponse\x12M\n\x0c\x45raseSubject\x12\x1d.vault.v1.EraseSubjectRequest\x1a\x1e.vault.v1.EraseSubjectResponse\x12M\n\x0cSetLegalHold\x12\x1d.vault.v1.SetLegalHoldRequest\x1a\x1e.vault.v1.SetLegalHoldResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evault/v1/subject_service.proto\x12\x08vault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vault/v1/types.proto\"8\n\x14\x45xportSubjectRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"\xcb\x02\n\rSubjectRecord\x12\r\n\x05token\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.vault.v1.DataKind\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x04 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12\x37\n\x08metadata\x18\x05 \x03(\x0b\x32%.vault.v1.SubjectRecord.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"}\n\rSubjectReveal\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"y\n\x15\x45xportSubjectResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.vault.v1.SubjectRecord\x12(\n\x07reveals\x18\x02 \x03(\x0b\x32\x17.vault.v1.SubjectReveal\x12\x0c\n\x04held\x18\x03 \x01(\x08\"6\n\x13\x45raseSubjectRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x14\x45raseSubjectResponse\x12\x14\n\x0c\x65rased_count\x18\x01 \x01(\x05\"D\n\x13SetLegalHoldRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04hold\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"5\n\x14SetLegalHoldResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x32\x80\x02\n\x0eSubjectService\x12P\n\rExportSubject\x12\x1e.vault.v1.ExportSubjectRequest\x1a\x1f.vault.v1.ExportSubjectResponse\x12M\n\x0c\x45raseSubject\x12\x1d.vault.v1.EraseSubjectRequest\x1a\x1e.vault.v1.EraseSubjectResponse\x12M\n\x0cSetLegalHold\x12\x1d.vault.v1.SetLegalHoldRequest\x1a\x1e.vault.v1.SetLegalHoldResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBJECTRECORD_METADATAENTRY']._loaded_options = None
   _globals['_SUBJECTRECORD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EXPORTSUBJECTREQUEST']._serialized_start=99
-  _globals['_EXPORTSUBJECTREQUEST']._serialized_end=138
-  _globals['_SUBJECTRECORD']._serialized_start=141
-  _globals['_SUBJECTRECORD']._serialized_end=472
-  _globals['_SUBJECTRECORD_METADATAENTRY']._serialized_start=416
-  _globals['_SUBJECTRECORD_METADATAENTRY']._serialized_end=463
-  _globals['_SUBJECTREVEAL']._serialized_start=474
-  _globals['_SUBJECTREVEAL']._serialized_end=599
-  _globals['_EXPORTSUBJECTRESPONSE']._serialized_start=601
-  _globals['_EXPORTSUBJECTRESPONSE']._serialized_end=722
-  _globals['_ERASESUBJECTREQUEST']._serialized_start=724
-  _globals['_ERASESUBJECTREQUEST']._serialized_end=778
-  _globals['_ERASESUBJECTRESPONSE']._serialized_start=780
-  _globals['_ERASESUBJECTRESPONSE']._serialized_end=824
-  _globals['_SETLEGALHOLDREQUEST']._serialized_start=826
-  _globals['_SETLEGALHOLDREQUEST']._serialized_end=894
-  _globals['_SETLEGALHOLDRESPONSE']._serialized_start=896
-  _globals['_SETLEGALHOLDRESPONSE']._serialized_end=949
-  _globals['_SUBJECTSERVICE']._serialized_start=952
-  _globals['_SUBJECTSERVICE']._serialized_end=1208
+  _globals['_EXPORTSUBJECTREQUEST']._serialized_end=155
+  _globals['_SUBJECTRECORD']._serialized_start=158
+  _globals['_SUBJECTRECORD']._serialized_end=489
+  _globals['_SUBJECTRECORD_METADATAENTRY']._serialized_start=433
+  _globals['_SUBJECTRECORD_METADATAENTRY']._serialized_end=480
+  _globals['_SUBJECTREVEAL']._serialized_start=491
+  _globals['_SUBJECTREVEAL']._serialized_end=616
+  _globals['_EXPORTSUBJECTRESPONSE']._serialized_start=618
+  _globals['_EXPORTSUBJECTRESPONSE']._serialized_end=739
+  _globals['_ERASESUBJECTREQUEST']._serialized_start=741
+  _globals['_ERASESUBJECTREQUEST']._serialized_end=795
+  _globals['_ERASESUBJECTRESPONSE']._serialized_start=797
+  _globals['_ERASESUBJECTRESPONSE']._serialized_end=841
+  _globals['_SETLEGALHOLDREQUEST']._serialized_start=843
+  _globals['_SETLEGALHOLDREQUEST']._serialized_end=911
+  _globals['_SETLEGALHOLDRESPONSE']._serialized_start=913
+  _globals['_SETLEGALHOLDRESPONSE']._serialized_end=966
+  _globals['_SUBJECTSERVICE']._serialized_start=969
+  _globals['_SUBJECTSERVICE']._serialized_end=1225
 # @@protoc_insertion_point(module_scope)

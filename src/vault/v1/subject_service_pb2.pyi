@@ -11,10 +11,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExportSubjectRequest(_message.Message):
-    __slots__ = ("subject",)
+    __slots__ = ("subject", "purpose")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
     subject: str
-    def __init__(self, subject: _Optional[str] = ...) -> None: ...
+    purpose: str
+    def __init__(self, subject: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
 
 class SubjectRecord(_message.Message):
     __slots__ = ("token", "kind", "text", "address", "metadata", "create_time", "expire_time")

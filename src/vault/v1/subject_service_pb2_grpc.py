@@ -64,6 +64,7 @@ class SubjectServiceServicer:
 
     def ExportSubject(self, request, context):
         """Every value held for the subject, with its reveal history. NOT_FOUND if none.
+        Needs a `purpose`; each exported value is audited as a reveal of its token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

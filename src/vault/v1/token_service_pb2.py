@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from vault.v1 import types_pb2 as vault_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvault/v1/token_service.proto\x12\x08vault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14vault/v1/types.proto\"\xe9\x02\n\x0fTokenizeRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.vault.v1.DataKind\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x03 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.vault.v1.TokenFormat\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x39\n\x08metadata\x18\x07 \x03(\x0b\x32\'.vault.v1.TokenizeRequest.MetadataEntry\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"\x88\x01\n\x10TokenizeResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06masked\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x11\x44\x65tokenizeRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"\x84\x02\n\x12\x44\x65tokenizeResponse\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.vault.v1.DataKind\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x03 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12<\n\x08metadata\x18\x04 \x03(\x0b\x32*.vault.v1.DetokenizeResponse.MetadataEntry\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\r\n\x05token\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"C\n\x14\x42\x61tchTokenizeRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.vault.v1.TokenizeRequest\"F\n\x15\x42\x61tchTokenizeResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.vault.v1.TokenizeResponse\"9\n\x16\x42\x61tchDetokenizeRequest\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"J\n\x17\x42\x61tchDetokenizeResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.vault.v1.DetokenizeResponse\" \n\x0fGetTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x9b\x03\n\x10GetTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.vault.v1.DataKind\x12%\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x15.vault.v1.TokenFormat\x12\x0e\n\x06masked\x18\x04 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12:\n\x08metadata\x18\x07 \x03(\x0b\x32(.vault.v1.GetTokenResponse.MetadataEntry\x12\x15\n\rdeterministic\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkey_version\x18\x0b \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x12\x44\x65leteTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTokenResponse\"\xeb\x01\n\x12UpdateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x03 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12<\n\x08metadata\x18\x04 \x03(\x0b\x32*.vault.v1.UpdateTokenRequest.MetadataEntry\x12\x18\n\x10replace_metadata\x18\x05 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"I\n\x13UpdateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06masked\x18\x03 \x01(\t2\x9f\x04\n\x0cTokenService\x12\x41\n\x08Tokenize\x12\x19.vault.v1.TokenizeRequest\x1a\x1a.vault.v1.TokenizeResponse\x12G\n\nDetokenize\x12\x1b.vault.v1.DetokenizeRequest\x1a\x1c.vault.v1.DetokenizeResponse\x12P\n\rBatchTokenize\x12\x1e.vault.v1.BatchTokenizeRequest\x1a\x1f.vault.v1.BatchTokenizeResponse\x12V\n\x0f\x42\x61tchDetokenize\x12 .vault.v1.BatchDetokenizeRequest\x1a!.vault.v1.BatchDetokenizeResponse\x12\x41\n\x08GetToken\x12\x19.vault.v1.GetTokenRequest\x1a\x1a.vault.v1.GetTokenResponse\x12J\n\x0b\x44\x65leteToken\x12\x1c.vault.v1.DeleteTokenRequest\x1a\x1d.vault.v1.DeleteTokenResponse\x12J\n\x0bUpdateToken\x12\x1c.vault.v1.UpdateTokenRequest\x1a\x1d.vault.v1.UpdateTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvault/v1/token_service.proto\x12\x08vault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x14vault/v1/types.proto\"\xe9\x02\n\x0fTokenizeRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.vault.v1.DataKind\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x03 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.vault.v1.TokenFormat\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x39\n\x08metadata\x18\x07 \x03(\x0b\x32\'.vault.v1.TokenizeRequest.MetadataEntry\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"\x88\x01\n\x10TokenizeResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06masked\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x11\x44\x65tokenizeRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"\x84\x02\n\x12\x44\x65tokenizeResponse\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.vault.v1.DataKind\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x03 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12<\n\x08metadata\x18\x04 \x03(\x0b\x32*.vault.v1.DetokenizeResponse.MetadataEntry\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\r\n\x05token\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"C\n\x14\x42\x61tchTokenizeRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.vault.v1.TokenizeRequest\"F\n\x15\x42\x61tchTokenizeResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.vault.v1.TokenizeResponse\"9\n\x16\x42\x61tchDetokenizeRequest\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"J\n\x17\x42\x61tchDetokenizeResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.vault.v1.DetokenizeResponse\" \n\x0fGetTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x9b\x03\n\x10GetTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.vault.v1.DataKind\x12%\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x15.vault.v1.TokenFormat\x12\x0e\n\x06masked\x18\x04 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12:\n\x08metadata\x18\x07 \x03(\x0b\x32(.vault.v1.GetTokenResponse.MetadataEntry\x12\x15\n\rdeterministic\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkey_version\x18\x0b \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x12\x44\x65leteTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTokenResponse\"\xeb\x01\n\x12UpdateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12$\n\x07\x61\x64\x64ress\x18\x03 \x01(\x0b\x32\x11.vault.v1.AddressH\x00\x12<\n\x08metadata\x18\x04 \x03(\x0b\x32*.vault.v1.UpdateTokenRequest.MetadataEntry\x12\x18\n\x10replace_metadata\x18\x05 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05value\"I\n\x13UpdateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06masked\x18\x03 \x01(\t\"w\n\x16TokenizeStreamResponse\x12.\n\x08response\x18\x01 \x01(\x0b\x32\x1a.vault.v1.TokenizeResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"9\n\x17\x44\x65tokenizeStreamRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"{\n\x18\x44\x65tokenizeStreamResponse\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1c.vault.v1.DetokenizeResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result2\xd1\x05\n\x0cTokenService\x12\x41\n\x08Tokenize\x12\x19.vault.v1.TokenizeRequest\x1a\x1a.vault.v1.TokenizeResponse\x12G\n\nDetokenize\x12\x1b.vault.v1.DetokenizeRequest\x1a\x1c.vault.v1.DetokenizeResponse\x12P\n\rBatchTokenize\x12\x1e.vault.v1.BatchTokenizeRequest\x1a\x1f.vault.v1.BatchTokenizeResponse\x12V\n\x0f\x42\x61tchDetokenize\x12 .vault.v1.BatchDetokenizeRequest\x1a!.vault.v1.BatchDetokenizeResponse\x12\x41\n\x08GetToken\x12\x19.vault.v1.GetTokenRequest\x1a\x1a.vault.v1.GetTokenResponse\x12J\n\x0b\x44\x65leteToken\x12\x1c.vault.v1.DeleteTokenRequest\x1a\x1d.vault.v1.DeleteTokenResponse\x12J\n\x0bUpdateToken\x12\x1c.vault.v1.UpdateTokenRequest\x1a\x1d.vault.v1.UpdateTokenResponse\x12Q\n\x0eTokenizeStream\x12\x19.vault.v1.TokenizeRequest\x1a .vault.v1.TokenizeStreamResponse(\x01\x30\x01\x12]\n\x10\x44\x65tokenizeStream\x12!.vault.v1.DetokenizeStreamRequest\x1a\".vault.v1.DetokenizeStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,42 +43,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTOKENRESPONSE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_UPDATETOKENREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_UPDATETOKENREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_TOKENIZEREQUEST']._serialized_start=130
-  _globals['_TOKENIZEREQUEST']._serialized_end=491
-  _globals['_TOKENIZEREQUEST_METADATAENTRY']._serialized_start=435
-  _globals['_TOKENIZEREQUEST_METADATAENTRY']._serialized_end=482
-  _globals['_TOKENIZERESPONSE']._serialized_start=494
-  _globals['_TOKENIZERESPONSE']._serialized_end=630
-  _globals['_DETOKENIZEREQUEST']._serialized_start=632
-  _globals['_DETOKENIZEREQUEST']._serialized_end=683
-  _globals['_DETOKENIZERESPONSE']._serialized_start=686
-  _globals['_DETOKENIZERESPONSE']._serialized_end=946
-  _globals['_DETOKENIZERESPONSE_METADATAENTRY']._serialized_start=435
-  _globals['_DETOKENIZERESPONSE_METADATAENTRY']._serialized_end=482
-  _globals['_BATCHTOKENIZEREQUEST']._serialized_start=948
-  _globals['_BATCHTOKENIZEREQUEST']._serialized_end=1015
-  _globals['_BATCHTOKENIZERESPONSE']._serialized_start=1017
-  _globals['_BATCHTOKENIZERESPONSE']._serialized_end=1087
-  _globals['_BATCHDETOKENIZEREQUEST']._serialized_start=1089
-  _globals['_BATCHDETOKENIZEREQUEST']._serialized_end=1146
-  _globals['_BATCHDETOKENIZERESPONSE']._serialized_start=1148
-  _globals['_BATCHDETOKENIZERESPONSE']._serialized_end=1222
-  _globals['_GETTOKENREQUEST']._serialized_start=1224
-  _globals['_GETTOKENREQUEST']._serialized_end=1256
-  _globals['_GETTOKENRESPONSE']._serialized_start=1259
-  _globals['_GETTOKENRESPONSE']._serialized_end=1670
-  _globals['_GETTOKENRESPONSE_METADATAENTRY']._serialized_start=435
-  _globals['_GETTOKENRESPONSE_METADATAENTRY']._serialized_end=482
-  _globals['_DELETETOKENREQUEST']._serialized_start=1672
-  _globals['_DELETETOKENREQUEST']._serialized_end=1707
-  _globals['_DELETETOKENRESPONSE']._serialized_start=1709
-  _globals['_DELETETOKENRESPONSE']._serialized_end=1730
-  _globals['_UPDATETOKENREQUEST']._serialized_start=1733
-  _globals['_UPDATETOKENREQUEST']._serialized_end=1968
-  _globals['_UPDATETOKENREQUEST_METADATAENTRY']._serialized_start=435
-  _globals['_UPDATETOKENREQUEST_METADATAENTRY']._serialized_end=482
-  _globals['_UPDATETOKENRESPONSE']._serialized_start=1970
-  _globals['_UPDATETOKENRESPONSE']._serialized_end=2043
-  _globals['_TOKENSERVICE']._serialized_start=2046
-  _globals['_TOKENSERVICE']._serialized_end=2589
+  _globals['_TOKENIZEREQUEST']._serialized_start=155
+  _globals['_TOKENIZEREQUEST']._serialized_end=516
+  _globals['_TOKENIZEREQUEST_METADATAENTRY']._serialized_start=460
+  _globals['_TOKENIZEREQUEST_METADATAENTRY']._serialized_end=507
+  _globals['_TOKENIZERESPONSE']._serialized_start=519
+  _globals['_TOKENIZERESPONSE']._serialized_end=655
+  _globals['_DETOKENIZEREQUEST']._serialized_start=657
+  _globals['_DETOKENIZEREQUEST']._serialized_end=708
+  _globals['_DETOKENIZERESPONSE']._serialized_start=711
+  _globals['_DETOKENIZERESPONSE']._serialized_end=971
+  _globals['_DETOKENIZERESPONSE_METADATAENTRY']._serialized_start=460
+  _globals['_DETOKENIZERESPONSE_METADATAENTRY']._serialized_end=507
+  _globals['_BATCHTOKENIZEREQUEST']._serialized_start=973
+  _globals['_BATCHTOKENIZEREQUEST']._serialized_end=1040
+  _globals['_BATCHTOKENIZERESPONSE']._serialized_start=1042
+  _globals['_BATCHTOKENIZERESPONSE']._serialized_end=1112
+  _globals['_BATCHDETOKENIZEREQUEST']._serialized_start=1114
+  _globals['_BATCHDETOKENIZEREQUEST']._serialized_end=1171
+  _globals['_BATCHDETOKENIZERESPONSE']._serialized_start=1173
+  _globals['_BATCHDETOKENIZERESPONSE']._serialized_end=1247
+  _globals['_GETTOKENREQUEST']._serialized_start=1249
+  _globals['_GETTOKENREQUEST']._serialized_end=1281
+  _globals['_GETTOKENRESPONSE']._serialized_start=1284
+  _globals['_GETTOKENRESPONSE']._serialized_end=1695
+  _globals['_GETTOKENRESPONSE_METADATAENTRY']._serialized_start=460
+  _globals['_GETTOKENRESPONSE_METADATAENTRY']._serialized_end=507
+  _globals['_DELETETOKENREQUEST']._serialized_start=1697
+  _globals['_DELETETOKENREQUEST']._serialized_end=1732
+  _globals['_DELETETOKENRESPONSE']._serialized_start=1734
+  _globals['_DELETETOKENRESPONSE']._serialized_end=1755
+  _globals['_UPDATETOKENREQUEST']._serialized_start=1758
+  _globals['_UPDATETOKENREQUEST']._serialized_end=1993
+  _globals['_UPDATETOKENREQUEST_METADATAENTRY']._serialized_start=460
+  _globals['_UPDATETOKENREQUEST_METADATAENTRY']._serialized_end=507
+  _globals['_UPDATETOKENRESPONSE']._serialized_start=1995
+  _globals['_UPDATETOKENRESPONSE']._serialized_end=2068
+  _globals['_TOKENIZESTREAMRESPONSE']._serialized_start=2070
+  _globals['_TOKENIZESTREAMRESPONSE']._serialized_end=2189
+  _globals['_DETOKENIZESTREAMREQUEST']._serialized_start=2191
+  _globals['_DETOKENIZESTREAMREQUEST']._serialized_end=2248
+  _globals['_DETOKENIZESTREAMRESPONSE']._serialized_start=2250
+  _globals['_DETOKENIZESTREAMRESPONSE']._serialized_end=2373
+  _globals['_TOKENSERVICE']._serialized_start=2376
+  _globals['_TOKENSERVICE']._serialized_end=3097
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from vault.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -190,3 +191,27 @@ class UpdateTokenResponse(_message.Message):
     fingerprint: str
     masked: str
     def __init__(self, token: _Optional[str] = ..., fingerprint: _Optional[str] = ..., masked: _Optional[str] = ...) -> None: ...
+
+class TokenizeStreamResponse(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: TokenizeResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class DetokenizeStreamRequest(_message.Message):
+    __slots__ = ("token", "purpose")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    purpose: str
+    def __init__(self, token: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+
+class DetokenizeStreamResponse(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: DetokenizeResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[DetokenizeResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

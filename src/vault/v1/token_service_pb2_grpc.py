@@ -71,6 +71,16 @@ class TokenServiceStub:
                 request_serializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenRequest.SerializeToString,
                 response_deserializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenResponse.FromString,
                 _registered_method=True)
+        self.TokenizeStream = channel.stream_stream(
+                '/vault.v1.TokenService/TokenizeStream',
+                request_serializer=vault_dot_v1_dot_token__service__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_token__service__pb2.TokenizeStreamResponse.FromString,
+                _registered_method=True)
+        self.DetokenizeStream = channel.stream_stream(
+                '/vault.v1.TokenService/DetokenizeStream',
+                request_serializer=vault_dot_v1_dot_token__service__pb2.DetokenizeStreamRequest.SerializeToString,
+                response_deserializer=vault_dot_v1_dot_token__service__pb2.DetokenizeStreamResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -80,6 +90,8 @@ class TokenServiceServicer:
 
     def Tokenize(self, request, context):
         """One value in, one token out. Needs the `tokenize` scope.
+        TokenizeStream takes the same request message (the API contract fixes it).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +140,25 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TokenizeStream(self, request_iterator, context):
+        """Many values over one stream: each request is answered in order, with its token or
+        its own error (a bad item never ends the stream). Needs the `tokenize` scope.
+        The request is Tokenize's own message, as the API contract fixes it.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetokenizeStream(self, request_iterator, context):
+        """Many tokens over one stream: each request is answered in order, with its value or
+        its own error. Needs the `detokenize` scope; every request names its `purpose`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +196,16 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.UpdateToken,
                     request_deserializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenRequest.FromString,
                     response_serializer=vault_dot_v1_dot_token__service__pb2.UpdateTokenResponse.SerializeToString,
+            ),
+            'TokenizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.TokenizeStream,
+                    request_deserializer=vault_dot_v1_dot_token__service__pb2.TokenizeRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_token__service__pb2.TokenizeStreamResponse.SerializeToString,
+            ),
+            'DetokenizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DetokenizeStream,
+                    request_deserializer=vault_dot_v1_dot_token__service__pb2.DetokenizeStreamRequest.FromString,
+                    response_serializer=vault_dot_v1_dot_token__service__pb2.DetokenizeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +399,60 @@ class TokenService:
             '/vault.v1.TokenService/UpdateToken',
             vault_dot_v1_dot_token__service__pb2.UpdateTokenRequest.SerializeToString,
             vault_dot_v1_dot_token__service__pb2.UpdateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vault.v1.TokenService/TokenizeStream',
+            vault_dot_v1_dot_token__service__pb2.TokenizeRequest.SerializeToString,
+            vault_dot_v1_dot_token__service__pb2.TokenizeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetokenizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vault.v1.TokenService/DetokenizeStream',
+            vault_dot_v1_dot_token__service__pb2.DetokenizeStreamRequest.SerializeToString,
+            vault_dot_v1_dot_token__service__pb2.DetokenizeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

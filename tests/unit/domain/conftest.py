@@ -20,6 +20,8 @@ from vault.storage.sqlite import SqliteStore
 from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 TENANT = "acme"
+# The purpose of a subject export in these tests (an export is a reveal: it needs one).
+ACCESS_REQUEST = "GDPR art. 15 request #1"
 EVERYTHING = Caller("ops", TENANT, frozenset(ALL_SCOPES))
 
 

@@ -5,7 +5,7 @@ subject layer, a PAN token's card kept to the digits the token shows, audited.""
 from __future__ import annotations
 
 import pytest
-from conftest import EVERYTHING, TENANT
+from conftest import ACCESS_REQUEST, EVERYTHING, TENANT
 
 from vault.audit.base import ACTION_UPDATE
 from vault.auth.policy import Caller
@@ -46,7 +46,7 @@ async def test_a_correction_keeps_the_token_and_changes_the_value(env, vault):
 async def test_a_subjects_record_stays_in_its_subject_layer(vault):
     made = await _one(vault, TokenizeItem(int(DataKind.TEXT), "note", subject="cust-3"))
     await vault.corrections.update_token(EVERYTHING, made.token, "fixed note", None)
-    export = await vault.subjects.export(EVERYTHING, "cust-3")
+    export = await vault.subjects.export(EVERYTHING, "cust-3", purpose=ACCESS_REQUEST)
     assert [r.value for r in export.records] == ["fixed note"]
     await vault.subjects.erase(EVERYTHING, "cust-3", "gdpr request")
     with pytest.raises(NotFoundError):

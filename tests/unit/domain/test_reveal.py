@@ -5,7 +5,7 @@ answered like a missing one."""
 from __future__ import annotations
 
 import pytest
-from conftest import EVERYTHING, TENANT
+from conftest import ACCESS_REQUEST, EVERYTHING, TENANT
 
 from vault.audit.base import ACTION_REVEAL
 from vault.auth.policy import ALL_SCOPES, Caller
@@ -57,9 +57,9 @@ async def test_a_forbidden_kind_is_refused_for_detokenize_and_for_export(env, va
         await vault.reveal.detokenize(EMAIL_ONLY, [email, pan], "support", batch=True)
     assert by_token.value.reason == "KIND_NOT_ALLOWED"
     with pytest.raises(PermissionDeniedError) as by_subject:
-        await vault.subjects.export(EMAIL_ONLY, "cust-1")
+        await vault.subjects.export(EMAIL_ONLY, "cust-1", purpose=ACCESS_REQUEST)
     assert by_subject.value.reason == "KIND_NOT_ALLOWED"
-    export = await vault.subjects.export(EVERYTHING, "cust-1")
+    export = await vault.subjects.export(EVERYTHING, "cust-1", purpose=ACCESS_REQUEST)
     assert sorted(r.token for r in export.records) == sorted([pan, email])
 
 
@@ -67,7 +67,8 @@ async def test_the_reveal_rate_is_shared_by_detokenize_and_export(vault):
     limited = Caller("slow", TENANT, frozenset(ALL_SCOPES), reveal_rate=0.001, reveal_burst=3)
     pan, email = await _tokens(vault, subject="cust-2")
     await vault.reveal.detokenize(limited, [pan], "refund", batch=False)
-    await vault.subjects.export(limited, "cust-2")  # two values: the burst is spent
+    # Two values: the burst is spent.
+    await vault.subjects.export(limited, "cust-2", purpose=ACCESS_REQUEST)
     with pytest.raises(ResourceExhaustedError):
         await vault.reveal.detokenize(limited, [email], "refund", batch=False)
 

@@ -4,7 +4,7 @@ and their reveals, a hold blocks erasure, erasure destroys the key and the rows.
 from __future__ import annotations
 
 import pytest
-from conftest import EVERYTHING
+from conftest import ACCESS_REQUEST, EVERYTHING
 
 from vault.domain.model import DataKind
 from vault.domain.validation import TokenizeItem
@@ -27,7 +27,7 @@ async def test_export_lists_values_and_their_reveals(vault):
     email, phone = await _store_for(vault, "cust-1")
     await _store_for(vault, "cust-2")
     await vault.reveal.detokenize(EVERYTHING, [email], "support call", batch=False)
-    export = await vault.subjects.export(EVERYTHING, "cust-1")
+    export = await vault.subjects.export(EVERYTHING, "cust-1", purpose=ACCESS_REQUEST)
     assert sorted((r.token, r.value) for r in export.records) == sorted(
         [(email, "jo@example.com"), (phone, "+442071838750")]
     )
@@ -46,12 +46,12 @@ async def test_a_hold_blocks_erasure_until_released(vault):
     with pytest.raises(NotFoundError):
         await vault.reveal.detokenize(EVERYTHING, [email], "check", batch=False)
     with pytest.raises(NotFoundError):
-        await vault.subjects.export(EVERYTHING, "cust-1")
+        await vault.subjects.export(EVERYTHING, "cust-1", purpose=ACCESS_REQUEST)
 
 
 async def test_subject_and_reason_are_checked(vault):
     with pytest.raises(InvalidArgumentError):
-        await vault.subjects.export(EVERYTHING, "")
+        await vault.subjects.export(EVERYTHING, "", purpose=ACCESS_REQUEST)
     with pytest.raises(InvalidArgumentError) as bad:
         await vault.subjects.erase(EVERYTHING, "cust-1", " ")
     assert bad.value.reason == "REASON_REQUIRED"

@@ -101,6 +101,8 @@ def caller_from_row(row: Row) -> CallerRow:
         reveal_kinds=tuple(k for k in row[9].split(",") if k),
         reveal_rate=float(row[10]),
         reveal_burst=int(row[11]),
+        tokenize_rate=None if row[12] is None else float(row[12]),
+        tokenize_burst=None if row[13] is None else int(row[13]),
     )
 
 
@@ -119,6 +121,8 @@ def caller_params(caller: CallerRow) -> tuple[Any, ...]:
         ",".join(caller.reveal_kinds),
         caller.reveal_rate,
         caller.reveal_burst,
+        caller.tokenize_rate,
+        caller.tokenize_burst,
     )
 
 

@@ -32,7 +32,7 @@ T_COLUMNS = prefixed(TOKEN_COLUMNS, "t")
 # A caller row, in the order caller_from_row and caller_params use.
 CALLER_COLUMNS = (
     "name, tenant, scopes, key_id, key_hash, created_at, expires_at, revoked_at, "
-    "cert_identity, reveal_kinds, reveal_rate, reveal_burst"
+    "cert_identity, reveal_kinds, reveal_rate, reveal_burst, tokenize_rate, tokenize_burst"
 )
 # An audit row, in the order audit_from_row and the chain's parameters use.
 AUDIT_COLUMNS = (

@@ -1,14 +1,25 @@
-"""What truly differs between the SQL dialects the stores speak."""
+"""What truly differs between the SQL dialects the stores speak.
+
+Statements are written once with ``?`` placeholders; ``Dialect.sql`` numbers them for
+PostgreSQL. Lists of values are one array parameter on PostgreSQL (``= ANY``, ``unnest``:
+one statement and one plan however many values) and chunks of placeholders on SQLite
+(bounded host parameters per statement). SQLite has one writer (BEGIN IMMEDIATE), so
+the row-locking reads PostgreSQL needs are skipped there (``row_locks``).
+"""
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["POSTGRES", "SQLITE", "Dialect"]
 
 _MARK = re.compile(r"\?")
+# Most host parameters per statement we use (SQLite's limit is 32766).
+_MAX_PARAMS = 900
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +28,7 @@ class Dialect:
 
     name: str  # the migrations folder, too
     numbered: bool  # $1, $2 … (PostgreSQL) rather than ? (SQLite)
+    row_locks: bool  # FOR UPDATE / FOR KEY SHARE exist (PostgreSQL)
 
     def sql(self, text: str) -> str:
         """text written with ``?`` placeholders, in this dialect's (numbered once per
@@ -49,6 +61,49 @@ class Dialect:
             return f"{column} = ANY(${start})"
         return f"{column} IN ({self.marks(count)})"
 
+    def flag(self, column: str) -> str:
+        """A boolean column is true (SQLite stores 1, and its partial index says so)."""
+        return column if self.numbered else f"{column} = 1"
+
+    def lock(self, clause: str) -> str:
+        """A locking clause (`` FOR UPDATE``) where rows are locked, else nothing."""
+        return f" {clause}" if self.row_locks else ""
+
+    def any_of(
+        self, column: str, values: Sequence[Any], cast: str, size: int = _MAX_PARAMS
+    ) -> list[tuple[str, list[Any]]]:
+        """``column`` among values, as (condition with ``?``, parameters) per statement:
+        one array parameter on PostgreSQL, chunks of placeholders on SQLite."""
+        if self.numbered:
+            return [(f"{column} = ANY(?::{cast}[])", [list(values)])]
+        return [
+            (f"{column} IN ({','.join('?' * len(chunk))})", list(chunk))
+            for chunk in _chunks(values, size)
+        ]
+
+    def tuple_in(
+        self, columns: str, casts: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        """``(columns)`` among rows of values, as (condition, parameters) per statement:
+        ``unnest`` of one array per column on PostgreSQL, ``VALUES`` lists on SQLite."""
+        width = len(casts)
+        if self.numbered:
+            arrays = ", ".join(f"?::{cast}[]" for cast in casts)
+            params = [[row[i] for row in rows] for i in range(width)]
+            return [(f"({columns}) IN (SELECT * FROM unnest({arrays}))", params)]  # noqa: S608 - placeholders only
+        one = "(" + ",".join("?" * width) + ")"
+        return [
+            (
+                f"({columns}) IN (VALUES {','.join(one for _ in chunk)})",
+                [p for row in chunk for p in row],
+            )
+            for chunk in _chunks(rows, _MAX_PARAMS // width)
+        ]
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
 
 @functools.lru_cache(maxsize=256)
 def _numbered(text: str) -> str:
@@ -56,5 +111,5 @@ def _numbered(text: str) -> str:
     return _MARK.sub(lambda _: f"${next(count)}", text)
 
 
-SQLITE = Dialect("sqlite", numbered=False)
-POSTGRES = Dialect("postgres", numbered=True)
+SQLITE = Dialect("sqlite", numbered=False, row_locks=False)
+POSTGRES = Dialect("postgres", numbered=True, row_locks=True)
