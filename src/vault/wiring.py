@@ -53,6 +53,7 @@ from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 __all__ = [
+    "DEV_ACTOR",
     "DEV_CALLER",
     "DEV_TENANT",
     "KeyedVault",
@@ -78,7 +79,7 @@ DEV_CALLER = "dev"
 DEV_TENANT = "default"
 _SQLITE = "sqlite://"
 # Who the trail names for what `serve --dev` does by itself.
-_DEV_ACTOR = "vaultctl serve --dev"
+DEV_ACTOR = "vaultctl serve --dev"
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ async def create_dev_caller(
         [
             AuditEvent(
                 clock.now(),
-                _DEV_ACTOR,
+                DEV_ACTOR,
                 DEV_TENANT,
                 ACTION_CALLER_ADD,
                 outcome=OUTCOME_OK,
