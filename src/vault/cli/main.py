@@ -274,13 +274,8 @@ def _health(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vaultctl", description="Payment-data tokenization vault."
-    )
-    parser.add_argument("--version", action="version", version=f"vaultctl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`vaultctl serve`: the server, its listeners and TLS."""
     serve = sub.add_parser("serve", help="run the gRPC server")
     _add_store_args(serve)
     serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:50051)")
@@ -314,8 +309,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    keys_cmd.register(sub)
 
+def _register_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`vaultctl health`: a running vault's gRPC health, over TLS when asked."""
     health = sub.add_parser("health", help="check a running vault's gRPC health")
     health.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the vault")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
@@ -323,6 +319,9 @@ def _parser() -> argparse.ArgumentParser:
     add_client_tls_args(health)
     health.set_defaults(handler=_health)
 
+
+def _register_callers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`vaultctl callers add|list|revoke`."""
     callers = sub.add_parser("callers", help="API-key callers")
     c_sub = callers.add_subparsers(dest="callers_command", required=True)
     c_add = c_sub.add_parser("add", help="add a caller and print its API key once")
@@ -378,6 +377,18 @@ def _parser() -> argparse.ArgumentParser:
     c_revoke.add_argument("name")
     c_revoke.set_defaults(handler=_callers_revoke)
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaultctl", description="Payment-data tokenization vault."
+    )
+    parser.add_argument("--version", action="version", version=f"vaultctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _register_serve(sub)
+    keys_cmd.register(sub)
+    _register_health(sub)
+    _register_callers(sub)
     audit_cmd.register(sub)
     store_cmd.register(sub)
     subjects_cmd.register(sub)
