@@ -2,7 +2,8 @@
 the ops and checkout client certificates; compose serves TLS (and mTLS) with them; and a
 real `vaultctl serve`, started with the image's and compose's VAULT_* settings (the TLS
 paths pointing at the generated files, loopback port 0), answers the compose healthcheck
-and the Kubernetes probe commands over mTLS, and refuses a plaintext client."""
+and the Kubernetes probe commands over mTLS, refuses a plaintext client, and serves the
+checkout caller bound to its certificate's URI as deploy/README.md says."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -28,6 +30,7 @@ from deploy_helpers import (
     healthcheck,
     image_env,
     make_certs,
+    mtls_credentials,
     relocated,
     vaultctl_args,
     yaml_document,
@@ -36,11 +39,14 @@ from deploy_helpers import (
 
 from vault.cli.main import _health
 from vault.server import TOKEN_SERVICE
+from vault.v1 import token_service_pb2 as pb
+from vault.v1 import token_service_pb2_grpc
 
 VAULTCTL = Path(sys.executable).parent / "vaultctl"
 LISTENING = re.compile(r"^vault listening on [^\s:]+:(\d+)$", re.MULTILINE)
 STARTUP_SECONDS = 20.0
 CLIENTS = {"ops", "checkout"}
+_CHECKOUT_FLAGS = ("--tenant", "shop1", "--scopes", "tokenize", "--cert-uri")
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -184,6 +190,32 @@ def _run(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _bind_and_call_as_checkout(certs: Path, port: int, env: dict[str, str]) -> None:
+    """deploy/README.md's `callers add --cert-uri` for checkout, then a Tokenize with
+    checkout's certificate and no API key; ops' certificate, not bound, is refused."""
+    uri = _sans(_cert(certs / "checkout.crt")).get_values_for_type(x509.UniformResourceIdentifier)[
+        0
+    ]
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert f"--cert-uri {uri}" in readme
+    added = subprocess.run(
+        [str(VAULTCTL), "callers", "add", "checkout", *_CHECKOUT_FLAGS, uri],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    request = pb.TokenizeRequest(kind="DATA_KIND_TEXT", text="over mTLS")
+    with grpc.secure_channel(f"127.0.0.1:{port}", mtls_credentials(certs, "checkout")) as ch:
+        assert token_service_pb2_grpc.TokenServiceStub(ch).Tokenize(request, timeout=10).token
+    with grpc.secure_channel(f"127.0.0.1:{port}", mtls_credentials(certs, "ops")) as ch:
+        with pytest.raises(grpc.RpcError) as refused:
+            token_service_pb2_grpc.TokenServiceStub(ch).Tokenize(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_the_container_command_serves_mtls_and_its_probes_pass(tmp_path):
     certs = make_certs(tmp_path / "certs")
     [svc] = list(_compose_vaults().values())[:1]
@@ -226,6 +258,7 @@ def test_the_container_command_serves_mtls_and_its_probes_pass(tmp_path):
             port,
         )
         assert no_cert.returncode != 0
+        _bind_and_call_as_checkout(certs, port, base | env)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
