@@ -33,7 +33,7 @@ from vault.cli.main import _health
 from vault.config import Config
 from vault.server import TOKEN_SERVICE
 
-# The oldest Kubernetes the manifests are for (native gRPC probes are GA since 1.27) and
+# The oldest Kubernetes the manifests are for (a supported release; the probes are exec) and
 # the newest the bundled schemas know.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 KUSTOMIZATION = KUBERNETES / "kustomization.yaml"
