@@ -27,6 +27,7 @@ from deploy_helpers import (
     DEPLOY,
     KUBERNETES,
     MAKE_CERTS,
+    effective_config,
     healthcheck,
     image_env,
     make_certs,
@@ -37,10 +38,13 @@ from deploy_helpers import (
     yaml_documents,
 )
 
+from vault.auth.transport import TLS_REQUIRED
 from vault.cli.main import _health
+from vault.errors import FailedPreconditionError
 from vault.server import TOKEN_SERVICE
 from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc
+from vault.wiring import check_listen
 
 VAULTCTL = Path(sys.executable).parent / "vaultctl"
 LISTENING = re.compile(r"^vault listening on [^\s:]+:(\d+)$", re.MULTILINE)
@@ -155,6 +159,24 @@ def test_compose_serves_tls_with_the_files_make_certs_writes(tmp_path):
             env["VAULT_TLS_CERT"],
             env["VAULT_TLS_KEY"],
         ), name
+
+
+def test_the_image_and_compose_settings_pass_the_servers_plaintext_gate():
+    # The check `vaultctl serve` makes before it binds: a non-loopback listen needs TLS.
+    configs = {"image": image_env()} | {
+        name: image_env() | {k: str(v) for k, v in svc["environment"].items()}
+        for name, svc in _compose_vaults().items()
+    }
+    for name, env in configs.items():
+        cfg = effective_config(env)
+        assert not cfg.listen.startswith("127."), name
+        check_listen(cfg, tls=bool(cfg.tls_cert and cfg.tls_key))
+        assert cfg.client_ca, name
+    # Without the TLS settings the same image would not start: the gate has teeth.
+    bare = {k: v for k, v in image_env().items() if not k.startswith(("VAULT_TLS", "VAULT_CLIENT"))}
+    with pytest.raises(FailedPreconditionError) as refused:
+        check_listen(effective_config(bare), tls=False)
+    assert refused.value.reason == TLS_REQUIRED
 
 
 # -- a real server as the container runs it --------------------------------------------------

@@ -32,6 +32,7 @@ from deploy_helpers import (
 from vault.cli.main import _health
 from vault.config import Config
 from vault.server import TOKEN_SERVICE
+from vault.wiring import check_listen
 
 # The oldest Kubernetes the manifests are for (a supported release; the probes are exec) and
 # the newest the bundled schemas know.
@@ -233,6 +234,7 @@ def test_a_non_loopback_listen_comes_with_tls_and_mtls(tmp_path):
     assert cfg.tls_key
     assert cfg.client_ca
     assert not cfg.insecure_plaintext
+    check_listen(cfg, tls=True)  # what `vaultctl serve` checks before it binds
     # The files are where the pod has them: certificate and CA from the cert-manager
     # Secret's volume, the key as the init container's 0600 copy in the data dir.
     mounts = {m["name"]: m["mountPath"] for m in _vault_container()["volumeMounts"]}
