@@ -90,6 +90,14 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
+    # Plaintext on a non-loopback listen address is refused unless this is set (for a
+    # TLS-terminating sidecar on the same pod; a warning is logged). Calls carrying a
+    # credential from another host over plaintext are refused (TLS_REQUIRED) either way.
+    insecure_plaintext: bool = False
+    # The tenant whose callers alone may hold the `keys` scope (key lifecycle and custodian
+    # shares act on the whole vault, every tenant's data): `callers add --scopes keys` for
+    # a caller of another tenant is refused.
+    operator_tenant: str = "ops"
     # Auto-rotation: the vault makes a new primary data key once the primary is this many
     # seconds old (the cryptoperiod; 0 = no age limit) or has done this many encryptions.
     key_max_age: float = 365 * 86400.0
@@ -127,6 +135,11 @@ class Config:
     @property
     def dev_key_path(self) -> Path:
         return self.data_dir / "dev-api-key"
+
+    @property
+    def dev_marker_path(self) -> Path:
+        """Written when --dev creates the vault: --dev serves only a store it created."""
+        return self.data_dir / "dev-vault"
 
 
 def _coerce(name: str, raw: Any, like: Any) -> Any:
@@ -228,6 +241,8 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> Config:
             "kek_provider must be file, pkcs11 or shares", reason="BAD_CONFIG"
         )
     _check_limits(cfg)
+    if not cfg.operator_tenant:
+        raise FailedPreconditionError("operator_tenant must not be empty", reason="BAD_CONFIG")
     if cfg.log_format not in {"plain", "json"}:
         raise FailedPreconditionError("log_format must be plain or json", reason="BAD_CONFIG")
     return cfg

@@ -9,7 +9,6 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -59,6 +58,9 @@ from vault.master_key import open_kek
 from vault.storage.base import KeyVersionRow, Store, SubjectKeyStore
 from vault.wiring import (
     build_forward,
+    check_data_dir,
+    check_dev_store,
+    check_listen,
     create_dev_caller,
     init_data_dir,
     open_keyed,
@@ -80,11 +82,6 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves v1alpha only; v1 has the same messages on the wire, so the
 # same servicer is registered under the v1 name too (buf curl asks for v1 first).
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-
-
-def _check_data_dir(path: Path) -> None:
-    if path.exists() and path.stat().st_mode & 0o077 and (path / "vault.db").exists():
-        log.warning("data dir is accessible by group or others; chmod 700 recommended")
 
 
 def _server_credentials(tls: TlsMaterial) -> grpc.ServerCredentials:
@@ -168,7 +165,7 @@ class VaultServer:
 
     async def start(self) -> None:
         cfg = self.config
-        _check_data_dir(cfg.data_dir)
+        check_data_dir(cfg)
         file_kek = cfg.kek_provider == "file"
         if file_kek and not cfg.dev and not cfg.master_key_path.exists():
             raise FailedPreconditionError(
@@ -184,12 +181,13 @@ class VaultServer:
         if file_kek and cfg.master_key_path.exists():
             KeyFileKek.load(cfg.master_key_path)
         tls = load_tls_material(cfg.tls_cert, cfg.tls_key, cfg.client_ca)
+        check_listen(cfg, tls=tls is not None)
         await self.store.open()
         try:
             await self.subject_key_store.open()
             if cfg.dev:
+                await check_dev_store(cfg, self.store)
                 await init_data_dir(cfg, self.store, self.clock)
-                self.dev_key = await create_dev_caller(cfg, self.store, self.clock)
             if cfg.kek_provider == "shares":
                 self.unsealer = Unsealer(await self.store.share_scheme())
                 if not self.unsealer.progress().sealed:
@@ -199,7 +197,9 @@ class VaultServer:
                         reason="BAD_CONFIG",
                     )
             else:
-                await self._load_keys(await open_kek(cfg, self.store))
+                audit = await self._load_keys(await open_kek(cfg, self.store))
+                if cfg.dev:
+                    self.dev_key = await create_dev_caller(cfg, self.store, self.clock, audit)
             await self._start_grpc(
                 Authenticator(
                     self.store,

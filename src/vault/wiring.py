@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import resource
 import sys
@@ -20,15 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault import metrics
+from vault.audit.base import ACTION_CALLER_ADD, OUTCOME_OK, AuditEvent
 from vault.audit.trail import AuditTrail, JsonLinesExporter
 from vault.auth.apikeys import hash_secret, mint_api_key
 from vault.auth.policy import ALL_SCOPES
+from vault.auth.transport import TLS_REQUIRED, is_local_address
 from vault.clock import Clock, SystemClock
 from vault.config import Config
 from vault.crypto.base import KekProvider
 from vault.crypto.kekring import KekRing
 from vault.crypto.keyfile import KeyFileKek
 from vault.domain.auditing import UseCaseAudit
+from vault.domain.callers import EventRecorder
 from vault.domain.ephemeral import EphemeralStore
 from vault.domain.keys import KeyMaterial, init_keyring
 from vault.domain.subject_keys import SubjectKeys
@@ -49,6 +53,7 @@ from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 from vault.storage.subject_keys_sqlite import SqliteSubjectKeyStore
 
 __all__ = [
+    "DEV_ACTOR",
     "DEV_CALLER",
     "DEV_TENANT",
     "KeyedVault",
@@ -56,6 +61,9 @@ __all__ = [
     "ShareReader",
     "build_forward",
     "build_services",
+    "check_data_dir",
+    "check_dev_store",
+    "check_listen",
     "create_dev_caller",
     "harden_process",
     "init_data_dir",
@@ -70,6 +78,10 @@ __all__ = [
 DEV_CALLER = "dev"
 DEV_TENANT = "default"
 _SQLITE = "sqlite://"
+# Who the trail names for what `serve --dev` does by itself.
+DEV_ACTOR = "vaultctl serve --dev"
+
+log = logging.getLogger(__name__)
 
 # Rebuilds a split master key (kek_provider = shares) from custodian shares; None when
 # no shares were offered (the vault is then sealed for the command).
@@ -78,12 +90,70 @@ ShareReader = Callable[[Store], Awaitable[KekProvider | None]]
 
 def harden_process() -> None:
     """No core dumps, and (on Linux) no ptrace by other processes of the same user: a dump
-    or a debugger would see CVCs held in memory and unwrapped keys."""
+    or a debugger would see CVCs held in memory, unwrapped keys and custodian shares.
+    Files the process creates are 0600 and directories 0700 (umask 077): the SQLite
+    database and its -wal/-shm, subject-keys.db, key files, dev-api-key, exports."""
+    os.umask(0o077)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if sys.platform == "linux":
         pr_set_dumpable = 4
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+
+
+def check_data_dir(config: Config) -> None:
+    """A data dir group or others can enter is refused: it holds the master key file,
+    the database and the dev key (a missing one is created 0700 later)."""
+    path = config.data_dir
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o077:
+            raise FailedPreconditionError(
+                "the data dir is accessible by group or others; chmod 700 it",
+                reason="DATA_DIR_PERMISSIONS",
+            )
+
+
+def check_listen(config: Config, *, tls: bool) -> None:
+    """Plaintext only on loopback (or with insecure_plaintext, warned about); --dev only
+    on loopback, TLS or not. The HTTP/JSON port (http_listen) follows the same rule: it
+    speaks TLS exactly when the gRPC port does."""
+    addresses = [a for a in (config.listen, config.http_listen) if a]
+    remote = [a for a in addresses if not is_local_address(a)]
+    if not remote:
+        return
+    if config.dev:
+        raise FailedPreconditionError(
+            "--dev serves on a loopback address only (e.g. 127.0.0.1:50051)",
+            reason="DEV_NOT_LOOPBACK",
+        )
+    if tls:
+        return
+    if not config.insecure_plaintext:
+        raise FailedPreconditionError(
+            "a non-loopback listen address needs TLS (--tls-cert/--tls-key), or "
+            "--insecure-plaintext behind a TLS-terminating proxy on the same host",
+            reason=TLS_REQUIRED,
+        )
+    log.warning(
+        "serving plaintext on a non-loopback address (insecure_plaintext): calls carrying "
+        "a credential from other hosts are refused; terminate TLS on this host"
+    )
+
+
+async def check_dev_store(config: Config, store: Store) -> None:
+    """--dev serves a store it created, or an empty one (and then marks the data dir):
+    never a real vault whose data dir someone started with --dev by mistake."""
+    if not config.dev or config.dev_marker_path.exists():
+        return
+    if await store.key_versions() or await store.callers():
+        raise FailedPreconditionError(
+            "--dev serves only a vault --dev created; this store was not (serve it without --dev)",
+            reason="DEV_STORE",
+        )
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(config.dev_marker_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("created by vaultctl serve --dev: a development vault, never production\n")
 
 
 def limits(config: Config) -> Limits:
@@ -165,8 +235,13 @@ async def init_data_dir(config: Config, store: Store, clock: Clock) -> bool:
     return created
 
 
-async def create_dev_caller(config: Config, store: Store, clock: Clock) -> str | None:
-    """The dev API key (every scope), written 0600 to the data dir; None if one exists."""
+async def create_dev_caller(
+    config: Config, store: Store, clock: Clock, trail: EventRecorder
+) -> str | None:
+    """The dev API key (every scope), written 0600 to the data dir and recorded in the
+    audit trail; None if the dev caller exists."""
+    if any(row.name == DEV_CALLER for row in await store.callers()):
+        return None
     key = mint_api_key()
     try:
         await store.add_caller(
@@ -186,6 +261,18 @@ async def create_dev_caller(config: Config, store: Store, clock: Clock) -> str |
         )
     except AlreadyExistsError:
         return None
+    await trail.record(
+        [
+            AuditEvent(
+                clock.now(),
+                DEV_ACTOR,
+                DEV_TENANT,
+                ACTION_CALLER_ADD,
+                outcome=OUTCOME_OK,
+                detail={"name": DEV_CALLER, "scopes": ",".join(ALL_SCOPES), "dev": "true"},
+            )
+        ]
+    )
     path = config.dev_key_path
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -25,7 +25,15 @@ from vault.config import Config
 from vault.errors import FailedPreconditionError, VaultError
 from vault.logs import setup_logging
 from vault.server import VaultServer
-from vault.wiring import create_dev_caller, harden_process, init_data_dir, opened
+from vault.wiring import (
+    check_data_dir,
+    check_dev_store,
+    check_listen,
+    create_dev_caller,
+    harden_process,
+    init_data_dir,
+    opened,
+)
 
 __all__ = ["prepare_data_dir", "run_workers"]
 
@@ -37,11 +45,14 @@ _RESTART_BACKOFF = 1.0
 
 async def prepare_data_dir(cfg: Config) -> str | None:
     """Migrations, keys and (with --dev) the dev caller, once, before any worker starts."""
+    check_data_dir(cfg)
+    check_listen(cfg, tls=bool(cfg.tls_cert))
     async with opened(cfg) as vault:
         if not cfg.dev:
             return None
+        await check_dev_store(cfg, vault.store)
         await init_data_dir(cfg, vault.store, vault.clock)
-        return await create_dev_caller(cfg, vault.store, vault.clock)
+        return await create_dev_caller(cfg, vault.store, vault.clock, await vault.audit_trail())
 
 
 def _reserve_port(listen: str) -> tuple[socket.socket, str]:

@@ -19,6 +19,7 @@ from api_helpers import (
 from vault.audit.trail import AuditTrail
 from vault.errors import StoreUnavailableError
 from vault.v1 import token_service_pb2 as pb
+from vault.wiring import DEV_ACTOR
 
 PAN = "4111111111111111"
 NOTE = "a private note 8812"
@@ -28,7 +29,11 @@ AUDIT_COLUMNS = (
 
 
 def audit_rows(vault) -> list[dict]:
-    rows = vault.sql(f"SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq")  # noqa: S608
+    # The dev caller's creation (serve --dev, caller.add) is set-up, not under test here.
+    rows = vault.sql(
+        f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE caller != ? ORDER BY seq",  # noqa: S608
+        (DEV_ACTOR,),
+    )
     names = [c.strip() for c in AUDIT_COLUMNS.split(",")]
     out = []
     for row in rows:
@@ -63,7 +68,7 @@ async def test_a_reveal_writes_one_record_with_who_why_and_where(vault):
     assert resp.text == PAN
 
     [rec] = audit_rows(vault)
-    assert rec["seq"] == 1
+    assert rec["seq"] == 2  # the dev caller's creation (serve --dev) is seq 1
     assert rec["action"] == "token.reveal"
     assert rec["outcome"] == "ok"
     assert rec["reason"] == ""
@@ -105,7 +110,7 @@ async def test_a_batch_of_n_writes_one_record_naming_the_n_tokens(vault):
         r["detail"] == {"batch_size": "7", "kind": "TEXT", "token_count": "7", "kinds": "TEXT:7"}
         for r in records
     )
-    assert [r["seq"] for r in records] == [1]
+    assert [r["seq"] for r in records] == [2]  # seq 1: the dev caller
 
 
 async def test_no_value_anywhere_in_the_trail(vault):
@@ -273,7 +278,8 @@ async def test_the_trail_the_server_writes_verifies(vault):
     assert isinstance(trail, AuditTrail)
     result = await trail.verify()
     assert result.intact
-    assert result.records == 2  # the batch (one record naming 5 tokens) and the refusal
+    # the dev caller's creation, the batch (one record naming 5 tokens) and the refusal
+    assert result.records == 1 + 2
 
 
 async def test_json_lines_sink_gets_each_committed_record(vault_factory, tmp_path):
@@ -284,7 +290,9 @@ async def test_json_lines_sink_gets_each_committed_record(vault_factory, tmp_pat
         pb.BatchDetokenizeRequest(tokens=[token, token], purpose=PURPOSE), metadata=vault.md
     )
     lines = [json.loads(line) for line in sink.read_text(encoding="utf-8").splitlines()]
-    assert [rec["seq"] for rec in lines] == [1]  # one record per call, naming both
+    dev, *lines = lines  # the dev caller's creation comes first
+    assert (dev["seq"], dev["action"], dev["caller"]) == (1, "caller.add", DEV_ACTOR)
+    assert [rec["seq"] for rec in lines] == [2]  # one record per call, naming both
     assert all(rec["tokens"] == [token, token] and rec["purpose"] == PURPOSE for rec in lines)
     assert NOTE not in sink.read_text(encoding="utf-8")
     assert oct(sink.stat().st_mode & 0o777) == oct(0o600)

@@ -76,7 +76,8 @@ async def bind(
     *,
     expires_at: float | None = None,
 ) -> None:
-    """A caller bound to a certificate identity, as `callers add --cert-identity` makes it."""
+    """A caller bound to a typed certificate identity (``uri:…``/``cn:…``), as `callers
+    add --cert-uri/--cert-cn` makes it."""
     await vault.server.store.add_caller(
         CallerRow(
             name=name,
@@ -112,7 +113,7 @@ def audit_rows(vault) -> list[dict]:
 
 
 async def test_caller_bound_to_a_spiffe_uri_tokenizes_and_detokenizes(mtls, certs):
-    await bind(mtls, "checkout", SPIFFE_ID)
+    await bind(mtls, "checkout", f"uri:{SPIFFE_ID}")
     async with Client(mtls, certs.ca.pem, certs.spiffe) as stub:
         await round_trip(stub)
     reveals = [r for r in audit_rows(mtls) if r["action"] == "token.reveal"]
@@ -120,14 +121,14 @@ async def test_caller_bound_to_a_spiffe_uri_tokenizes_and_detokenizes(mtls, cert
 
 
 async def test_cn_only_certificate_works_when_bound_by_cn(mtls, certs):
-    await bind(mtls, "reports", CN_ONLY)
+    await bind(mtls, "reports", f"cn:{CN_ONLY}")
     async with Client(mtls, certs.ca.pem, certs.cn_only) as stub:
         await round_trip(stub)
 
 
 async def test_the_san_uri_wins_over_the_cn(mtls, certs):
     # The SPIFFE certificate's CN is bound, its URI is not: the URI is the identity.
-    await bind(mtls, "by-cn", "checkout-cn-ignored")
+    await bind(mtls, "by-cn", "cn:checkout-cn-ignored")
     async with Client(mtls, certs.ca.pem, certs.spiffe) as stub:
         exc = await expect_code(
             stub.Tokenize(tokenize_request("PAN", CARD), timeout=10),
@@ -137,7 +138,7 @@ async def test_the_san_uri_wins_over_the_cn(mtls, certs):
 
 
 async def test_scopes_of_a_certificate_caller_are_enforced(mtls, certs):
-    await bind(mtls, "checkout", SPIFFE_ID, ("tokenize",))
+    await bind(mtls, "checkout", f"uri:{SPIFFE_ID}", ("tokenize",))
     async with Client(mtls, certs.ca.pem, certs.spiffe) as stub:
         token = (await stub.Tokenize(tokenize_request("PAN", CARD), timeout=10)).token
         await expect_code(
@@ -148,7 +149,7 @@ async def test_scopes_of_a_certificate_caller_are_enforced(mtls, certs):
 
 @pytest.mark.parametrize("which", ["untrusted", "expired", "none"])
 async def test_a_bad_or_missing_client_certificate_fails_the_handshake(mtls, certs, which):
-    await bind(mtls, "checkout", SPIFFE_ID)
+    await bind(mtls, "checkout", f"uri:{SPIFFE_ID}")
     pair = None if which == "none" else getattr(certs, which)
     async with Client(mtls, certs.ca.pem, pair) as stub:
         await expect_code(
@@ -178,8 +179,8 @@ async def test_a_valid_certificate_nobody_bound_is_unauthenticated_and_audited(m
 
 async def test_revoked_and_expired_certificate_callers_are_refused(mtls, certs, monkeypatch):
     monkeypatch.setattr(apikeys, "CACHE_SECONDS", 0.0)
-    await bind(mtls, "checkout", SPIFFE_ID)
-    await bind(mtls, "reports", CN_ONLY, expires_at=mtls.clock.now() + 60)
+    await bind(mtls, "checkout", f"uri:{SPIFFE_ID}")
+    await bind(mtls, "reports", f"cn:{CN_ONLY}", expires_at=mtls.clock.now() + 60)
     async with Client(mtls, certs.ca.pem, certs.spiffe) as stub:
         await round_trip(stub)
         await mtls.server.store.revoke_caller("checkout", mtls.clock.now())
@@ -205,7 +206,7 @@ async def test_a_newly_bound_identity_is_seen_once_the_cache_lapses(mtls, certs,
             stub.Tokenize(tokenize_request("PAN", CARD), timeout=10),
             grpc.StatusCode.UNAUTHENTICATED,
         )
-        await bind(mtls, "stranger", UNBOUND_ID)
+        await bind(mtls, "stranger", f"uri:{UNBOUND_ID}")
         await round_trip(stub)
 
 
@@ -213,7 +214,7 @@ async def test_a_newly_bound_identity_is_seen_once_the_cache_lapses(mtls, certs,
 
 
 async def test_a_bearer_key_over_mtls_works_and_wins_over_the_certificate(mtls, certs):
-    await bind(mtls, "checkout", SPIFFE_ID, ("tokenize",))
+    await bind(mtls, "checkout", f"uri:{SPIFFE_ID}", ("tokenize",))
     async with Client(mtls, certs.ca.pem, certs.spiffe) as stub:
         # The dev key may detokenize; the certificate's caller may not: the key is used.
         await round_trip(stub, mtls.md)

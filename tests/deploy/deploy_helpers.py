@@ -7,6 +7,8 @@ wiring is checked against the vault's own code instead of being deployed."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
@@ -27,6 +29,10 @@ COMPOSE = DEPLOY / "compose.yaml"
 KUBERNETES = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"
 SECRET_TEMPLATE = KUBERNETES / "secret.example.yaml"
+MAKE_CERTS = DEPLOY / "compose" / "make-certs.py"
+# Where the image, compose and the Deployment keep the TLS files; /data holds the
+# Deployment's 0600 copy of the key.
+CONTAINER_TLS_DIRS = ("/etc/vault-tls", "/data")
 
 # Every environment variable `vaultctl serve` reads: one per Config field.
 VAULT_ENV_NAMES = frozenset(ENV_PREFIX + f.name.upper() for f in fields(Config))
@@ -91,6 +97,44 @@ def seconds(duration: str) -> float:
         number = ""
         i += len(unit)
     return total
+
+
+# -- TLS files --------------------------------------------------------------------------
+
+
+def make_certs(out: Path) -> Path:
+    """deploy/compose/make-certs.py run into ``out``: ca.crt, tls.*, ops.*, checkout.*."""
+    subprocess.run(
+        [sys.executable, str(MAKE_CERTS), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return out
+
+
+def mtls_credentials(certs: Path, who: str = "tls") -> Any:
+    """gRPC channel credentials trusting ``certs``' CA, presenting ``who``'s certificate
+    (``tls``: the server's own, as the probes do; ``ops``, ``checkout``)."""
+    import grpc  # noqa: PLC0415
+
+    return grpc.ssl_channel_credentials(
+        (certs / "ca.crt").read_bytes(),
+        (certs / f"{who}.key").read_bytes(),
+        (certs / f"{who}.crt").read_bytes(),
+    )
+
+
+def relocated(argv: list[str], certs: Path) -> list[str]:
+    """``argv`` with the container's TLS file paths pointing into ``certs`` instead."""
+    result = []
+    for arg in argv:
+        for container_dir in CONTAINER_TLS_DIRS:
+            if arg.startswith(container_dir + "/"):
+                arg = str(certs / Path(arg).name)  # noqa: PLW2901
+                break
+        result.append(arg)
+    return result
 
 
 # -- vaultctl -----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from deploy_helpers import (
+    COMPOSE,
+    CONTAINERFILE,
     KUBERNETES,
     SECRET_TEMPLATE,
     VAULT_ENV_NAMES,
@@ -27,10 +29,12 @@ from deploy_helpers import (
     yaml_documents,
 )
 
+from vault.cli.main import _health
 from vault.config import Config
 from vault.server import TOKEN_SERVICE
+from vault.wiring import check_listen
 
-# The oldest Kubernetes the manifests are for (native gRPC probes are GA since 1.27) and
+# The oldest Kubernetes the manifests are for (a supported release; the probes are exec) and
 # the newest the bundled schemas know.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 KUSTOMIZATION = KUBERNETES / "kustomization.yaml"
@@ -38,6 +42,8 @@ KUSTOMIZATION = KUBERNETES / "kustomization.yaml"
 MANIFESTS = sorted(set(KUBERNETES.glob("*.yaml")) - {KUSTOMIZATION})
 CALLER_NAMESPACES = {"checkout", "ops"}
 MONITORING_NAMESPACES = {"monitoring"}
+# cert-manager's objects: applied after cert-manager is installed, not by the kustomization.
+CERT_MANAGER = KUBERNETES / "cert-manager"
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -186,27 +192,148 @@ def test_container_ports_are_the_vaults_listen_and_metrics_ports(tmp_path):
     assert cfg.database_url, "the replicas share PostgreSQL"
 
 
-def test_probes_ask_grpc_health_on_the_grpc_port_with_the_contract_services():
+def _probe_args(probe: dict[str, Any]) -> Any:
+    """The probe's `vaultctl health` command, parsed by vaultctl's own parser."""
+    assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"exec"}
+    command = probe["exec"]["command"]
+    assert command[:2] == ["vaultctl", "health"], command
+    return vaultctl_args(command[1:])
+
+
+def test_probes_ask_grpc_health_on_the_grpc_port_with_the_contract_services(tmp_path):
+    # The kubelet's native grpc: probe speaks plaintext only, so the probes run
+    # `vaultctl health` over TLS (mTLS with the server's own certificate) in the pod.
+    cfg = _deployment_config(tmp_path)
     container = _vault_container()
     grpc_port = _container_port("grpc")
     probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    services = {}
     for name, probe in probes.items():
-        assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, name
-        assert probe["grpc"]["port"] == grpc_port, name
+        args = _probe_args(probe)
+        assert args.handler is _health, name
+        assert args.address == f"127.0.0.1:{grpc_port}", name
+        assert port_of(args.address) == port_of(cfg.listen), name
+        assert args.tls_ca == cfg.client_ca, name
+        assert (args.tls_cert, args.tls_key) == (cfg.tls_cert, cfg.tls_key), name
+        assert not args.insecure, name
+        # vaultctl gives up before the kubelet does.
+        assert args.timeout < probe["timeoutSeconds"], name
+        services[name] = args.service
     # Health contract: "" is SERVING while the process runs, the TokenService only when
     # the vault can serve. Restarting on "not ready" would turn a sealed vault or a
     # database outage into a restart loop.
-    assert probes["livenessProbe"]["grpc"]["service"] == ""
-    assert probes["startupProbe"]["grpc"]["service"] == ""
-    assert probes["readinessProbe"]["grpc"]["service"] == TOKEN_SERVICE
+    assert services["livenessProbe"] == ""
+    assert services["startupProbe"] == ""
+    assert services["readinessProbe"] == TOKEN_SERVICE
+
+
+def test_a_non_loopback_listen_comes_with_tls_and_mtls(tmp_path):
+    cfg = _deployment_config(tmp_path)
+    assert not cfg.listen.startswith(("127.", "[::1]", "localhost"))
+    assert cfg.tls_cert
+    assert cfg.tls_key
+    assert cfg.client_ca
+    assert not cfg.insecure_plaintext
+    check_listen(cfg, tls=True)  # what `vaultctl serve` checks before it binds
+    # The files are where the pod has them: certificate and CA from the cert-manager
+    # Secret's volume, the key as the init container's 0600 copy in the data dir.
+    mounts = {m["name"]: m["mountPath"] for m in _vault_container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod()["spec"]["volumes"]}
+    [tls_source] = volumes["tls"]["projected"]["sources"]
+    assert tls_source["secret"]["name"] == _server_certificate()["spec"]["secretName"]
+    paths = {
+        item["key"]: Path(mounts["tls"]) / item["path"] for item in tls_source["secret"]["items"]
+    }
+    assert Path(cfg.tls_cert) == paths["tls.crt"]
+    assert Path(cfg.client_ca) == paths["ca.crt"]
+    assert Path(cfg.tls_key).parent == cfg.data_dir
+    [copy] = [c for c in _pod()["spec"]["initContainers"] if c["name"] == "tls-key"]
+    assert copy["command"] == ["install", "-m", "0600", str(paths["tls.key"]), cfg.tls_key]
+
+
+def test_no_manifest_serves_plaintext():
+    for path in [*KUBERNETES.rglob("*.yaml"), COMPOSE, CONTAINERFILE]:
+        text = path.read_text(encoding="utf-8")
+        assert "--insecure-plaintext" not in text, path
+        assert "VAULT_INSECURE_PLAINTEXT" not in text, path
+        assert "insecure_plaintext" not in text, path
+        assert "--insecure" not in text.replace("--insecure-plaintext", ""), path
 
 
 def test_the_image_healthcheck_and_the_readiness_probe_agree():
     _, command = healthcheck()
     args = vaultctl_args(command[1:])
-    readiness = _vault_container()["readinessProbe"]["grpc"]
-    assert args.service == readiness["service"]
-    assert port_of(args.address) == readiness["port"]
+    readiness = _probe_args(_vault_container()["readinessProbe"])
+    assert args.service == readiness.service
+    assert port_of(args.address) == port_of(readiness.address)
+    assert args.tls_ca
+    assert args.tls_cert
+    assert args.tls_key
+
+
+# -- cert-manager ---------------------------------------------------------------------------
+
+
+def _certificates() -> list[dict[str, Any]]:
+    return yaml_documents(CERT_MANAGER / "certificates.yaml")
+
+
+def _server_certificate() -> dict[str, Any]:
+    [cert] = [c for c in _certificates() if c["metadata"]["namespace"] == _server_namespace()]
+    return cert
+
+
+def _server_namespace() -> str:
+    return str(_one("Namespace")["metadata"]["name"])
+
+
+def test_the_server_certificate_names_the_service_and_the_probes_address():
+    cert = _server_certificate()
+    service = _one("Service")["metadata"]
+    namespace = service["namespace"]
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["kind"] == "Certificate"
+    assert f"{service['name']}.{namespace}.svc" in cert["spec"]["dnsNames"]
+    assert "localhost" in cert["spec"]["dnsNames"]
+    assert "127.0.0.1" in cert["spec"]["ipAddresses"]
+    # The probes present it as their client certificate.
+    assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])
+
+
+def test_the_callers_get_client_certificates_with_spiffe_uris_from_the_same_issuer():
+    certs = _certificates()
+    issuers = {(c["spec"]["issuerRef"]["kind"], c["spec"]["issuerRef"]["name"]) for c in certs}
+    # One issuer for all: its CA is ca.crt of the server's Secret, the vault's client_ca.
+    assert issuers == {("ClusterIssuer", "payment-vault-ca")}
+    clients = {ns: c for c in certs if (ns := c["metadata"]["namespace"]) != _server_namespace()}
+    assert set(clients) == CALLER_NAMESPACES
+    readme = (KUBERNETES.parent / "README.md").read_text(encoding="utf-8")
+    for namespace, cert in clients.items():
+        [uri] = cert["spec"]["uris"]
+        assert uri.startswith("spiffe://")
+        assert uri.endswith(f"/{namespace}")
+        assert cert["spec"]["usages"] == ["digital signature", "client auth"]
+        args = vaultctl_args(
+            [
+                "callers",
+                "add",
+                namespace,
+                "--tenant",
+                "t",
+                "--scopes",
+                "tokenize",
+                "--cert-uri",
+                uri,
+            ]
+        )
+        assert args.cert_uri == uri
+        assert f"--cert-uri {uri}" in readme, namespace
+    [ca_issuer] = [
+        d
+        for d in yaml_documents(CERT_MANAGER / "issuer.example.yaml")
+        if d["kind"] == "ClusterIssuer" and d["metadata"]["name"] == "payment-vault-ca"
+    ]
+    assert "ca" in ca_issuer["spec"]
 
 
 def test_the_service_selects_the_pods_and_targets_their_ports():
@@ -319,7 +446,7 @@ def test_the_master_key_comes_from_a_secret_copied_0600_into_the_data_dir(tmp_pa
     # The init container copies it, 0600 and owned by the vault's user, to the file the
     # vault reads (it refuses a key file group or others may read; fsGroup makes Secret
     # files 0440).
-    [init] = pod["initContainers"]
+    [init] = [c for c in pod["initContainers"] if c["name"] == "master-key"]
     command = init["command"]
     assert command[:3] == ["install", "-m", "0600"]
     source, target = Path(command[3]), Path(command[4])

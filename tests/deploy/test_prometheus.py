@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from deploy_helpers import PROMETHEUS, ROOT, yaml_document
+from deploy_helpers import PROMETHEUS, ROOT, mtls_credentials, yaml_document
 from prometheus_client.parser import text_string_to_metric_families
 
 from vault.v1 import token_service_pb2 as pb
@@ -113,10 +113,12 @@ async def _exported(port: int) -> dict[str, set[str]]:
     return names
 
 
-async def test_alert_metrics_and_labels_are_what_a_running_vault_exports(deployed_vault):
+async def test_alert_metrics_and_labels_are_what_a_running_vault_exports(deployed_vault, tmp_path):
     # Touch the labelled metrics the alerts group by: a reveal (kind) and a refused
-    # credential (reason).
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{deployed_vault.port}") as channel:
+    # credential (reason). Over mTLS, as the deployed vault serves.
+    target = f"127.0.0.1:{deployed_vault.port}"
+    credentials = mtls_credentials(tmp_path / "certs", "ops")
+    async with grpc.aio.secure_channel(target, credentials) as channel:
         stub = token_service_pb2_grpc.TokenServiceStub(channel)
         md = (("authorization", f"Bearer {deployed_vault.dev_key}"),)
         created = await stub.Tokenize(

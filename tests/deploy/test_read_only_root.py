@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from deploy_helpers import ROOT, healthcheck, image_env
+from deploy_helpers import ROOT, healthcheck, image_env, make_certs, relocated
 
 from vault.v1 import token_service_pb2 as pb
 from vault.v1 import token_service_pb2_grpc
@@ -85,6 +85,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 def test_serves_with_only_the_data_dir_writable(data_dir, tmp_path):
     stdout_path, stderr_path = tmp_path / "stdout", tmp_path / "stderr"
+    certs = make_certs(tmp_path / "certs")
     argv = _namespace_argv(
         data_dir,
         str(VAULTCTL),
@@ -96,6 +97,12 @@ def test_serves_with_only_the_data_dir_writable(data_dir, tmp_path):
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--tls-cert",
+        str(certs / "tls.crt"),
+        "--tls-key",
+        str(certs / "tls.key"),
+        "--client-ca",
+        str(certs / "ca.crt"),
     )
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         # The log files are opened here, outside the namespace: the process only inherits
@@ -110,7 +117,12 @@ def test_serves_with_only_the_data_dir_writable(data_dir, tmp_path):
         )
     try:
         port, key = _wait_ready(proc, stdout_path, stderr_path)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        mtls = grpc.ssl_channel_credentials(
+            (certs / "ca.crt").read_bytes(),
+            (certs / "ops.key").read_bytes(),
+            (certs / "ops.crt").read_bytes(),
+        )
+        with grpc.secure_channel(f"127.0.0.1:{port}", mtls) as channel:
             stub = token_service_pb2_grpc.TokenServiceStub(channel)
             md = (("authorization", f"Bearer {key}"),)
             created = stub.Tokenize(
@@ -122,7 +134,7 @@ def test_serves_with_only_the_data_dir_writable(data_dir, tmp_path):
             assert revealed.text == "read-only root"
 
         _, command = healthcheck()
-        check_argv = command[1:]
+        check_argv = relocated(command[1:], certs)
         check_argv[check_argv.index("--address") + 1] = f"127.0.0.1:{port}"
         check = subprocess.run(
             [str(VAULTCTL), *check_argv], capture_output=True, text=True, timeout=30, check=False

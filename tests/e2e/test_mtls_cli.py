@@ -1,5 +1,5 @@
 """mTLS end to end: `vaultctl serve --tls-cert --tls-key --client-ca` as a process,
-`vaultctl callers add --cert-identity`, a caller named by its certificate, and
+`vaultctl callers add --cert-uri`, a caller named by its certificate, and
 `vaultctl health` over mTLS."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_a_caller_bound_by_certificate_identity_uses_the_vault(launcher, tmp_pat
         "default",
         "--scopes",
         "tokenize,detokenize",
-        "--cert-identity",
+        "--cert-uri",
         mtls_certs.SPIFFE_ID,
     )
     assert added.returncode == 0, added.stderr
@@ -155,7 +155,7 @@ def test_a_caller_bound_by_certificate_identity_uses_the_vault(launcher, tmp_pat
         "--scopes",
         "tokenize",
         "--cert-identity",
-        mtls_certs.SPIFFE_ID,
+        f"uri:{mtls_certs.SPIFFE_ID}",
     )
     assert_one_line_failure(again)
 

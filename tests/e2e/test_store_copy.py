@@ -197,7 +197,7 @@ def test_a_vault_split_among_custodians_copies_with_its_shares(tmp_path, pg_data
     shares = split_vault(data, tmp_path / "shares", 3, 2)
     two = "\n".join(shares[:2]) + "\n"
     added = run_vaultctl(
-        "callers", "add", "ops", "--tenant", "t1", "--scopes", "keys", "--data-dir", data,
+        "callers", "add", "ops", "--tenant", "ops", "--scopes", "keys", "--data-dir", data,
         "--shares-from", "-", env=env, stdin=two,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr

@@ -90,11 +90,12 @@ class _HttpCall:
     """The part of grpc.aio.ServicerContext the vault's handlers use, for one HTTP call:
     the request headers as invocation metadata, the peer in grpc's form, and abort."""
 
-    __slots__ = ("_metadata", "_peer")
+    __slots__ = ("_metadata", "_peer", "_tls")
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...], peer: str) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...], peer: str, *, tls: bool) -> None:
         self._metadata = metadata
         self._peer = peer
+        self._tls = tls
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -104,8 +105,10 @@ class _HttpCall:
 
     def auth_context(self) -> dict[str, list[bytes]]:
         # uvicorn does not hand the client certificate to the app: on this port a caller
-        # is named by its API key (mTLS still gates the connection).
-        return {}
+        # is named by its API key (mTLS still gates the connection). The transport is
+        # named as grpc names it, so a credential over plaintext from another host is
+        # refused TLS_REQUIRED here as on the gRPC port.
+        return {"transport_security_type": [b"ssl"]} if self._tls else {}
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
         for key, value in status.trailing_metadata or ():
@@ -223,7 +226,9 @@ class HttpGateway:
             (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in scope["headers"]
         )
-        call = _HttpCall(metadata, _grpc_peer(scope.get("client")))
+        call = _HttpCall(
+            metadata, _grpc_peer(scope.get("client")), tls=scope.get("scheme") == "https"
+        )
         with tracing.http_span(route.service, route.method, metadata) as span:
             try:
                 response = await route.handler(body, call, decode=route.decode)

@@ -27,14 +27,16 @@ from vault.api.errors import grpc_code, to_grpc_status
 from vault.audit.base import ACTION_AUTHENTICATE, ACTION_AUTHORIZE, AuditSink
 from vault.audit.refusals import RefusalKey
 from vault.auth.apikeys import Authenticator
-from vault.auth.mtls import certificate_identity
+from vault.auth.mtls import typed_certificate_identity, untyped
 from vault.auth.policy import Caller
 from vault.auth.ratelimit import RefusalsThrottledError
+from vault.auth.transport import TLS_REQUIRED, is_local_peer
 from vault.clock import Clock
 from vault.config import Config
 from vault.domain.model import RequestContext
 from vault.domain.validation import check_free_text, free_text_violation
 from vault.errors import (
+    FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -52,6 +54,7 @@ __all__ = [
     "authorization_of",
     "cert_identity",
     "check_throttle",
+    "check_transport",
     "connection_options",
     "decode_request",
     "peer_host",
@@ -99,8 +102,8 @@ def _texts(values: Any) -> list[str]:
 
 
 def cert_identity(context: Context) -> str | None:
-    """The caller identity of the call's verified client certificate (see auth.mtls), or
-    None on a plaintext or server-only-TLS connection.
+    """The typed caller identity (``uri:…``/``cn:…``) of the call's verified client
+    certificate (see auth.mtls), or None on a plaintext or server-only-TLS connection.
 
     grpc names the certificate's URI SANs in ``peer_uri`` (grpc >= 1.62); older
     releases only list every SAN (DNS, IP and URI alike) in
@@ -114,7 +117,7 @@ def cert_identity(context: Context) -> str | None:
         uris = _texts(auth["peer_uri"])
     else:
         uris = [n for n in _texts(auth.get("x509_subject_alternative_name", ())) if "://" in n]
-    return certificate_identity(uris, _texts(auth.get("x509_common_name", ())))
+    return typed_certificate_identity(uris, _texts(auth.get("x509_common_name", ())))
 
 
 # A client's x-request-id is kept when it is short printable ASCII; otherwise (or when
@@ -158,6 +161,26 @@ def _peer(context: Context) -> str:
         return peer_host(context.peer() or "")
     except Exception:  # noqa: BLE001 - a peer the transport cannot name is not fatal
         return ""
+
+
+def check_transport(context: Context) -> None:
+    """A call from another host over plaintext is refused (TLS_REQUIRED) before its
+    credential is looked at: an API key or a custodian share sent in clear is already
+    exposed, and the vault does not take part in it. Loopback and Unix sockets pass."""
+    try:
+        peer = context.peer() or ""
+    except Exception:  # noqa: BLE001 - an unnamed peer is not local
+        peer = ""
+    if is_local_peer(peer):
+        return
+    try:
+        security = _texts((context.auth_context() or {}).get("transport_security_type", ()))
+    except Exception:  # noqa: BLE001 - no transport security
+        security = []
+    if "ssl" not in security:
+        raise FailedPreconditionError(
+            "TLS is required for calls from another host", reason=TLS_REQUIRED
+        )
 
 
 def _limiter_key(peer: str, authorization: str | None, identity: str | None) -> str:
@@ -206,7 +229,7 @@ async def refused(
         ACTION_AUTHORIZE if caller is not None else ACTION_AUTHENTICATE,
         exc.reason,
         method,
-        identity[:256] if identity and caller is None else "",
+        untyped(identity)[:256] if identity and caller is None else "",
     )
     try:
         await door.refusals.refused(audit, key, request_context(context, strict=False).request_id)
@@ -246,6 +269,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Callable[..., Awaitable[R
             caller: Caller | None = None
             authorization: str | None = None
             try:
+                check_transport(context)
                 door = self.authenticator
                 authorization = authorization_of(context)
                 identity = None if authorization else cert_identity(context)

@@ -35,6 +35,7 @@ from vault.api.rpc import (
     authorization_of,
     cert_identity,
     check_throttle,
+    check_transport,
     decode_request,
     refused,
     request_context,
@@ -140,6 +141,7 @@ async def _open(servicer: Authenticated, context: Context, method: str, scope: s
     s = _Stream(servicer, context, method, authorization, identity)
     caller: Caller | None = None
     try:
+        check_transport(context)  # a credential over plaintext from another host
         door = servicer.authenticator
         if door.limiter.throttling:
             check_throttle(door, context, authorization, identity)

@@ -184,7 +184,8 @@ class Authenticator:
         return caller_from_row(row), row.expires_at
 
     async def _by_certificate(self, identity: str) -> Caller:
-        if len(identity) > MAX_IDENTITY_CHARS:
+        # Typed (uri:/cn:, see auth.mtls): an untyped name is never looked up.
+        if len(identity) > MAX_IDENTITY_CHARS + 4 or not identity.startswith(("uri:", "cn:")):
             raise UnauthenticatedError("the credential is not valid", reason="BAD_CREDENTIAL")
         row = await self._lookup_identity(identity)
         if row is None:

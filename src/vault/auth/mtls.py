@@ -5,8 +5,10 @@ The transport (grpc) verifies the client certificate against the client CA durin
 handshake; a connection without a valid one never reaches a handler. What is left here
 is which name of a verified certificate is the caller's identity: its first SAN URI
 (SPIFFE style, e.g. ``spiffe://checkout.example/ns/pay/sa/checkout``) or, when it has
-none, its subject CN. The identity is then looked up like an API key id (see
-``Authenticator``): a certificate nobody bound to a caller is refused.
+none, its subject CN. The identity is typed, ``uri:<SAN URI>`` or ``cn:<CN>``, as the
+caller was bound (``callers add --cert-uri`` / ``--cert-cn``), and looked up with its
+type like an API key id (see ``Authenticator``): a CN that reads ``spiffe://…`` never
+names the caller bound to that URI, and a certificate nobody bound is refused.
 """
 
 from __future__ import annotations
@@ -23,10 +25,21 @@ from cryptography.hazmat.primitives import serialization
 
 from vault.errors import FailedPreconditionError
 
-__all__ = ["MAX_IDENTITY_CHARS", "TlsMaterial", "certificate_identity", "load_tls_material"]
+__all__ = [
+    "IDENTITY_TYPES",
+    "MAX_IDENTITY_CHARS",
+    "TlsMaterial",
+    "certificate_identity",
+    "load_tls_material",
+    "parse_cert_identity",
+    "typed_certificate_identity",
+    "untyped",
+]
 
 # Longest identity looked up; a longer one is refused without touching the store.
 MAX_IDENTITY_CHARS = 2048
+# The kinds of certificate name a caller may be bound to: a SAN URI or a subject CN.
+IDENTITY_TYPES = ("uri", "cn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +129,34 @@ def certificate_identity(uris: Iterable[str], common_names: Iterable[str]) -> st
         if name:
             return name
     return None
+
+
+def typed_certificate_identity(uris: Iterable[str], common_names: Iterable[str]) -> str | None:
+    """The typed identity of a verified client certificate: ``uri:`` and its first SAN
+    URI, else ``cn:`` and its subject CN; None when it has neither."""
+    for uri in uris:
+        if uri:
+            return f"uri:{uri}"
+    for name in common_names:
+        if name:
+            return f"cn:{name}"
+    return None
+
+
+def untyped(identity: str) -> str:
+    """The name of a typed identity without its type (for people and the trail)."""
+    kind, sep, name = identity.partition(":")
+    return name if sep and kind in IDENTITY_TYPES else identity
+
+
+def parse_cert_identity(text: str) -> str:
+    """A typed identity as an operator binds it (``uri:spiffe://…`` or ``cn:checkout``);
+    ValueError names what is wrong."""
+    kind, sep, name = text.partition(":")
+    if not sep or kind not in IDENTITY_TYPES:
+        raise ValueError("a certificate identity is uri:<SAN URI> or cn:<subject CN>")
+    if not name or len(text) > MAX_IDENTITY_CHARS or not name.isprintable():
+        raise ValueError("the certificate identity must be 1 to 2048 printable characters")
+    if kind == "uri" and "://" not in name:
+        raise ValueError("a uri: identity is a URI with a scheme, e.g. spiffe://…")
+    return text

@@ -11,15 +11,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vault.auth.transport import is_local_address
 from vault.cli.kek import shares_reader
 from vault.config import Config, load_config
-from vault.wiring import OpenedVault, opened
+from vault.wiring import OpenedVault, check_data_dir, opened
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_USAGE",
     "CommandError",
+    "add_client_tls_args",
     "add_store_args",
+    "check_plaintext_target",
     "client_channel",
     "config_for",
     "existing_vault",
@@ -63,6 +66,7 @@ def config_for(args: argparse.Namespace, **extra: Any) -> Config:
 def existing_vault(args: argparse.Namespace) -> Config:
     """Config of a data dir that holds a vault; a mistyped path is an error, not a new vault."""
     cfg = config_for(args)
+    check_data_dir(cfg)
     if cfg.database_url.startswith(("postgresql://", "postgres://")):
         # The store is elsewhere; what must be here is the master key (unless it lives
         # in an HSM or with the custodians).
@@ -108,12 +112,38 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_client_tls_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that dials a running vault."""
+    p.add_argument("--tls-ca", help="PEM CA of the server's certificate: connect with TLS")
+    p.add_argument("--tls-cert", help="PEM client certificate, for a server with mTLS")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--tls-server-name", help="name to check the server certificate for")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext to a non-loopback address (credentials and shares in clear)",
+    )
+
+
+def check_plaintext_target(args: argparse.Namespace, address: str) -> None:
+    """Plaintext (no --tls-ca) only to a loopback address, or with --insecure: checked
+    before a command reads any secret it would send."""
+    if args.tls_ca or is_local_address(address) or getattr(args, "insecure", False):
+        return
+    raise CommandError(
+        f"refusing plaintext to {address}, not a loopback address: pass --tls-ca "
+        "(TLS), or --insecure to send in clear"
+    )
+
+
 def client_channel(grpc: Any, args: argparse.Namespace, address: str) -> Any:
-    """A channel to a running vault: plaintext, or TLS with --tls-ca (and mTLS with
-    --tls-cert/--tls-key); ``grpc`` is the module, imported only by commands that call."""
+    """A channel to a running vault: TLS with --tls-ca (and mTLS with --tls-cert and
+    --tls-key), or plaintext to a loopback address (elsewhere only with --insecure);
+    ``grpc`` is the module, imported only by commands that call."""
     if not args.tls_ca:
         if args.tls_cert or args.tls_key:
             raise CommandError("--tls-cert and --tls-key need --tls-ca")
+        check_plaintext_target(args, address)
         return grpc.insecure_channel(address)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CommandError("--tls-cert and --tls-key go together")

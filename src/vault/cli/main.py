@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault import __version__
+from vault.auth.mtls import parse_cert_identity, untyped
 from vault.auth.policy import SCOPE_FORWARD, parse_scopes
 from vault.cli import (
     audit_cmd,
@@ -21,7 +22,14 @@ from vault.cli import (
     store_cmd,
     subjects_cmd,
 )
-from vault.cli.common import EXIT_FAILURE, CommandError, client_channel, iso_time, vault_of
+from vault.cli.common import (
+    EXIT_FAILURE,
+    CommandError,
+    add_client_tls_args,
+    client_channel,
+    iso_time,
+    vault_of,
+)
 from vault.cli.common import add_store_args as _add_store_args
 from vault.cli.common import config_for as _config
 from vault.cli.common import run_async as _run
@@ -64,9 +72,9 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,
+        insecure_plaintext=True if args.insecure_plaintext else None,
     )
     setup_logging(cfg.log_format, cfg.log_level)
-    harden_process()
     if cfg.workers > 1:
         from vault.workers import run_workers  # noqa: PLC0415 - grpc only for serve
 
@@ -125,8 +133,28 @@ def _parse_reveal_kinds(text: str | None) -> tuple[str, ...]:
 
 def _administration(vault: OpenedVault) -> CallerAdministration:
     return CallerAdministration(
-        vault.store, vault.clock, vault.audit_trail, audit_cmd.operator_name()
+        vault.store,
+        vault.clock,
+        vault.audit_trail,
+        audit_cmd.operator_name(),
+        operator_tenant=vault.config.operator_tenant,
     )
+
+
+def _cert_identity(args: argparse.Namespace) -> str | None:
+    """The typed identity --cert-uri, --cert-cn or --cert-identity uri:…|cn:… names."""
+    if args.cert_uri is not None:
+        text = f"uri:{args.cert_uri}"
+    elif args.cert_cn is not None:
+        text = f"cn:{args.cert_cn}"
+    elif args.cert_identity is not None:
+        text = args.cert_identity
+    else:
+        return None
+    try:
+        return parse_cert_identity(text)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def _callers_add(args: argparse.Namespace) -> int:
@@ -134,6 +162,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
         scopes = parse_scopes(args.scopes)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    cert_identity = _cert_identity(args)
     expires = _parse_expiry(args.expires)
     reveal_kinds = _parse_reveal_kinds(args.reveal_kinds)
     if args.reveal_rate < 0 or args.reveal_burst < 0:
@@ -148,7 +177,7 @@ async def _callers_add(args: argparse.Namespace) -> int:
         name=args.name,
         tenant=args.tenant,
         scopes=scopes,
-        cert_identity=args.cert_identity,
+        cert_identity=cert_identity,
         expires_at=expires,
         reveal_kinds=reveal_kinds,
         reveal_rate=args.reveal_rate,
@@ -160,11 +189,18 @@ async def _callers_add(args: argparse.Namespace) -> int:
     async with vault_of(args) as vault:
         key = await _administration(vault).add(new)
     if key is None:
-        bound = {"name": args.name, "tenant": args.tenant, "cert_identity": args.cert_identity}
+        assert cert_identity is not None  # noqa: S101 - no key is minted for a certificate
+        kind, name = cert_identity.split(":", 1)
+        bound = {
+            "name": args.name,
+            "tenant": args.tenant,
+            "cert_identity": name,
+            "cert_identity_type": kind,
+        }
         print(
             json.dumps(bound)
             if args.json
-            else f"{args.name} is the caller with certificate identity {args.cert_identity}"
+            else f"{args.name} is the caller with certificate {kind} {name}"
         )
     elif args.json:
         print(json.dumps({"name": args.name, "tenant": args.tenant, "api_key": key.text}))
@@ -184,7 +220,8 @@ async def _callers_list(args: argparse.Namespace) -> int:
             "created": iso_time(r.created_at),
             "expires": iso_time(r.expires_at),
             "revoked": iso_time(r.revoked_at),
-            "cert_identity": r.cert_identity,
+            "cert_identity": untyped(r.cert_identity) if r.cert_identity else None,
+            "cert_identity_type": r.cert_identity.partition(":")[0] if r.cert_identity else None,
             "reveal_kinds": list(r.reveal_kinds),
             "reveal_rate": r.reveal_rate,
             "reveal_burst": r.reveal_burst,
@@ -198,7 +235,11 @@ async def _callers_list(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             state = "revoked" if r.revoked_at is not None else "active"
-            who = f"\tcert:{r.cert_identity}" if r.cert_identity else ""
+            who = (
+                f"\tcert:{untyped(r.cert_identity)} ({r.cert_identity.partition(':')[0]})"
+                if r.cert_identity
+                else ""
+            )
             print(f"{r.name}\t{r.tenant}\t{','.join(r.scopes)}\t{state}{who}")
     return 0
 
@@ -233,13 +274,8 @@ def _health(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vaultctl", description="Payment-data tokenization vault."
-    )
-    parser.add_argument("--version", action="version", version=f"vaultctl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _register_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`vaultctl serve`: the server, its listeners and TLS."""
     serve = sub.add_parser("serve", help="run the gRPC server")
     _add_store_args(serve)
     serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:50051)")
@@ -261,24 +297,31 @@ def _parser() -> argparse.ArgumentParser:
         help="PEM CA: require a client certificate that chains to it (mTLS)",
     )
     serve.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow plaintext on a non-loopback --listen (a TLS proxy on the same host); "
+        "calls with a credential from other hosts are still refused",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         help="server processes sharing the port (SO_REUSEPORT); default 1",
     )
     serve.set_defaults(handler=_serve)
 
-    keys_cmd.register(sub)
 
+def _register_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`vaultctl health`: a running vault's gRPC health, over TLS when asked."""
     health = sub.add_parser("health", help="check a running vault's gRPC health")
     health.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the vault")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds")
-    health.add_argument("--tls-ca", help="PEM CA of the server's certificate: connect with TLS")
-    health.add_argument("--tls-cert", help="PEM client certificate, for a server with mTLS")
-    health.add_argument("--tls-key", help="PEM key of --tls-cert")
-    health.add_argument("--tls-server-name", help="name to check the server certificate for")
+    add_client_tls_args(health)
     health.set_defaults(handler=_health)
 
+
+def _register_callers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`vaultctl callers add|list|revoke`."""
     callers = sub.add_parser("callers", help="API-key callers")
     c_sub = callers.add_subparsers(dest="callers_command", required=True)
     c_add = c_sub.add_parser("add", help="add a caller and print its API key once")
@@ -308,11 +351,17 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="values tokenized at once (default: the server's tokenize_burst)",
     )
-    c_add.add_argument(
-        "--cert-identity",
-        help="bind this mTLS client-certificate identity (SAN URI or subject CN) instead "
-        "of minting an API key",
+    bind = c_add.add_mutually_exclusive_group()
+    bind.add_argument(
+        "--cert-uri",
+        help="bind the mTLS client certificates whose first SAN URI is this (e.g. "
+        "spiffe://…) instead of minting an API key",
     )
+    bind.add_argument(
+        "--cert-cn",
+        help="bind the mTLS client certificates with no SAN URI and this subject CN",
+    )
+    bind.add_argument("--cert-identity", help="the same, typed: uri:<SAN URI> or cn:<subject CN>")
     c_add.add_argument(
         "--routes", help="Forward routes it may use, e.g. stripe,adyen (needs the forward scope)"
     )
@@ -328,6 +377,18 @@ def _parser() -> argparse.ArgumentParser:
     c_revoke.add_argument("name")
     c_revoke.set_defaults(handler=_callers_revoke)
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaultctl", description="Payment-data tokenization vault."
+    )
+    parser.add_argument("--version", action="version", version=f"vaultctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _register_serve(sub)
+    keys_cmd.register(sub)
+    _register_health(sub)
+    _register_callers(sub)
     audit_cmd.register(sub)
     store_cmd.register(sub)
     subjects_cmd.register(sub)
@@ -338,6 +399,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Every command: many hold a master key, a share, an API key or exported values in
+    # memory (no core dumps), and every file they create is the owner's only (umask).
+    harden_process()
     try:
         if args.command in {"serve", "health"}:
             return int(args.handler(args))  # no event loop, or their own

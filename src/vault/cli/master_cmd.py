@@ -18,7 +18,9 @@ from vault.audit.base import OUTCOME_ERROR
 from vault.cli.audit_cmd import record_operator_event
 from vault.cli.common import (
     CommandError,
+    add_client_tls_args,
     add_store_args,
+    check_plaintext_target,
     client_channel,
     config_for,
     vault_of,
@@ -237,6 +239,7 @@ async def _unseal(args: argparse.Namespace) -> int:
 
     from vault.v1 import seal_service_pb2, seal_service_pb2_grpc  # noqa: PLC0415
 
+    check_plaintext_target(args, args.addr)  # before the share is typed in
     key = _credential(args)
     share = _read_share()
     if not share:
@@ -286,7 +289,5 @@ def register(subparsers: Any, keys_sub: Any) -> None:
         "--api-key-file", help="file holding a keys-scope API key (else VAULT_API_KEY)"
     )
     unseal.add_argument("--timeout", type=float, default=30.0, help="seconds")
-    unseal.add_argument("--tls-ca", help="PEM CA of the server's certificate")
-    unseal.add_argument("--tls-cert", help="PEM client certificate, for mTLS")
-    unseal.add_argument("--tls-key", help="PEM key of --tls-cert")
+    add_client_tls_args(unseal)
     unseal.set_defaults(handler=_unseal)

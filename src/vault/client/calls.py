@@ -3,7 +3,6 @@ requests they send, and when a failed call may be sent again."""
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import secrets
 import string
@@ -15,6 +14,7 @@ from typing import cast
 import grpc
 from google.protobuf import duration_pb2
 
+from vault.auth.transport import is_local_address
 from vault.client.results import Address, DataKind, TokenFormat
 from vault.v1 import token_service_pb2 as tokens_pb
 from vault.v1 import types_pb2
@@ -44,21 +44,6 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host(address: str) -> str:
-    if address.startswith("["):
-        return address[1 : address.index("]")]
-    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where the vault is and how to reach it."""
@@ -75,8 +60,9 @@ class Target:
         tls: bool | grpc.ChannelCredentials,
         insecure: bool,
     ) -> Target:
-        if tls is False and not insecure and not _is_loopback(_host(address)):
-            # An API key and card numbers in the clear over a network: refuse.
+        if tls is False and not insecure and not is_local_address(address):
+            # An API key and card numbers in the clear over a network: refuse (the rule
+            # the server and vaultctl apply: loopback or a Unix socket only).
             raise ValueError("plaintext to a non-loopback address needs insecure=True")
         if tls is True:
             credentials: grpc.ChannelCredentials | None = grpc.ssl_channel_credentials()

@@ -26,7 +26,13 @@ from vault.errors import AlreadyExistsError, FailedPreconditionError, NotFoundEr
 from vault.storage.base import CallerRow, CallerStore
 from vault.storage.route_store import RouteStore
 
-__all__ = ["CallerAdminStore", "CallerAdministration", "EventRecorder", "NewCaller"]
+__all__ = [
+    "CallerAdminStore",
+    "CallerAdministration",
+    "EventRecorder",
+    "NewCaller",
+    "check_operator_scopes",
+]
 
 
 class CallerAdminStore(CallerStore, RouteStore, Protocol):
@@ -75,8 +81,25 @@ class NewCaller:
         } | ({"routes": ",".join(self.routes)} if self.routes else {})
 
 
+# The scope that acts on the whole vault (data keys, the master key, custodian shares),
+# whatever tenant asks: only callers of the operator tenant may hold it.
+_GLOBAL_SCOPE = "keys"
+
+
+def check_operator_scopes(new: NewCaller, operator_tenant: str) -> None:
+    """`keys` is global, not tenant-bound: a caller of any tenant but the operator one
+    holding it could rotate, retire and re-wrap every tenant's keys."""
+    if _GLOBAL_SCOPE in new.scopes and new.tenant != operator_tenant:
+        raise FailedPreconditionError(
+            f"the keys scope acts on every tenant: only callers of the operator tenant "
+            f"({operator_tenant}) may hold it",
+            reason="KEYS_SCOPE_NOT_OPERATOR",
+        )
+
+
 class CallerAdministration:
-    """The caller use cases, as ``actor`` (the operator the trail names)."""
+    """The caller use cases, as ``actor`` (the operator the trail names). With
+    ``operator_tenant``, a new caller of another tenant may not hold the `keys` scope."""
 
     def __init__(
         self,
@@ -84,17 +107,22 @@ class CallerAdministration:
         clock: Clock,
         open_trail: Callable[[], Awaitable[EventRecorder]],
         actor: str,
+        *,
+        operator_tenant: str | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._open_trail = open_trail
         self._actor = actor
+        self._operator_tenant = operator_tenant
 
     async def list(self) -> list[CallerRow]:
         return await self._store.callers()
 
     async def add(self, new: NewCaller) -> ApiKey | None:
         """Add the caller; its API key (shown once), or None for a certificate identity."""
+        if self._operator_tenant is not None:
+            check_operator_scopes(new, self._operator_tenant)
         # The trail first: a vault that cannot record the change makes none.
         trail = await self._open_trail()
         if new.routes:
