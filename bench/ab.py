@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--concurrency", default="16,64")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    args.out = args.out.resolve()  # (each run's cwd is its own tree)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vault-ab-base-") as tmp:
         base = Path(tmp)
