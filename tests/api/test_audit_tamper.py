@@ -25,8 +25,10 @@ from vault.storage.postgres import PostgresStore
 from vault.storage.postgres_open import grant_server_role, migrate_schema
 from vault.storage.subject_keys_postgres import PostgresSubjectKeyStore
 from vault.v1 import token_service_pb2 as pb
+from vault.wiring import DEV_ACTOR
 
 PAN = "4111111111111111"
+DEV_RECORDS = 1  # serve --dev audits its caller's creation as record 1
 SERVER_ROLE = "vault_server"
 SERVER_PASSWORD = "server-role-test-password"
 _CREATE_SERVER_ROLE = (
@@ -143,11 +145,19 @@ async def _broken(backend: Backend) -> tuple[int, str]:
 
 
 async def test_a_new_store_has_a_sealed_genesis_head_and_verifies_empty(backend):
-    assert await backend.vault.server.store.audit_head() is not None
-    head = await backend.vault.server.store.audit_head()
-    assert head.seq == 0
+    # The test vault serves --dev, whose caller's creation is record 1 (DEV_RECORDS):
+    # it chains from the genesis head sealed with the audit key, and nothing else is there.
+    store = backend.vault.server.store
+    head = await store.audit_head()
+    assert head is not None
+    assert head.seq == DEV_RECORDS
+    (dev,) = await store.audit_records(0, 10)
+    assert (dev.seq, dev.action, dev.caller) == (1, "caller.add", DEV_ACTOR)
     result = await backend.trail.verify()
-    assert (result.intact, result.records) == (True, 0)
+    assert (result.intact, result.records) == (True, DEV_RECORDS)
+    # Without that record the store is broken, not empty: the genesis head is gone too.
+    backend.tamper("DELETE FROM audit_log", "DELETE FROM audit_head")
+    assert await _broken(backend) == (1, "head missing (deleted)")
 
 
 async def test_an_edited_row_is_named(backend):
@@ -166,13 +176,13 @@ async def test_a_row_deleted_in_the_middle_is_named(backend):
 
 
 async def test_a_cut_tail_is_refused_by_the_writer_and_named(backend):
-    token = await _reveals(backend, 3)
-    backend.tamper("DELETE FROM audit_log WHERE seq = 3")
+    token = await _reveals(backend, 3)  # records 2-4 after the dev caller's
+    backend.tamper("DELETE FROM audit_log WHERE seq = 4")
     await _refused(backend, token)
-    assert await _broken(backend) == (3, "missing (deleted)")
+    assert await _broken(backend) == (4, "missing (deleted)")
     rows = await backend.vault.server.store.audit_records(0, 10)
-    assert [r.seq for r in rows] == [1, 2]  # nothing appended, nothing repaired
-    assert (await backend.vault.server.store.audit_head()).seq == 3
+    assert [r.seq for r in rows] == [1, 2, 3]  # nothing appended, nothing repaired
+    assert (await backend.vault.server.store.audit_head()).seq == 4
 
 
 async def test_all_rows_deleted_is_broken_not_empty(backend):
@@ -200,35 +210,35 @@ async def test_the_head_cannot_be_moved_back_or_removed_while_guarded(backend):
 
 async def test_a_consistent_rewrite_is_caught_only_by_the_witness(backend):
     store = backend.vault.server.store
-    token = await _reveals(backend, 4)
+    token = await _reveals(backend, 4)  # records 2-5 after the dev caller's
     published = await store.audit_head()
-    assert published.seq == 4
-    assert REGISTRY.get_sample_value("vault_audit_head_seq") == 4
-    # An insider with the audit key cuts records 3-4 (and their reveal index rows) and
-    # reseals the head on record 2.
-    [second] = await store.audit_records(1, 1)
-    resealed = backend.trail.seal(second.mac, head_content(2))
+    assert published.seq == 5
+    assert REGISTRY.get_sample_value("vault_audit_head_seq") == 5
+    # An insider with the audit key cuts records 4-5 (and their reveal index rows) and
+    # reseals the head on record 3.
+    [third] = await store.audit_records(2, 1)
+    resealed = backend.trail.seal(third.mac, head_content(3))
     blob = _blob(backend, resealed)
     backend.tamper(
-        "DELETE FROM audit_log WHERE seq > 2",
-        "DELETE FROM audit_tokens WHERE seq > 2",
-        f"UPDATE audit_head SET seq = 2, mac = {blob}",  # noqa: S608 - the test's own bytes
+        "DELETE FROM audit_log WHERE seq > 3",
+        "DELETE FROM audit_tokens WHERE seq > 3",
+        f"UPDATE audit_head SET seq = 3, mac = {blob}",  # noqa: S608 - the test's own bytes
     )
     assert (await backend.trail.verify()).intact  # consistent: the chain alone cannot tell
-    assert await backend.trail.check_witness([AuditHead(2, resealed)]) is None
+    assert await backend.trail.check_witness([AuditHead(3, resealed)]) is None
     broken = await backend.trail.check_witness([published])
     assert broken is not None
-    assert (broken.seq, broken.problem) == (4, "missing (at or below a published head)")
-    broken = await backend.trail.check_witness([], expect_seq=4)
+    assert (broken.seq, broken.problem) == (5, "missing (at or below a published head)")
+    broken = await backend.trail.check_witness([], expect_seq=5)
     assert broken is not None
-    assert broken.seq == 3
-    # The writer extends the rewritten chain (it is consistent): seq 3 again, and the
+    assert broken.seq == 4
+    # The writer extends the rewritten chain (it is consistent): seq 4 again, and the
     # published head then catches the rewrite as a record that does not match it.
     await _reveal(backend, token)
     await _reveal(backend, token)
     broken = await backend.trail.check_witness([published])
     assert broken is not None
-    assert (broken.seq, broken.problem) == (4, "rewritten (does not match a published head)")
+    assert (broken.seq, broken.problem) == (5, "rewritten (does not match a published head)")
 
 
 def _blob(backend: Backend, data: bytes) -> str:

@@ -8,7 +8,14 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from vault.audit.base import OUTCOME_DENIED, OUTCOME_ERROR, AuditEvent, AuditSink
+from vault.audit.base import (
+    ACTION_REVEAL,
+    OUTCOME_DENIED,
+    OUTCOME_ERROR,
+    OUTCOME_OK,
+    AuditEvent,
+    AuditSink,
+)
 from vault.auth.policy import Caller
 from vault.clock import Clock
 from vault.domain.model import DataKind, RequestContext
@@ -21,7 +28,7 @@ from vault.errors import (
     VaultError,
 )
 
-__all__ = ["NO_CONTEXT", "UseCaseAudit", "reveal_detail"]
+__all__ = ["NO_CONTEXT", "UseCaseAudit", "reveal_detail", "reveal_event"]
 
 NO_CONTEXT = RequestContext()
 # What a refused call's record names instead of a string that is not a random-format
@@ -125,3 +132,28 @@ def reveal_detail(kinds: Sequence[DataKind]) -> dict[str, str]:
         detail["token_count"] = str(len(kinds))
         detail["kinds"] = ",".join(f"{k}:{n}" for k, n in counts.items())
     return detail
+
+
+def reveal_event(
+    now: float,
+    caller: Caller,
+    revealed: Sequence[tuple[str, DataKind]],
+    purpose: str,
+    ctx: RequestContext,
+    detail: Mapping[str, str],
+) -> AuditEvent:
+    """A call's one reveal record: every (token, kind) revealed, in order, the tokens
+    listed and the kinds counted (never a value); ``detail`` adds the call's own facts."""
+    return AuditEvent(
+        now,
+        caller.name,
+        caller.tenant,
+        ACTION_REVEAL,
+        tuple(token for token, _ in revealed),
+        purpose,
+        OUTCOME_OK,
+        "",
+        ctx.request_id,
+        ctx.peer,
+        {**detail, **reveal_detail([kind for _, kind in revealed])},
+    )

@@ -9,11 +9,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 from vault import metrics
-from vault.audit.base import ACTION_REVEAL, OUTCOME_OK, AuditEvent
+from vault.audit.base import ACTION_REVEAL, AuditEvent
 from vault.auth.policy import SCOPE_DETOKENIZE, Caller
 from vault.auth.policy import require as require_scope
 from vault.clock import Clock
-from vault.domain.auditing import NO_CONTEXT, UseCaseAudit, reveal_detail
+from vault.domain.auditing import NO_CONTEXT, UseCaseAudit, reveal_event
 from vault.domain.codec import KINDS, RecordCodec
 from vault.domain.cvc import CvcHandling, HeldCvcs
 from vault.domain.model import RequestContext
@@ -140,17 +140,7 @@ class Reveal:
         """The call's one record: every token revealed, in order, with the count and the
         kinds (never a value)."""
         return [
-            AuditEvent(
-                self._clock.now(),
-                caller.name,
-                caller.tenant,
-                ACTION_REVEAL,
-                tuple(r.token for r in out),
-                purpose,
-                OUTCOME_OK,
-                "",
-                ctx.request_id,
-                ctx.peer,
-                {**detail, **reveal_detail([r.kind for r in out])},
+            reveal_event(
+                self._clock.now(), caller, [(r.token, r.kind) for r in out], purpose, ctx, detail
             )
         ]

@@ -34,7 +34,7 @@ from vault.audit.base import (
 from vault.auth.policy import SCOPE_SUBJECTS, Caller
 from vault.auth.policy import require as require_scope
 from vault.clock import Clock
-from vault.domain.auditing import reveal_detail
+from vault.domain.auditing import reveal_event
 from vault.domain.codec import RecordCodec
 from vault.domain.cvc import CvcHandling
 from vault.domain.keys import KeyMaterial
@@ -157,18 +157,13 @@ class SubjectRequests:
         exported token, as a BatchDetokenize writes, so each shows in that token's reveal
         history."""
         return [
-            AuditEvent(
+            reveal_event(
                 self._clock.now(),
-                caller.name,
-                caller.tenant,
-                ACTION_REVEAL,
-                tuple(r.token for r in records),
+                caller,
+                [(r.token, r.kind) for r in records],
                 purpose,
-                OUTCOME_OK,
-                "",
-                ctx.request_id,
-                ctx.peer,
-                {**reveal_detail([r.kind for r in records]), "method": "ExportSubject"},
+                ctx,
+                {"method": "ExportSubject"},
             )
         ]
 
