@@ -86,13 +86,15 @@ def test_the_triggers_refuse_edits(trail_dir):
             conn.execute("DELETE FROM audit_log WHERE seq = 1")
 
 
-# The batch of reveals (one record naming the REVEALS tokens: issue 14, one record per
-# call), the tokenize volume of the window (one aggregated record, written when the
-# server stops), the caller added and revoked.
-LAST = 1 + 3
+# The dev caller's creation (serve --dev audits it: record 1), the batch of reveals (one
+# record naming the REVEALS tokens: issue 14, one record per call; record 2), the
+# tokenize volume of the window (one aggregated record, written when the server stops),
+# the caller added and revoked.
+DEV, BATCH = 1, 2
+LAST = DEV + 1 + 3
 TAMPERING = {
     "edited": (["UPDATE audit_log SET purpose = 'nothing to see' WHERE seq = 3"], 3, "edited"),
-    "edited-tokens": (["UPDATE audit_log SET tokens = '[]' WHERE seq = 1"], 1, "edited"),
+    "edited-tokens": ([f"UPDATE audit_log SET tokens = '[]' WHERE seq = {BATCH}"], BATCH, "edited"),  # noqa: S608
     "deleted": (["DELETE FROM audit_log WHERE seq = 3"], 3, "missing (deleted)"),
     "deleted-first": (["DELETE FROM audit_log WHERE seq = 1"], 1, "missing (deleted)"),
     "deleted-last": ([f"DELETE FROM audit_log WHERE seq = {LAST}"], LAST, "missing (deleted)"),  # noqa: S608
@@ -145,10 +147,10 @@ def test_verify_reports_a_removed_index_row(trail_dir, tmp_path):
         conn.commit()
     result = run_vaultctl("audit", "verify", "--data-dir", copy)
     line = assert_one_line_failure(result)
-    assert "audit token index disagrees with record 1: an index row is missing" in line, line
+    assert f"audit token index disagrees with record {BATCH}: an index row is missing" in line
     as_json = run_vaultctl("audit", "verify", "--json", "--data-dir", copy)
     assert as_json.returncode == 1
-    assert json.loads(as_json.stdout)["seq"] == 1
+    assert json.loads(as_json.stdout)["seq"] == BATCH
 
 
 def test_tail_json_prints_valid_json_lines(trail_dir):
@@ -191,7 +193,9 @@ def test_tail_for_people(trail_dir):
     lines = result.stdout.splitlines()
     assert len(lines) == LAST
     assert lines[0].startswith("#1 ")
-    assert "token.reveal ok caller=dev" in lines[0]
+    assert "caller.add ok" in lines[0]  # the dev caller's creation
+    assert lines[1].startswith(f"#{BATCH} ")
+    assert "token.reveal ok caller=dev" in lines[1]
     assert "note" not in result.stdout  # the revealed values are nowhere
 
 
