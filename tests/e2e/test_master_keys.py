@@ -41,7 +41,9 @@ def vaultctl_with_stdin(stdin: str, *args: object, env=None) -> subprocess.Compl
 
 
 def add_caller(data_dir: Path, name: str, scopes: str, env=None, stdin: str | None = None) -> str:
-    args = ["callers", "add", name, "--tenant", "t1", "--scopes", scopes, "--json"]
+    # The keys scope belongs to the operator tenant only (operator_tenant, default ops).
+    tenant = "ops" if "keys" in scopes.split(",") else "t1"
+    args = ["callers", "add", name, "--tenant", tenant, "--scopes", scopes, "--json"]
     args += ["--data-dir", str(data_dir)]
     if stdin is not None:
         args += ["--shares-from", "-"]
