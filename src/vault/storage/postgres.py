@@ -239,8 +239,13 @@ async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
     transaction, which holds only audit appends: a failure fails just those). A head
     that does not seal the newest row fails them (AuditChainBrokenError), unrepaired."""
     head, last = await _audit_state(conn)
-    keyed = await conn.fetchrow("SELECT 1 FROM service_keys WHERE name = $1", AUDIT_KEY_NAME)
-    seq, prev = check_head(head, last, ops[0].seal, keyed=keyed is not None)
+    # Whether an audit key exists matters only without a head (keyed: broken; bare: the
+    # first append), so the common append pays no round trip for it.
+    keyed = head is None and (
+        await conn.fetchrow("SELECT 1 FROM service_keys WHERE name = $1", AUDIT_KEY_NAME)
+        is not None
+    )
+    seq, prev = check_head(head, last, ops[0].seal, keyed=keyed)
     chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
     await conn.executemany(_INSERT_AUDIT, chain.params)
     await _index_audits(conn, chain.stored)  # h14a: the reveal index (sql/audit_index.py)
