@@ -42,7 +42,7 @@ def known_scenarios(tree: Path) -> list[str]:
 
 
 def run_once(tree: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    only = ",".join(known_scenarios(tree))
+    only = ",".join(s for s in known_scenarios(tree) if s in args.scenarios.split(","))
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     cmd = [sys.executable, str(tree / "bench" / "run.py"), "--full", "--only", only]
     cmd += ["--duration", str(args.duration), "--concurrency", args.concurrency]
@@ -83,6 +83,11 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--concurrency", default="16,64")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="a subset, e.g. tokenize_unary,detokenize_unary,postgres for the PostgreSQL ratios",
+    )
     args = p.parse_args()
     args.out = args.out.resolve()  # (each run's cwd is its own tree)
     args.out.mkdir(parents=True, exist_ok=True)
