@@ -339,7 +339,18 @@ def stored_tokens(data_dir: Path) -> int:
     return int(n)
 
 
+def mark_dev_vault(data_dir: Path) -> None:
+    """Mark the bench's data dir (preloaded, or a PostgreSQL store's keys dir) as made for
+    ``serve --dev``: the server refuses --dev on a store it did not create (issue 12)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    marker = data_dir / "dev-vault"
+    if not marker.exists():
+        marker.write_text("created by the vault benchmark for serve --dev\n", encoding="utf-8")
+        marker.chmod(0o600)
+
+
 def vault_cmd(data_dir: Path, extra: list[str] | None = None) -> list[str]:
+    mark_dev_vault(data_dir)
     return [
         VAULTCTL,
         "serve",
