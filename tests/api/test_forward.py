@@ -112,7 +112,14 @@ def adyen_body(t) -> bytes:
 
 
 def audit_texts(vault) -> list[str]:
-    return [repr(row) for row in vault.sql("SELECT * FROM audit_log")]
+    # Every text column a value could reach; not the time, the MAC, the peer's port or the ids
+    # the vault made up (random bytes and digits that hold a 3-digit CVC by chance).
+    return [
+        repr(row)
+        for row in vault.sql(
+            "SELECT caller, tenant, action, tokens, purpose, outcome, reason, detail FROM audit_log"
+        )
+    ]
 
 
 def forward_rows(vault) -> list[tuple]:
