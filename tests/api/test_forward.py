@@ -112,8 +112,8 @@ def adyen_body(t) -> bytes:
 
 
 def audit_texts(vault) -> list[str]:
-    # Every text column a value could reach; not the time, the MAC, the peer's port or the ids
-    # the vault made up (random bytes and digits that hold a 3-digit CVC by chance).
+    # Every text column a value could reach; not the tokens, time, MAC, peer port or the ids
+    # the vault made up (random digits that hold the 3-digit test CVC by chance).
     return [
         repr(row)
         for row in vault.sql(
