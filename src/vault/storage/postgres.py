@@ -55,7 +55,6 @@ from vault.storage.base import (
     AUDIT_KEY_NAME,
     AuditHead,
     AuditRow,
-    AuditSeal,
     CommitObserver,
     RewrapRow,
     RewrapUpdate,
@@ -72,7 +71,7 @@ from vault.storage.postgres_open import (
     same_database,
 )
 from vault.storage.sql.audit_chain import chain_audits, check_head
-from vault.storage.sql.audit_index import INDEXED_ACTION, history_stmts, index_stmt
+from vault.storage.sql.audit_index import AuditSql, index_stmt
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -83,7 +82,7 @@ from vault.storage.sql.batch import (
     fail_waiting,
 )
 from vault.storage.sql.callers import CallerWrites
-from vault.storage.sql.codecs import audit_from_row, token_from_row
+from vault.storage.sql.codecs import token_from_row
 from vault.storage.sql.columns import AUDIT_COLUMNS, HELD, T_COLUMNS, TOKEN_COLUMNS
 from vault.storage.sql.dialect import POSTGRES
 from vault.storage.sql.keys import KeyWrites
@@ -129,7 +128,6 @@ _RETRYABLE = (
 
 
 _Op = InsertOp | AuditOp
-_AuditOp = AuditOp
 
 
 async def _run_tx(conn: _Conn, tx: Tx[T], *, bare_guard: bool = False) -> T:
@@ -234,7 +232,7 @@ async def _index_audits(conn: _Conn, stored: list[list[AuditRow]]) -> None:
         await conn.executemany(stmt.sql, stmt.params)
 
 
-async def _apply_audits(conn: _Conn, ops: list[_AuditOp]) -> None:
+async def _apply_audits(conn: _Conn, ops: list[AuditOp]) -> None:
     """Chain every waiting op's rows onto the newest stored record (in the caller's
     transaction, which holds only audit appends: a failure fails just those). A head
     that does not seal the newest row fails them (AuditChainBrokenError), unrepaired."""
@@ -284,7 +282,14 @@ def _weight(op: ReadOp) -> int:
 
 
 class PostgresStore(
-    TokenWrites, KeyWrites, CallerWrites, SubjectWrites, RetentionSql, LeaseSql, SqlRoutes
+    TokenWrites,
+    KeyWrites,
+    CallerWrites,
+    SubjectWrites,
+    RetentionSql,
+    LeaseSql,
+    SqlRoutes,
+    AuditSql,
 ):
     """Store on one PostgreSQL database (see the module docstring for the design)."""
 
@@ -378,7 +383,7 @@ class PostgresStore(
     def _submit(self, op: _Op) -> None:
         if self._closed or not self._tasks:
             raise StoreUnavailableError("the store is not open")
-        (self._audit_queue if isinstance(op, _AuditOp) else self._write_queue).put_nowait(op)
+        (self._audit_queue if isinstance(op, AuditOp) else self._write_queue).put_nowait(op)
 
     async def _commit_batch(self, batch: list[_Op]) -> None:
         inserts = [op for op in batch if isinstance(op, InsertOp)]
@@ -505,35 +510,6 @@ class PostgresStore(
 
     async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
         return await self._write(lambda: _rewrap(updates, encryptions))
-
-    async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
-        if not rows:
-            return []
-        future: asyncio.Future[list[AuditRow]] = asyncio.get_running_loop().create_future()
-        self._submit(_AuditOp(rows, seal, future))
-        return await future
-
-    async def audit_records_for_tokens(
-        self, tenant: str, action: str, tokens: Sequence[str]
-    ) -> list[AuditRow]:
-        if action != INDEXED_ACTION:
-            msg = f"only {INDEXED_ACTION} records are indexed by token"
-            raise ValueError(msg)
-        if not tokens:
-            return []
-        found: dict[int, AuditRow] = {}
-        for stmt in history_stmts(POSTGRES, AUDIT_COLUMNS, tenant, action, tokens):
-            for row in await self._fetch(stmt.sql, *stmt.params):
-                found[int(row[0])] = audit_from_row([*row[:12], bytes(row[12])])
-        return [found[seq] for seq in sorted(found)]
-
-    async def audit_index_rows(self, first_seq: int, last_seq: int) -> list[tuple[str, str, int]]:
-        found = await self._fetch(
-            "SELECT tenant, token, seq FROM audit_tokens WHERE seq BETWEEN $1 AND $2",
-            first_seq,
-            last_seq,
-        )
-        return [(str(r[0]), str(r[1]), int(r[2])) for r in found]
 
     async def purge_retained(
         self, tenant: str, kind: int, created_before: float, now: float, limit: int

@@ -33,14 +33,13 @@ from vault.storage.base import (
     AUDIT_KEY_NAME,
     AuditHead,
     AuditRow,
-    AuditSeal,
     CommitObserver,
     RewrapRow,
     RewrapUpdate,
     TokenRecord,
 )
 from vault.storage.sql.audit_chain import chain_audits, check_head
-from vault.storage.sql.audit_index import INDEXED_ACTION, history_stmts, index_stmt
+from vault.storage.sql.audit_index import AuditSql, index_stmt
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -52,7 +51,7 @@ from vault.storage.sql.batch import (
     fail_waiting,
 )
 from vault.storage.sql.callers import CallerWrites
-from vault.storage.sql.codecs import audit_from_row, chunks, token_from_row
+from vault.storage.sql.codecs import chunks, token_from_row
 from vault.storage.sql.columns import AUDIT_COLUMNS, HELD, TOKEN_COLUMNS
 from vault.storage.sql.dialect import SQLITE
 from vault.storage.sql.keys import KeyWrites
@@ -97,7 +96,6 @@ def _split_statements(script: str) -> list[str]:
 
 
 _Op = InsertOp | WriteOp | AuditOp
-_AuditOp = AuditOp
 
 _INSERT_AUDIT = SQLITE.insert("audit_log", AUDIT_COLUMNS)
 _PUT_AUDIT_HEAD = SQLITE.upsert("audit_head", "id, seq, mac", "id")
@@ -118,7 +116,7 @@ def _audit_keyed(conn: sqlite3.Connection) -> bool:
     return conn.execute(_AUDIT_KEYED, (AUDIT_KEY_NAME,)).fetchone() is not None
 
 
-def _apply_audits(conn: sqlite3.Connection, ops: list[_AuditOp]) -> None:
+def _apply_audits(conn: sqlite3.Connection, ops: list[AuditOp]) -> None:
     """Chain every waiting op's rows onto the newest stored record, in one savepoint.
 
     The previous MAC is read here, inside the write transaction (BEGIN IMMEDIATE holds
@@ -294,7 +292,14 @@ async def _enable_wal(conn: aiosqlite.Connection, wait_seconds: float = 10.0) ->
 
 
 class SqliteStore(
-    TokenWrites, KeyWrites, CallerWrites, SubjectWrites, RetentionSql, LeaseSql, SqlRoutes
+    TokenWrites,
+    KeyWrites,
+    CallerWrites,
+    SubjectWrites,
+    RetentionSql,
+    LeaseSql,
+    SqlRoutes,
+    AuditSql,
 ):
     """Store on one SQLite file (see module docstring for the concurrency design)."""
 
@@ -567,32 +572,6 @@ class SqliteStore(
 
     async def rewrap_tokens(self, updates: Sequence[RewrapUpdate], encryptions: int) -> int:
         return await self._write(lambda: _rewrap(updates, encryptions))
-
-    async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
-        if not rows:
-            return []
-        future: asyncio.Future[list[AuditRow]] = asyncio.get_running_loop().create_future()
-        self._submit(_AuditOp(rows, seal, future))
-        return await future
-
-    async def audit_records_for_tokens(
-        self, tenant: str, action: str, tokens: Sequence[str]
-    ) -> list[AuditRow]:
-        if action != INDEXED_ACTION:
-            msg = f"only {INDEXED_ACTION} records are indexed by token"
-            raise ValueError(msg)
-        found: dict[int, AuditRow] = {}
-        for stmt in history_stmts(SQLITE, AUDIT_COLUMNS, tenant, action, tokens):
-            for row in await self._query(stmt.sql, tuple(stmt.params)):
-                found[int(row[0])] = audit_from_row(row)
-        return [found[seq] for seq in sorted(found)]
-
-    async def audit_index_rows(self, first_seq: int, last_seq: int) -> list[tuple[str, str, int]]:
-        found = await self._query(
-            "SELECT tenant, token, seq FROM audit_tokens WHERE seq BETWEEN ? AND ?",
-            (first_seq, last_seq),
-        )
-        return [(str(r[0]), str(r[1]), int(r[2])) for r in found]
 
     async def purge_retained(
         self, tenant: str, kind: int, created_before: float, now: float, limit: int

@@ -16,16 +16,22 @@ per token, and tokenize / delete appends stay as cheap as they are.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vault.storage.base import AuditRow
+from vault.storage.base import AuditRow, AuditSeal
+from vault.storage.sql.batch import AuditOp
+from vault.storage.sql.codecs import audit_from_row
+from vault.storage.sql.columns import AUDIT_COLUMNS
 from vault.storage.sql.dialect import Dialect
-from vault.storage.sql.tx import Stmt, many, rows
+from vault.storage.sql.reads import SqlReads
+from vault.storage.sql.tx import Stmt, Writes, many, rows
 
 __all__ = [
     "INDEXED_ACTION",
+    "AuditSql",
     "IndexProblem",
     "history_stmts",
     "index_disagreement",
@@ -123,3 +129,38 @@ async def index_disagreement(store: _IndexedStore) -> IndexProblem | None:
         if last is None:
             return None
         after = last
+
+
+class AuditSql(SqlReads, Writes):
+    """The audit append and the reveal-history reads of the Store protocol, for both
+    stores: an append is queued for the group commit (each store chains it its own way,
+    in its writer's transaction); the reads go through the store's read path."""
+
+    async def append_audit(self, rows: Sequence[AuditRow], seal: AuditSeal) -> list[AuditRow]:
+        if not rows:
+            return []
+        future: asyncio.Future[list[AuditRow]] = asyncio.get_running_loop().create_future()
+        self._submit(AuditOp(rows, seal, future))
+        return await future
+
+    async def audit_records_for_tokens(
+        self, tenant: str, action: str, tokens: Sequence[str]
+    ) -> list[AuditRow]:
+        if action != INDEXED_ACTION:
+            msg = f"only {INDEXED_ACTION} records are indexed by token"
+            raise ValueError(msg)
+        if not tokens:
+            return []
+        found: dict[int, AuditRow] = {}
+        for stmt in history_stmts(self._dialect, AUDIT_COLUMNS, tenant, action, tokens):
+            for row in await self._rows(stmt.sql, *stmt.params):
+                found[int(row[0])] = audit_from_row(row)
+        return [found[seq] for seq in sorted(found)]
+
+    async def audit_index_rows(self, first_seq: int, last_seq: int) -> list[tuple[str, str, int]]:
+        found = await self._read(
+            "SELECT tenant, token, seq FROM audit_tokens WHERE seq BETWEEN ? AND ?",
+            first_seq,
+            last_seq,
+        )
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in found]

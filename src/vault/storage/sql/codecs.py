@@ -186,7 +186,7 @@ def audit_from_row(row: Row) -> AuditRow:
         request_id=row[9],
         peer=row[10],
         detail=json_pairs(row[11]),
-        mac=row[12] if isinstance(row[12], bytes) else str(row[12]).encode(),
+        mac=bytes(row[12]) if isinstance(row[12], bytes | memoryview) else str(row[12]).encode(),
     )
 
 
