@@ -99,44 +99,58 @@ _Op = InsertOp | WriteOp | AuditOp
 
 _INSERT_AUDIT = SQLITE.insert("audit_log", AUDIT_COLUMNS)
 _PUT_AUDIT_HEAD = SQLITE.upsert("audit_head", "id, seq, mac", "id")
-_AUDIT_KEYED = "SELECT 1 FROM service_keys WHERE name = ?"
+# The stored head, the newest row's (seq, mac) and whether the audit key exists: one
+# statement (each statement on the writer thread is a GIL release and re-take).
+_AUDIT_STATE = (
+    "SELECT h.seq, h.mac, l.seq, l.mac, "
+    "EXISTS (SELECT 1 FROM service_keys WHERE name = ?) "
+    "FROM (SELECT 1) LEFT JOIN audit_head h ON h.id = 1 "
+    "LEFT JOIN (SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1) l"
+)
+# Statements the connection keeps prepared (sqlite3 caches by text; the multi-row
+# inserts below make one text per row count).
+_CACHED_STATEMENTS = 512
 
 
-def _audit_state(conn: sqlite3.Connection) -> tuple[AuditHead | None, tuple[int, bytes] | None]:
-    """The stored head and the newest row's (seq, mac), read in the write transaction."""
-    head = conn.execute("SELECT seq, mac FROM audit_head WHERE id = 1").fetchone()
-    last = conn.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+def _audit_state(
+    conn: sqlite3.Connection,
+) -> tuple[AuditHead | None, tuple[int, bytes] | None, bool]:
+    """The stored head, the newest row's (seq, mac) and whether the audit key exists,
+    read in the write transaction."""
+    hs, hm, ls, lm, keyed = conn.execute(_AUDIT_STATE, (AUDIT_KEY_NAME,)).fetchone()
     return (
-        AuditHead(int(head[0]), bytes(head[1])) if head else None,
-        (int(last[0]), bytes(last[1])) if last else None,
+        AuditHead(int(hs), bytes(hm)) if hs is not None else None,
+        (int(ls), bytes(lm)) if ls is not None else None,
+        bool(keyed),
     )
 
 
-def _audit_keyed(conn: sqlite3.Connection) -> bool:
-    return conn.execute(_AUDIT_KEYED, (AUDIT_KEY_NAME,)).fetchone() is not None
-
-
 def _apply_audits(conn: sqlite3.Connection, ops: list[AuditOp]) -> None:
-    """Chain every waiting op's rows onto the newest stored record, in one savepoint.
+    """Chain every waiting op's rows onto the newest stored record.
 
     The previous MAC is read here, inside the write transaction (BEGIN IMMEDIATE holds
-    the write lock), so vault processes sharing the file extend one linear chain.
+    the write lock), so vault processes sharing the file extend one linear chain. This
+    runs first in the group's transaction, so no savepoint: a failure before the first
+    write (a broken chain) leaves nothing to undo, and one after it rolls the whole
+    (still audit-only) transaction back and begins it again for the other ops.
     """
-    conn.execute("SAVEPOINT audit")
+    written = False
     try:
-        seq, prev = check_head(*_audit_state(conn), ops[0].seal, keyed=_audit_keyed(conn))
+        head, last, keyed = _audit_state(conn)
+        seq, prev = check_head(head, last, ops[0].seal, keyed=keyed)
         chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
-        conn.executemany(_INSERT_AUDIT, chain.params)
+        written = True
+        _insert_many(conn, _INSERT_AUDIT, chain.params)
         index_audits(conn, chain.stored)  # h14a: the reveal index (sql/audit_index.py)
         conn.execute(_PUT_AUDIT_HEAD, (1, chain.head_seq, chain.head_mac))
     except Exception as exc:  # noqa: BLE001 - handed to every audit op's caller
-        conn.execute("ROLLBACK TO audit")
-        conn.execute("RELEASE audit")
+        if written:
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
         for op in ops:
             op.stored = []
             op.error = exc
         return
-    conn.execute("RELEASE audit")
     for op, stored in zip(ops, chain.stored, strict=True):
         op.stored = stored
 
@@ -145,7 +159,35 @@ def index_audits(conn: sqlite3.Connection, stored: list[list[AuditRow]]) -> None
     """Index the reveal records just chained (same transaction; sql/audit_index.py)."""
     stmt = index_stmt(SQLITE, stored)
     if stmt is not None:
-        conn.executemany(stmt.sql, stmt.params)
+        _insert_many(conn, stmt.sql, stmt.params)
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row(sql: str, count: int) -> tuple[str, int] | None:
+    """``INSERT … VALUES (?, …)`` as one statement of ``count`` rows, and the rows one
+    such statement may hold; None for any other statement (an upsert, an UPDATE)."""
+    head, sep, values = sql.rpartition(" VALUES ")
+    if not sep or not head.startswith("INSERT INTO ") or not values.startswith("("):
+        return None
+    if not values.endswith(")") or values.count("(") != 1:
+        return None
+    per_stmt = max(1, _MAX_PARAMS // (values.count("?") or 1))
+    return f"{head} VALUES {','.join([values] * min(count, per_stmt))}", per_stmt
+
+
+def _insert_many(conn: sqlite3.Connection, sql: str, params: Sequence[Sequence[Any]]) -> bool:
+    """executemany, as multi-row INSERTs where it can: one SQLite step (one GIL release
+    on this thread) for up to ``_MAX_PARAMS`` parameters instead of one per row.
+    Returns whether it ran as one statement (atomic: a constraint it breaks undoes it all)."""
+    multi = _multi_row(sql, len(params)) if len(params) > 1 else None
+    if multi is None:
+        conn.executemany(sql, params)
+        return len(params) <= 1
+    per_stmt = multi[1]
+    for chunk in chunks(params, per_stmt):
+        text = multi[0] if len(chunk) == per_stmt else _multi_row(sql, len(chunk))[0]  # type: ignore[index]
+        conn.execute(text, [v for row in chunk for v in row])
+    return len(params) <= per_stmt
 
 
 def _run_tx(conn: sqlite3.Connection, tx: Tx[T]) -> T:
@@ -168,7 +210,11 @@ def _run_tx(conn: sqlite3.Connection, tx: Tx[T]) -> T:
 def _execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
     if not stmt.guarded:
         return _statement(conn, stmt)
-    # A savepoint: a constraint it breaks undoes only this statement.
+    if stmt.mode is not Mode.MANY or _single_statement(stmt):
+        # One statement is atomic (SQLite's ABORT undoes what it did on a constraint
+        # failure): no savepoint needed for "a violation undoes only this statement".
+        return _statement(conn, stmt)
+    # Several statements: a savepoint, so a constraint they break undoes all of them.
     conn.execute("SAVEPOINT guard")
     try:
         result = _statement(conn, stmt)
@@ -180,12 +226,20 @@ def _execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
     return result
 
 
+def _single_statement(stmt: Stmt) -> bool:
+    """Whether an executemany runs as one statement (see _insert_many)."""
+    if len(stmt.params) <= 1:
+        return True
+    multi = _multi_row(stmt.sql, len(stmt.params))
+    return multi is not None and len(stmt.params) <= multi[1]
+
+
 def _statement(conn: sqlite3.Connection, stmt: Stmt) -> Any:
     if stmt.mode is Mode.ROWS:
         return conn.execute(stmt.sql, stmt.params).fetchall()
     if stmt.mode is Mode.COUNT:
         return conn.execute(stmt.sql, stmt.params).rowcount
-    conn.executemany(stmt.sql, stmt.params)
+    _insert_many(conn, stmt.sql, stmt.params)
     return None
 
 
@@ -199,10 +253,11 @@ def _commit_sync(
     inserted = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if inserts:
-            inserted = _run_tx(conn, apply_inserts(SQLITE, inserts))
+        # Audits first: they need no savepoint there (see _apply_audits).
         if audits:
             _apply_audits(conn, audits)
+        if inserts:
+            inserted = _run_tx(conn, apply_inserts(SQLITE, inserts))
         for gop in generics:
             conn.execute("SAVEPOINT op")
             try:
@@ -344,7 +399,9 @@ class SqliteStore(
 
     async def _connect(self) -> aiosqlite.Connection:
         try:
-            conn = await aiosqlite.connect(self._path, isolation_level=None)
+            conn = await aiosqlite.connect(
+                self._path, isolation_level=None, cached_statements=_CACHED_STATEMENTS
+            )
         except sqlite3.Error as exc:
             raise FailedPreconditionError(
                 "cannot open the SQLite store", reason="STORE_OPEN_FAILED"
