@@ -392,13 +392,13 @@ async def test_audit_log_refuses_update_and_delete(sqlite_store, db_path):
 
 async def test_concurrent_audit_appends_share_commits(db_path, monkeypatch):
     commits = []
-    real = sqlite_module._commit_sync
+    real = sqlite_module.commit_sync
 
     def counting(conn, inserts, generics, audits):
         commits.append(len(audits))
         return real(conn, inserts, generics, audits)
 
-    monkeypatch.setattr(sqlite_module, "_commit_sync", counting)
+    monkeypatch.setattr(sqlite_module, "commit_sync", counting)
     store = SqliteStore(db_path)
     await store.open()
     try:

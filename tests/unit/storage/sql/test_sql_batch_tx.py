@@ -12,7 +12,7 @@ from vault.errors import StoreUnavailableError
 from vault.storage.sql.batch import WriteOp, answer_batch, drain, fail_batch, fail_waiting
 from vault.storage.sql.dialect import POSTGRES, SQLITE
 from vault.storage.sql.tx import Tx, UniqueViolation, guarded, many, rows, run
-from vault.storage.sqlite import _run_tx
+from vault.storage.sqlite_commit import run_tx
 
 
 def _noop() -> Tx[None]:
@@ -113,7 +113,7 @@ def test_a_guarded_unique_violation_undoes_only_its_statement() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.execute("CREATE TABLE t (name TEXT UNIQUE)")
     conn.execute("BEGIN")
-    assert _run_tx(conn, _insert_twice("a")) == (1, True)
+    assert run_tx(conn, _insert_twice("a")) == (1, True)
     conn.execute("COMMIT")
     assert conn.execute("SELECT name FROM t").fetchall() == [("a",)]
 
@@ -125,7 +125,7 @@ def test_an_unguarded_unique_violation_fails_the_transaction() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.execute("CREATE TABLE t (name TEXT UNIQUE)")
     with pytest.raises(sqlite3.IntegrityError):
-        _run_tx(conn, twice())
+        run_tx(conn, twice())
 
 
 def test_rows_are_sent_back_into_the_transaction() -> None:
@@ -134,7 +134,7 @@ def test_rows_are_sent_back_into_the_transaction() -> None:
         return [int(r[0]) for r in found]
 
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    assert _run_tx(conn, read()) == [1, 2, 3]
+    assert run_tx(conn, read()) == [1, 2, 3]
 
 
 def test_lists_are_placeholder_chunks_on_sqlite_and_one_array_on_postgres() -> None:
