@@ -54,8 +54,9 @@ from vault.errors import (
 from vault.storage.base import (
     AUDIT_KEY_NAME,
     AuditHead,
-    AuditRow,
     CommitObserver,
+    InsertOutcome,
+    InsertStatus,
     RewrapRow,
     RewrapUpdate,
     TokenRecord,
@@ -71,7 +72,7 @@ from vault.storage.postgres_open import (
     same_database,
 )
 from vault.storage.sql.audit_chain import chain_audits, check_head
-from vault.storage.sql.audit_index import AuditSql, index_stmt
+from vault.storage.sql.audit_index import AuditSql, index_rows
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -82,7 +83,7 @@ from vault.storage.sql.batch import (
     fail_waiting,
 )
 from vault.storage.sql.callers import CallerWrites
-from vault.storage.sql.codecs import token_from_row
+from vault.storage.sql.codecs import token_from_row, token_params
 from vault.storage.sql.columns import AUDIT_COLUMNS, HELD, T_COLUMNS, TOKEN_COLUMNS
 from vault.storage.sql.dialect import POSTGRES
 from vault.storage.sql.keys import KeyWrites
@@ -118,7 +119,54 @@ _CONNECT_TIMEOUT = CONNECT_TIMEOUT
 _COMMAND_TIMEOUT = COMMAND_TIMEOUT
 
 _SELECT_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token = ANY($1::text[])"  # noqa: S608
-_INSERT_AUDIT = POSTGRES.insert("audit_log", AUDIT_COLUMNS)
+_INSERTED = InsertOutcome(InsertStatus.INSERTED)
+_TOKEN_TYPES = (
+    "text", "text", "integer", "integer", "bigint", "bytea", "bytea", "boolean", "bytea",
+    "text", "bytea", "double precision", "double precision",
+)  # fmt: skip
+_TOKEN_WIDTH = len(_TOKEN_TYPES)
+_AUDIT_TYPES = (
+    "bigint", "double precision", "text", "text", "text", "text", "text", "text", "text",
+    "text", "text", "text", "bytea",
+)  # fmt: skip
+_AUDIT_WIDTH = len(_AUDIT_TYPES)
+
+
+def _unnest(types: Sequence[str], first: int) -> str:
+    """``unnest($first::t1[], ...)``: one array parameter per column."""
+    return "unnest(" + ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types)) + ")"
+
+
+# The plain group commit: the rows and the key-usage counters in one statement.
+_INSERT_PLAIN = (
+    f"WITH ins AS (INSERT INTO tokens ({TOKEN_COLUMNS}) "  # noqa: S608 - constant
+    f"SELECT * FROM {_unnest(_TOKEN_TYPES, 1)}), "
+    "used AS (UPDATE key_versions AS k SET encryptions = k.encryptions + u.n "
+    f"FROM unnest(${_TOKEN_WIDTH + 1}::bigint[], ${_TOKEN_WIDTH + 2}::bigint[]) AS u(v, n) "
+    "WHERE k.version = u.v) SELECT 1"
+)
+# BEGIN and the head's lock in one simple query (no parameters: one round trip).
+_LOCK_HEAD = "BEGIN; SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE"
+# The head, the newest record and whether an audit key exists (one row, always).
+_AUDIT_STATE = (
+    "SELECT h.seq, h.mac, l.seq, l.mac, "
+    "EXISTS (SELECT 1 FROM service_keys WHERE name = $1) "
+    "FROM (SELECT 1) AS one LEFT JOIN audit_head AS h ON h.id = 1 "
+    "LEFT JOIN LATERAL (SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1) AS l ON true"
+)
+_HEAD_SEQ, _HEAD_MAC = _AUDIT_WIDTH + 4, _AUDIT_WIDTH + 5
+# The records, their reveal index rows and the head, in one statement (the head's
+# forward-only trigger and the append-only triggers fire as for separate statements).
+_APPEND_RECORDS = (
+    f"WITH a AS (INSERT INTO audit_log ({AUDIT_COLUMNS}) "  # noqa: S608 - constant
+    f"SELECT * FROM {_unnest(_AUDIT_TYPES, 1)}), "
+    "i AS (INSERT INTO audit_tokens (tenant, token, seq) "
+    f"SELECT * FROM {_unnest(('text', 'text', 'bigint'), _AUDIT_WIDTH + 1)}), "
+)
+_HEAD_MOVE = f"UPDATE audit_head SET seq = ${_HEAD_SEQ}, mac = ${_HEAD_MAC} WHERE id = 1"  # noqa: S608
+_HEAD_FIRST = f"INSERT INTO audit_head (id, seq, mac) VALUES (1, ${_HEAD_SEQ}, ${_HEAD_MAC})"  # noqa: S608
+_APPEND_AUDIT = f"{_APPEND_RECORDS}h AS ({_HEAD_MOVE} RETURNING 1) SELECT count(*) FROM h"  # noqa: S608
+_APPEND_FIRST_AUDIT = f"{_APPEND_RECORDS}h AS ({_HEAD_FIRST} RETURNING 1) SELECT count(*) FROM h"  # noqa: S608
 # Races that a fresh run of the same transaction resolves.
 _RETRYABLE = (
     asyncpg.UniqueViolationError,
@@ -212,57 +260,85 @@ def _purge_retained_batch(
     return len(deleted), ids[-1] if len(ids) == limit else boundary
 
 
-async def _audit_state(conn: _Conn) -> tuple[AuditHead | None, tuple[int, bytes] | None]:
-    """Lock the head row (SELECT ... FOR UPDATE, never recreated) until this transaction
-    ends, then read the newest row's (seq, mac)."""
-    head = await conn.fetchrow("SELECT seq, mac FROM audit_head WHERE id = 1 FOR UPDATE")
-    # A statement of its own, after the lock: under READ COMMITTED it sees the rows
-    # the previous holder committed (a join with the locking read would not).
-    last = await conn.fetchrow("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
+async def _audit_state(conn: _Conn) -> tuple[AuditHead | None, tuple[int, bytes] | None, bool]:
+    """Read the head, the newest row's (seq, mac) and whether an audit key exists, in
+    one statement. The caller holds the head row's lock (_LOCK_HEAD) already: this is
+    a statement of its own after the lock, so under READ COMMITTED it sees the rows the
+    previous holder committed (a join with the locking read itself would not)."""
+    row = await conn.fetchrow(_AUDIT_STATE, AUDIT_KEY_NAME)
+    assert row is not None  # noqa: S101 - the statement returns one row
     return (
-        AuditHead(int(head[0]), bytes(head[1])) if head else None,
-        (int(last[0]), bytes(last[1])) if last else None,
+        AuditHead(int(row[0]), bytes(row[1])) if row[0] is not None else None,
+        (int(row[2]), bytes(row[3])) if row[2] is not None else None,
+        bool(row[4]),
     )
 
 
-async def _index_audits(conn: _Conn, stored: list[list[AuditRow]]) -> None:
-    """Index the reveal records just chained (same transaction; sql/audit_index.py)."""
-    stmt = index_stmt(POSTGRES, stored)
-    if stmt is not None:
-        await conn.executemany(stmt.sql, stmt.params)
+def _columns(params: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Row tuples as one list per column (the arrays an unnest() insert takes)."""
+    return [[p[i] for p in params] for i in range(width)] if params else [[]] * width
 
 
 async def _apply_audits(conn: _Conn, ops: list[AuditOp]) -> None:
     """Chain every waiting op's rows onto the newest stored record (in the caller's
-    transaction, which holds only audit appends: a failure fails just those). A head
-    that does not seal the newest row fails them (AuditChainBrokenError), unrepaired."""
-    head, last = await _audit_state(conn)
+    transaction, which holds the head's lock and only audit appends: a failure fails
+    just those). A head that does not seal the newest row fails them
+    (AuditChainBrokenError), unrepaired. Two statements: the state read, then one
+    write of the records, their reveal index (sql/audit_index.py) and the head."""
+    head, last, has_key = await _audit_state(conn)
     # Whether an audit key exists matters only without a head (keyed: broken; bare: the
-    # first append), so the common append pays no round trip for it.
-    keyed = head is None and (
-        await conn.fetchrow("SELECT 1 FROM service_keys WHERE name = $1", AUDIT_KEY_NAME)
-        is not None
-    )
-    seq, prev = check_head(head, last, ops[0].seal, keyed=keyed)
+    # first append).
+    seq, prev = check_head(head, last, ops[0].seal, keyed=head is None and has_key)
     chain = chain_audits(seq, prev, [(op.rows, op.seal) for op in ops])
-    await conn.executemany(_INSERT_AUDIT, chain.params)
-    await _index_audits(conn, chain.stored)  # h14a: the reveal index (sql/audit_index.py)
-    if head is None:
-        # A bare store's first append (no audit key, so no genesis head): a concurrent
-        # first appender makes this fail on the key, and the append is retried.
-        await conn.execute(
-            "INSERT INTO audit_head (id, seq, mac) VALUES (1, $1, $2)",
-            chain.head_seq,
-            chain.head_mac,
-        )
-    else:
-        await conn.execute(
-            "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1",
-            chain.head_seq,
-            chain.head_mac,
-        )
+    index = index_rows(chain.stored)
+    # A bare store's first append (no audit key, so no genesis head) inserts the head:
+    # a concurrent first appender makes that fail on the key, and the append is retried.
+    moved = await conn.fetchval(
+        _APPEND_AUDIT if head is not None else _APPEND_FIRST_AUDIT,
+        *_columns(chain.params, _AUDIT_WIDTH),
+        *_columns(index, 3),
+        chain.head_seq,
+        chain.head_mac,
+    )
+    if moved != 1:  # the locked head row is there: only a changed schema gets here
+        raise StoreUnavailableError("the audit head did not move")
     for op, stored in zip(ops, chain.stored, strict=True):
         op.stored = stored
+
+
+async def _in_audit_tx(conn: _Conn, ops: list[AuditOp]) -> None:
+    """The audit append's transaction: BEGIN and the head's lock in one round trip (a
+    simple query without parameters), the state read, the write, COMMIT."""
+    await conn.execute(_LOCK_HEAD)
+    try:
+        await _apply_audits(conn, ops)
+    except BaseException:
+        if not conn.is_closed() and conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
+async def _insert_plain(conn: _Conn, inserts: list[InsertOp]) -> int:
+    """The common group commit (no deterministic record, no request id) in one
+    statement and one round trip, outside an explicit transaction (a single statement
+    is atomic): every record inserted and the key-usage counters raised. A taken token
+    fails the whole statement (nothing written): the caller resolves, then inserts."""
+    records = [r for op in inserts for r in op.records]
+    usage: dict[int, int] = {}
+    for op in inserts:
+        for version, count in op.encryptions.items():
+            usage[version] = usage.get(version, 0) + count
+    versions = sorted(usage)
+    await conn.execute(
+        _INSERT_PLAIN,
+        *_columns([token_params(r) for r in records], _TOKEN_WIDTH),
+        versions,
+        [usage[v] for v in versions],
+    )
+    for op in inserts:
+        op.outcomes = [_INSERTED] * len(op.records)
+    return len(records)
 
 
 # Errors that mean the database (or the way to it) is gone, not that a statement is bad.
@@ -400,19 +476,23 @@ class PostgresStore(
         pool = self._pool
         assert pool is not None  # noqa: S101 - open() ran
         # Optimistic first run: the batch's one insert without a savepoint around it (two
-        # round trips fewer); a taken token aborts that transaction, and the run again
-        # resolves collisions first (nothing was answered: callers wait for a commit).
+        # round trips fewer; a plain batch is one statement, _insert_plain); a taken token
+        # aborts it, and the run again resolves collisions first (nothing was answered:
+        # callers wait for a commit).
         optimistic = True
+        plain = not any(r.deterministic or r.request_id for op in inserts for r in op.records)
         for attempt in range(_RETRIES):
-            inserted = 0
             try:
-                async with pool.acquire(timeout=_CONNECT_TIMEOUT) as conn, conn.transaction():
+                async with pool.acquire(timeout=_CONNECT_TIMEOUT) as conn:
                     # (A batch is all audit appends or all inserts: see _submit.)
                     if audits:
-                        await _apply_audits(conn, audits)
-                    if inserts:
+                        await _in_audit_tx(conn, audits)
+                        return 0
+                    if optimistic and plain:
+                        return await _insert_plain(conn, inserts)
+                    async with conn.transaction():
                         tx = apply_inserts(POSTGRES, inserts, optimistic=optimistic)
-                        inserted = await _run_tx(conn, tx, bare_guard=optimistic)
+                        return await _run_tx(conn, tx, bare_guard=optimistic)
             except _RETRYABLE as exc:
                 if attempt == _RETRIES - 1:
                     raise
@@ -420,8 +500,6 @@ class PostgresStore(
                     optimistic = False
                     continue
                 await asyncio.sleep(0.001 * 2**attempt)
-            else:
-                return inserted
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     # -- the readers -------------------------------------------------------------
