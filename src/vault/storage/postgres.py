@@ -81,6 +81,7 @@ from vault.storage.sql.batch import (
     drain,
     fail_batch,
     fail_waiting,
+    queued_read,
 )
 from vault.storage.sql.callers import CallerWrites
 from vault.storage.sql.codecs import token_from_row, token_params
@@ -564,11 +565,7 @@ class PostgresStore(
             return []
         if self._closed or not self._readers:
             raise StoreUnavailableError("the store is not open")
-        future: asyncio.Future[list[TokenRecord | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._read_queue.put_nowait(ReadOp(tokens, future))
-        return await future
+        return await queued_read(self._read_queue, tokens)
 
     async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
         # Per older version, its next rows by (key_version, id); then the first of those:

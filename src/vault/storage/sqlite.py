@@ -45,6 +45,7 @@ from vault.storage.sql.batch import (
     drain,
     fail_batch,
     fail_waiting,
+    queued_read,
 )
 from vault.storage.sql.callers import CallerWrites
 from vault.storage.sql.codecs import chunks, token_from_row
@@ -431,11 +432,7 @@ class SqliteStore(
             except sqlite3.Error as exc:
                 log.error("store read failed: %s", type(exc).__name__)
                 raise StoreUnavailableError("the store could not be read") from None
-        future: asyncio.Future[list[TokenRecord | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._read_queue.put_nowait(ReadOp(tokens, future))
-        return await future
+        return await queued_read(self._read_queue, tokens)
 
     async def tokens_to_rewrap(self, primary: int, after: int, limit: int) -> list[RewrapRow]:
         # Through tokens_key_version: only the older versions' rows are visited.

@@ -33,6 +33,7 @@ __all__ = [
     "drain",
     "fail_batch",
     "fail_waiting",
+    "queued_read",
 ]
 
 log = logging.getLogger("vault.storage")
@@ -175,3 +176,12 @@ def fail_waiting(queue: asyncio.Queue[Any]) -> None:
         left = queue.get_nowait()
         if left is not None and not left.future.done():
             left.future.set_exception(StoreUnavailableError("the store is closing"))
+
+
+async def queued_read(
+    queue: asyncio.Queue[ReadOp | None], tokens: Sequence[str]
+) -> list[TokenRecord | None]:
+    """Wait for the store's next batched read to answer ``tokens`` (in their order)."""
+    future: asyncio.Future[list[TokenRecord | None]] = asyncio.get_running_loop().create_future()
+    queue.put_nowait(ReadOp(tokens, future))
+    return await future
