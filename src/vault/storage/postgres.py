@@ -72,7 +72,7 @@ from vault.storage.postgres_open import (
     same_database,
 )
 from vault.storage.sql.audit_chain import chain_audits, check_head
-from vault.storage.sql.audit_index import AuditSql, index_rows
+from vault.storage.sql.audit_index import index_rows
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -82,17 +82,14 @@ from vault.storage.sql.batch import (
     fail_batch,
     fail_waiting,
     queued_read,
+    read_weight,
 )
-from vault.storage.sql.callers import CallerWrites
 from vault.storage.sql.codecs import token_from_row, token_params
 from vault.storage.sql.columns import AUDIT_COLUMNS, HELD, T_COLUMNS, TOKEN_COLUMNS
 from vault.storage.sql.dialect import POSTGRES
-from vault.storage.sql.keys import KeyWrites
-from vault.storage.sql.leases import LeaseSql
-from vault.storage.sql.retention import RetentionSql, record_purge
-from vault.storage.sql.routes import SqlRoutes
-from vault.storage.sql.subjects import SubjectWrites
-from vault.storage.sql.tokens import TokenWrites, apply_inserts, delete_unheld
+from vault.storage.sql.retention import record_purge
+from vault.storage.sql.store import SqlStore
+from vault.storage.sql.tokens import apply_inserts, delete_unheld
 from vault.storage.sql.tx import Abort, Mode, Stmt, Tx, UniqueViolation, run
 
 __all__ = ["PostgresStore", "is_postgres_url", "open_error", "redact_url", "same_database"]
@@ -354,20 +351,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _weight(op: ReadOp) -> int:
-    return len(op.tokens)
-
-
-class PostgresStore(
-    TokenWrites,
-    KeyWrites,
-    CallerWrites,
-    SubjectWrites,
-    RetentionSql,
-    LeaseSql,
-    SqlRoutes,
-    AuditSql,
-):
+class PostgresStore(SqlStore):
     """Store on one PostgreSQL database (see the module docstring for the design)."""
 
     _dialect = POSTGRES
@@ -422,7 +406,7 @@ class PostgresStore(
         ]
         self._readers = [
             asyncio.create_task(
-                drain(self._read_queue, self._answer_reads, _MAX_READ_BATCH, _weight),
+                drain(self._read_queue, self._answer_reads, _MAX_READ_BATCH, read_weight),
                 name=f"postgres-reader-{i}",
             )
             for i in range(_READERS)

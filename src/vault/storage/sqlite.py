@@ -35,7 +35,6 @@ from vault.storage.base import (
     RewrapUpdate,
     TokenRecord,
 )
-from vault.storage.sql.audit_index import AuditSql
 from vault.storage.sql.batch import (
     AuditOp,
     InsertOp,
@@ -46,18 +45,14 @@ from vault.storage.sql.batch import (
     fail_batch,
     fail_waiting,
     queued_read,
+    read_weight,
 )
-from vault.storage.sql.callers import CallerWrites
 from vault.storage.sql.codecs import chunks, token_from_row
 from vault.storage.sql.columns import HELD, TOKEN_COLUMNS
 from vault.storage.sql.dialect import SQLITE
-from vault.storage.sql.keys import KeyWrites
-from vault.storage.sql.leases import LeaseSql
-from vault.storage.sql.retention import RetentionSql, record_purge
-from vault.storage.sql.routes import SqlRoutes
+from vault.storage.sql.retention import record_purge
 from vault.storage.sql.schema import migrations
-from vault.storage.sql.subjects import SubjectWrites
-from vault.storage.sql.tokens import TokenWrites
+from vault.storage.sql.store import SqlStore
 from vault.storage.sql.tx import Tx, run
 from vault.storage.sqlite_commit import MAX_PARAMS, commit_sync
 
@@ -138,10 +133,6 @@ def _delete_retained(
     return purged
 
 
-def _weight(op: ReadOp) -> int:
-    return len(op.tokens)
-
-
 async def _enable_wal(conn: aiosqlite.Connection, wait_seconds: float = 10.0) -> None:
     """Switch to WAL, waiting out another process doing the same on a new file: that
     switch takes a write lock without SQLite's busy handler, so busy_timeout does not
@@ -167,16 +158,7 @@ async def _enable_wal(conn: aiosqlite.Connection, wait_seconds: float = 10.0) ->
         return
 
 
-class SqliteStore(
-    TokenWrites,
-    KeyWrites,
-    CallerWrites,
-    SubjectWrites,
-    RetentionSql,
-    LeaseSql,
-    SqlRoutes,
-    AuditSql,
-):
+class SqliteStore(SqlStore):
     """Store on one SQLite file (see module docstring for the concurrency design)."""
 
     _dialect = SQLITE
@@ -279,7 +261,7 @@ class SqliteStore(
                 name="sqlite-writer",
             ),
             asyncio.create_task(
-                drain(self._read_queue, self._answer_reads, _MAX_READ_BATCH, _weight),
+                drain(self._read_queue, self._answer_reads, _MAX_READ_BATCH, read_weight),
                 name="sqlite-reader",
             ),
         ]

@@ -34,6 +34,7 @@ __all__ = [
     "fail_batch",
     "fail_waiting",
     "queued_read",
+    "read_weight",
 ]
 
 log = logging.getLogger("vault.storage")
@@ -185,3 +186,8 @@ async def queued_read(
     future: asyncio.Future[list[TokenRecord | None]] = asyncio.get_running_loop().create_future()
     queue.put_nowait(ReadOp(tokens, future))
     return await future
+
+
+def read_weight(op: ReadOp) -> int:
+    """What a read counts for in a batch's bound: its tokens."""
+    return len(op.tokens)
